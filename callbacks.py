@@ -1,0 +1,189 @@
+"""Trainer callbacks of the recipe.
+
+- `SampleGenerationCallback`: text samples every N steps (console, samples.jsonl, wandb table).
+- `ResumedRunCallback`: after a checkpoint is loaded, put back the configured log/eval/save intervals and,
+  for the extra phase of `--resume`, hold the learning rate at a constant value.
+- `GracefulInterruptCallback`: Ctrl-C / SIGTERM saves a checkpoint of the current step, then stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, TrainerCallback
+
+from config import SamplesConfig
+
+
+def generation_config_for(samples: SamplesConfig, tokenizer) -> GenerationConfig:
+    return GenerationConfig(
+        max_new_tokens=samples.max_new_tokens,
+        do_sample=samples.do_sample,
+        temperature=samples.temperature if samples.do_sample else None,
+        top_p=samples.top_p if samples.do_sample else None,
+        top_k=samples.top_k if samples.do_sample else None,
+        pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        use_cache=True,
+    )
+
+
+@torch.no_grad()
+def generate_samples(model, tokenizer, samples: SamplesConfig, bf16: bool = False) -> list[tuple[str, str]]:
+    """Complete each prompt with a fixed seed; leaves the model's mode and the global RNG as they were."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    generation_config = generation_config_for(samples, tokenizer)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    cuda_devices = [device] if device.type == "cuda" else []
+    results = []
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=cuda_devices), autocast:
+            torch.manual_seed(samples.seed)
+            for prompt in samples.prompts:
+                inputs = tokenizer(prompt, return_tensors="pt").to(device)
+                output = model.generate(**inputs, generation_config=generation_config)
+                completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+                results.append((prompt, completion))
+    finally:
+        model.train(was_training)
+    return results
+
+
+class SampleGenerationCallback(TrainerCallback):
+    """Every `samples.every_n_steps` optimizer steps and at the end, generate from each prompt."""
+
+    def __init__(self, tokenizer, samples: SamplesConfig, output_dir: str, interrupted=lambda: False):
+        self.tokenizer = tokenizer
+        self.samples = samples
+        self.path = Path(output_dir) / "samples.jsonl"
+        self.interrupted = interrupted
+        self.last_step = None
+        self.rows: list[list] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        every = self.samples.every_n_steps
+        if every and state.global_step % every == 0:
+            self.sample(args, state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.samples.every_n_steps and state.global_step != self.last_step and not self.interrupted():
+            self.sample(args, state, model)
+
+    def sample(self, args, state, model) -> None:
+        self.last_step = state.global_step
+        if not self.samples.prompts or not state.is_world_process_zero or model is None:
+            return
+        if getattr(args, "fsdp", None):
+            return  # sharded weights: generation would need every rank; use generate.py on the checkpoint
+        results = generate_samples(model, self.tokenizer, self.samples, bf16=args.bf16)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            for prompt, completion in results:
+                print(f"step {state.global_step} | {prompt} -> {completion!r}", flush=True)
+                f.write(json.dumps({"step": state.global_step, "prompt": prompt, "completion": completion}) + "\n")
+                self.rows.append([state.global_step, prompt, completion])
+        self.log_wandb_table(args)
+
+    def log_wandb_table(self, args) -> None:
+        if "wandb" not in (args.report_to or []):
+            return
+        wandb = sys.modules.get("wandb")
+        if wandb is None or wandb.run is None:
+            return
+        wandb.run.log({"samples": wandb.Table(columns=["step", "prompt", "completion"], data=list(self.rows))})
+
+
+class ResumedRunCallback(TrainerCallback):
+    """Runs after the Trainer has loaded a checkpoint (on_train_begin).
+
+    The Trainer restores logging/eval/save intervals from the checkpoint's trainer_state.json; we put
+    back the configured ones. With `constant_lr`, the scheduler restored from scheduler.pt (whose
+    base_lrs would win over any new learning_rate) is turned into a constant one at that value, so the
+    LR the optimizer uses and the LR that is logged are both `constant_lr` from the first step on.
+    """
+
+    def __init__(self, constant_lr: float | None = None):
+        self.constant_lr = constant_lr
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        state.compute_steps(args, state.max_steps)
+        if self.constant_lr is None or lr_scheduler is None:
+            return
+        lr = self.constant_lr
+        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
+        n = len(scheduler.base_lrs)
+        scheduler.lr_lambdas = [_constant_factor] * n
+        scheduler.base_lrs = [lr] * n
+        scheduler._last_lr = [lr] * n
+        for group in (optimizer or scheduler.optimizer).param_groups:
+            group["lr"] = lr
+            group["initial_lr"] = lr
+
+
+def _constant_factor(_step: int) -> float:
+    return 1.0
+
+
+class GracefulInterruptCallback(TrainerCallback):
+    """First Ctrl-C or SIGTERM: finish the current optimizer step, save a checkpoint, stop.
+    A second signal exits at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            self.restore_handlers()
+            print("\nsecond interrupt: exiting now without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.requested = True
+        print(
+            f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step "
+            "(interrupt again to exit at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._any_rank_requested(args):
+            self.requested = True
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+    def _any_rank_requested(self, args) -> bool:
+        # every rank must stop at the same step, or the checkpoint's collectives would hang
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([1.0 if self.requested else 0.0], device=args.device)
+            torch.distributed.all_reduce(flag)
+            return bool(flag.item())
+        return self.requested
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.restore_handlers()
+
+    def restore_handlers(self):
+        for sig, handler in self._previous.items():
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, handler)
+        self._previous = {}

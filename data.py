@@ -1,0 +1,391 @@
+"""Corpus -> tokenized, packed blocks of `data.block_size` tokens, with a held-out validation split.
+
+Reads a text file, several files, a glob, a folder, `.jsonl`/`.parquet` files with a text column, or a
+Hub dataset id, through `datasets.load_dataset`. Each document is tokenized (batched `map`, several
+processes for many documents), followed by EOS, and the token stream is cut into blocks. Whole blocks
+are held out for validation, so training and validation share no token. The packed result is cached
+on disk, keyed by the files, the tokenizer and the settings: a second run loads it instead of
+tokenizing again.
+
+    python data.py data.path=../shared/data/tinyshakespeare.txt tokenizer=../shared/cosmo2-tokenizer
+
+prepares the data alone and prints the numbers (same config and overrides as train.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from itertools import chain
+from pathlib import Path
+
+import datasets
+import torch
+
+from config import DataConfig, RecipeError, load_config
+
+CACHE_FORMAT_VERSION = 1
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+PARQUET_SUFFIXES = (".parquet",)
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+@dataclass
+class CorpusStats:
+    documents: int | None
+    tokens: int | None
+    train_blocks: int | None
+    validation_blocks: int
+    block_size: int
+    tokenize_seconds: float = 0.0
+    from_cache: bool = False
+    cache_path: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        if not self.tokens or not self.tokenize_seconds:
+            return None
+        return self.tokens / self.tokenize_seconds
+
+    def summary(self) -> str:
+        def fmt(n):
+            return "?" if n is None else f"{n:,}"
+
+        line = (
+            f"data: {fmt(self.documents)} documents, {fmt(self.tokens)} tokens -> "
+            f"{fmt(self.train_blocks)} train / {fmt(self.validation_blocks)} validation blocks of {self.block_size}"
+        )
+        if self.from_cache:
+            return f"{line} (loaded from cache {self.cache_path})"
+        if self.tokens_per_second:
+            line += f"; tokenized at {self.tokens_per_second:,.0f} tokens/s"
+        return line
+
+
+# --- finding the corpus --------------------------------------------------------------------------
+
+
+@dataclass
+class CorpusSource:
+    """Where the documents come from: a `datasets` builder ("text", "json", "parquet") and its files,
+    or a Hub dataset id (builder None)."""
+
+    builder: str | None
+    files: list[str]
+    hub_id: str | None = None
+
+
+def _builder_for(path: str) -> str | None:
+    lower = path.lower()
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if lower.endswith(JSON_SUFFIXES):
+        return "json"
+    if lower.endswith(TEXT_SUFFIXES) or "." not in Path(path).name:
+        return "text"
+    return None
+
+
+def _files_in_folder(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and _builder_for(p.name) and not p.name.startswith("."))
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    parts = path.split("/")
+    return 1 <= len(parts) <= 2 and all(parts) and not path.startswith((".", "~")) and _builder_for(path) in (None, "text") and "." not in parts[-1]
+
+
+def find_corpus(path: str | list[str]) -> CorpusSource:
+    """Resolve `data.path` to files (or a Hub dataset id), or raise a RecipeError naming the problem."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths:
+        raise RecipeError("data.path is empty: set it to a text file, a folder, a glob or a Hub dataset id")
+    files: list[str] = []
+    for p in paths:
+        expanded = os.path.expanduser(p)
+        if any(ch in expanded for ch in "*?["):
+            matches = sorted(f for f in glob.glob(expanded, recursive=True) if os.path.isfile(f))
+            if not matches:
+                raise RecipeError(f"data.path: no files match '{p}'")
+            files.extend(matches)
+        elif os.path.isdir(expanded):
+            found = _files_in_folder(Path(expanded))
+            if not found:
+                raise RecipeError(f"data.path: folder '{p}' holds no .txt, .md, .jsonl or .parquet files")
+            files.extend(found)
+        elif os.path.isfile(expanded):
+            files.append(expanded)
+        elif len(paths) == 1 and _looks_like_hub_id(p):
+            return CorpusSource(builder=None, files=[], hub_id=p)
+        else:
+            hint = f" (tiny Shakespeare: curl -o input.txt {TINY_SHAKESPEARE_URL})" if p == "input.txt" else ""
+            raise RecipeError(f"data file not found: '{p}'; pass data.path=PATH to your corpus{hint}")
+    builders = {_builder_for(f) or "text" for f in files}
+    if len(builders) > 1:
+        raise RecipeError(f"data.path mixes file kinds ({', '.join(sorted(builders))}); use one kind per run")
+    for f in files:
+        if os.path.getsize(f) == 0:
+            raise RecipeError(f"data file is empty: '{f}'; put text in it or remove it from data.path")
+    return CorpusSource(builder=builders.pop(), files=files)
+
+
+# --- loading and tokenizing ----------------------------------------------------------------------
+
+
+def load_documents(source: CorpusSource, cfg: DataConfig, streaming: bool = False):
+    """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column."""
+    try:
+        if source.hub_id:
+            ds = datasets.load_dataset(source.hub_id, cfg.dataset_config, split=cfg.split, streaming=streaming)
+        elif source.builder == "text":
+            ds = datasets.load_dataset(
+                "text", data_files=source.files, sample_by=cfg.sample_by, split="train", streaming=streaming
+            )
+        else:
+            ds = datasets.load_dataset(source.builder, data_files=source.files, split="train", streaming=streaming)
+    except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
+        where = source.hub_id or ", ".join(source.files[:3])
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"could not load the corpus '{where}': {first_line}") from None
+    except Exception as e:  # datasets raises its own errors for Hub ids (DatasetNotFoundError, ...)
+        if source.hub_id:
+            raise RecipeError(
+                f"could not load Hub dataset '{source.hub_id}' ({type(e).__name__}); check the id and your network, "
+                "or point data.path at local files"
+            ) from None
+        raise
+    text_column = "text" if source.builder == "text" else cfg.text_column
+    columns = ds.column_names or []
+    if columns and text_column not in columns:
+        raise RecipeError(
+            f"the corpus has no column '{text_column}' (columns: {', '.join(columns)}); set data.text_column"
+        )
+    return ds, text_column
+
+
+def tokenize_function(tokenizer, text_column: str):
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        ids = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
+        return {"input_ids": [doc + [eos] for doc, text in zip(ids, batch[text_column]) if text and text.strip()]}
+
+    return tokenize
+
+
+def pack_into_blocks(batch, block_size: int):
+    """Concatenate the batch's documents and cut the stream into full blocks (the tail is dropped)."""
+    stream = list(chain.from_iterable(batch["input_ids"]))
+    usable = len(stream) // block_size * block_size
+    return {"input_ids": [stream[i : i + block_size] for i in range(0, usable, block_size)]}
+
+
+def _num_proc(cfg: DataConfig, num_documents: int) -> int | None:
+    if cfg.num_proc is not None:
+        return cfg.num_proc if cfg.num_proc > 1 else None
+    cores = os.cpu_count() or 1
+    return min(cores, num_documents // 1000) if cores > 1 and num_documents >= 2000 else None
+
+
+def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig):
+    num_proc = _num_proc(cfg, len(documents))
+    tokens = documents.map(
+        tokenize_function(tokenizer, text_column),
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=documents.column_names,
+        desc="tokenizing",
+    )
+    num_tokens = sum(len(ids) for ids in tokens.with_format("numpy")["input_ids"]) if len(tokens) else 0
+    # one map over the whole stream so that only the very last partial block is dropped
+    blocks = tokens.map(
+        pack_into_blocks,
+        batched=True,
+        batch_size=max(1, len(tokens)) if len(tokens) < 10_000 else 10_000,
+        fn_kwargs={"block_size": cfg.block_size},
+        remove_columns=tokens.column_names,
+        desc=f"packing into blocks of {cfg.block_size}",
+    )
+    return tokens, blocks, num_tokens
+
+
+def split_train_validation(blocks, cfg: DataConfig) -> datasets.DatasetDict:
+    """Hold out whole blocks: blocks partition the token stream, so the two splits share no token."""
+    n = len(blocks)
+    n_val = min(cfg.max_validation_blocks, max(1, round(n * cfg.validation_fraction)))
+    if n - n_val < 1:
+        raise RecipeError(
+            f"the corpus makes only {n} block(s) of {cfg.block_size} tokens: at least 2 are needed "
+            "(one to train on, one to validate); use more text or a smaller data.block_size"
+        )
+    split = blocks.train_test_split(test_size=n_val, seed=cfg.seed, shuffle=True)
+    return datasets.DatasetDict(train=split["train"], validation=split["test"])
+
+
+# --- cache ---------------------------------------------------------------------------------------
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return hashlib.sha256(f"{text}|eos={tokenizer.eos_token_id}".encode()).hexdigest()
+
+
+def cache_key(source: CorpusSource, cfg: DataConfig, tokenizer) -> str:
+    files = [(os.path.abspath(f), os.path.getsize(f), os.stat(f).st_mtime_ns) for f in source.files]
+    settings = {
+        "version": CACHE_FORMAT_VERSION,
+        "files": files,
+        "hub": [source.hub_id, cfg.dataset_config, cfg.split],
+        "text_column": cfg.text_column,
+        "sample_by": cfg.sample_by,
+        "block_size": cfg.block_size,
+        "validation": [cfg.validation_fraction, cfg.max_validation_blocks, cfg.seed],
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "smollm2-recipe"
+
+
+def cache_path_for(source: CorpusSource, cfg: DataConfig, tokenizer) -> Path:
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    return root / f"blocks-{cache_key(source, cfg, tokenizer)}"
+
+
+def save_atomically(splits: datasets.DatasetDict, stats: CorpusStats, path: Path) -> None:
+    """Write to a temporary folder and rename it, so that a crash never leaves a half-written cache."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    splits.save_to_disk(str(tmp))
+    (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_cached(path: Path) -> tuple[datasets.DatasetDict, CorpusStats] | None:
+    if not (path / "stats.json").is_file():
+        return None
+    try:
+        splits = datasets.load_from_disk(str(path))
+        stats = CorpusStats(**json.loads((path / "stats.json").read_text()))
+    except Exception:
+        return None  # unreadable cache: prepare again
+    stats.from_cache, stats.cache_path = True, str(path)
+    return splits, stats
+
+
+# --- the whole preparation -----------------------------------------------------------------------
+
+
+def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True):
+    """Return ({"train", "validation"} datasets of blocks, CorpusStats)."""
+    if tokenizer.eos_token_id is None:
+        raise RecipeError("the tokenizer has no EOS token, which separates documents; use a tokenizer with one")
+    source = find_corpus(cfg.path)
+    if cfg.streaming:
+        return prepare_streaming(source, cfg, tokenizer)
+    path = cache_path_for(source, cfg, tokenizer)
+    if use_cache and (cached := load_cached(path)):
+        return cached
+    start = time.perf_counter()
+    documents, text_column = load_documents(source, cfg)
+    if len(documents) == 0:
+        raise RecipeError(f"the corpus '{cfg.path}' holds no documents; check data.path and data.split")
+    tokens, blocks, num_tokens = tokenize_and_pack(documents, text_column, tokenizer, cfg)
+    if num_tokens == 0:
+        raise RecipeError(f"the corpus '{cfg.path}' holds no text; check data.path and data.text_column")
+    if len(blocks) < 2:
+        raise RecipeError(
+            f"the corpus has {num_tokens:,} tokens, fewer than the 2 blocks of {cfg.block_size} needed "
+            "(one to train on, one to validate); use more text or a smaller data.block_size"
+        )
+    splits = split_train_validation(blocks, cfg)
+    stats = CorpusStats(
+        documents=len(tokens),
+        tokens=num_tokens,
+        train_blocks=len(splits["train"]),
+        validation_blocks=len(splits["validation"]),
+        block_size=cfg.block_size,
+        tokenize_seconds=time.perf_counter() - start,
+        cache_path=str(path),
+    )
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomically(splits, stats, path)
+        if cached := load_cached(path):  # train from the memory-mapped cache, not the temporary files
+            splits = cached[0]
+    return splits, stats
+
+
+def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer):
+    """Stream documents, tokenize and pack on the fly; the first blocks are held out for validation."""
+    documents, text_column = load_documents(source, cfg, streaming=True)
+    tokens = documents.map(tokenize_function(tokenizer, text_column), batched=True, remove_columns=[text_column])
+    tokens = tokens.select_columns(["input_ids"])
+    blocks = tokens.map(pack_into_blocks, batched=True, batch_size=1000, fn_kwargs={"block_size": cfg.block_size})
+    n_val = cfg.max_validation_blocks
+    validation = datasets.Dataset.from_list(list(blocks.take(n_val)))
+    if len(validation) == 0:
+        raise RecipeError(f"the corpus '{cfg.path}' holds no full block of {cfg.block_size} tokens")
+    train = blocks.skip(n_val).shuffle(seed=cfg.seed, buffer_size=10_000)
+    stats = CorpusStats(
+        documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
+    )
+    return {"train": train, "validation": validation}, stats
+
+
+def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
+    """Blocks are full length, so no padding and no attention mask; the model shifts the labels itself."""
+    input_ids = torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)
+    return {"input_ids": input_ids, "labels": input_ids.clone()}
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as e:
+        raise RecipeError(
+            f"could not load tokenizer '{name_or_path}' ({type(e).__name__}); "
+            "offline, set tokenizer=PATH to a local copy (e.g. ../shared/cosmo2-tokenizer)"
+        ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Tokenize, pack and cache the corpus; print the numbers.")
+    parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
+    parser.add_argument("--no-cache", action="store_true", help="tokenize again even if a cache exists")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, as for train.py")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(stats.summary())
+    if stats.cache_path and not args.no_cache:
+        print(f"cache: {stats.cache_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared test settings: tiny overrides of the real YAML, the offline tokenizer and corpus in ../shared."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TOKENIZER = str(SHARED / "cosmo2-tokenizer")
+CORPUS = str(SHARED / "data" / "tinyshakespeare.txt")
+
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# The real YAML made small: 2 layers, hidden 64, short blocks, the real tokenizer.
+TINY_MODEL = [
+    "model.num_hidden_layers=2",
+    "model.hidden_size=64",
+    "model.intermediate_size=128",
+    "model.num_attention_heads=4",
+    "model.num_key_value_heads=2",
+]
+
+
+def tiny_overrides(output_dir: Path, cache_dir: Path, **training) -> list[str]:
+    settings = {
+        "learning_rate": "3.0e-3",
+        "warmup_steps": 2,
+        "max_steps": 12,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "save_steps": 6,
+        "eval_steps": 6,
+        "logging_steps": 1,
+        "report_to": "none",
+        "output_dir": str(output_dir),
+        "disable_tqdm": True,
+        **training,
+    }
+    return [
+        *TINY_MODEL,
+        f"tokenizer={TOKENIZER}",
+        f"data.path={CORPUS}",
+        "data.block_size=64",
+        "data.max_validation_blocks=8",
+        f"data.cache_dir={cache_dir}",
+        "samples.every_n_steps=6",
+        "samples.max_new_tokens=8",
+        *(f"training.{k}={v}" for k, v in settings.items()),
+    ]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("blocks-cache")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER)

@@ -1,0 +1,147 @@
+"""The YAML is the single source of truth: every key is checked, overrides keep the field's type."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import CORPUS, ROOT, TOKENIZER
+
+from config import DEFAULT_CONFIG, RecipeError, load_config
+
+
+def test_default_config_is_smollm2_135m():
+    cfg = load_config()
+    assert cfg.model["hidden_size"] == 576
+    assert cfg.model["num_hidden_layers"] == 30
+    assert cfg.model["num_attention_heads"] == 9
+    assert cfg.model["num_key_value_heads"] == 3
+    assert cfg.model["intermediate_size"] == 1536
+    assert cfg.model["vocab_size"] == 49152
+    assert cfg.model["tie_word_embeddings"] is True
+    assert cfg.model["rope_theta"] == 100000.0
+    assert cfg.tokenizer == "HuggingFaceTB/cosmo2-tokenizer"
+    assert cfg.data.path == "input.txt" and cfg.data.block_size == 2048
+    t = cfg.training
+    assert (t["max_steps"], t["per_device_train_batch_size"], t["gradient_accumulation_steps"]) == (5000, 8, 4)
+    assert t["learning_rate"] == 3.0e-4 and isinstance(t["learning_rate"], float)
+    assert (t["adam_beta2"], t["adam_epsilon"], t["weight_decay"], t["max_grad_norm"]) == (0.95, 1e-8, 0.01, 1.0)
+    assert t["optim"] == "adamw_torch_fused" and t["lr_scheduler_type"] == "warmup_stable_decay"
+    assert t["save_steps"] == 500 and t["eval_steps"] == 500 and t["bf16"] is True
+    assert cfg.attn_implementation == "flash_attention_2"
+    assert cfg.samples.every_n_steps == 500
+    assert (cfg.resume.extra_steps, cfg.resume.lr_factor) == (50, 0.1)
+    assert cfg.init_from is None
+
+
+def test_overrides_keep_the_type_of_the_field():
+    cfg = load_config(
+        None,
+        [
+            "training.learning_rate=1e-3",  # PyYAML reads this as a string
+            "training.max_steps=20",
+            "training.eval_strategy=no",  # PyYAML reads this as False
+            "data.block_size=128",
+            "samples.prompts=[a, b]",
+            "training.lr_scheduler_kwargs.num_decay_steps=0.1",
+            "init_from=some/model",
+            f"tokenizer={TOKENIZER}",
+        ],
+    )
+    assert cfg.training["learning_rate"] == 1e-3
+    assert cfg.training["max_steps"] == 20
+    assert cfg.training["eval_strategy"] == "no"
+    assert cfg.data.block_size == 128
+    assert cfg.samples.prompts == ["a", "b"]
+    assert cfg.training["lr_scheduler_kwargs"]["num_decay_steps"] == 0.1
+    assert cfg.training["lr_scheduler_kwargs"]["decay_type"] == "linear"  # the rest of the dict stays
+    assert cfg.init_from == "some/model"
+    assert cfg.tokenizer == TOKENIZER
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("training.max_step=10", "unknown config key 'training.max_step': did you mean 'training.max_steps'?"),
+        ("trainng.max_steps=10", "did you mean 'training'?"),
+        ("model.hiden_size=64", "did you mean 'model.hidden_size'?"),
+        ("data.blocksize=64", "did you mean 'data.block_size'?"),
+        ("training.max_steps=ten", "training.max_steps: expected int"),
+        ("data.block_size=1.5", "data.block_size: expected int"),
+        ("samples.do_sample=maybe", "samples.do_sample: expected bool"),
+        ("attn_implementation=flash", "attn_implementation: 'flash' is not one of"),
+        ("max_steps", "write it as section.key=value"),
+    ],
+)
+def test_config_mistakes_name_the_key(override, message):
+    with pytest.raises(RecipeError, match=None) as error:
+        load_config(None, [override])
+    assert message in str(error.value)
+
+
+def test_yaml_typo_is_caught(tmp_path):
+    text = DEFAULT_CONFIG.read_text().replace("  max_steps: 5000", "  max_stepz: 5000")
+    path = tmp_path / "typo.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError, match="training.max_stepz': did you mean 'training.max_steps'"):
+        load_config(path)
+
+
+def test_missing_config_file():
+    with pytest.raises(RecipeError, match="config file not found"):
+        load_config("no-such.yaml")
+
+
+def run_train(*args, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_misspelled_key_exits_with_one_line_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    result = run_train("training.max_step=10", f"training.output_dir={out}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: unknown config key 'training.max_step': did you mean 'training.max_steps'?"
+    )
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_cli_corpus_shorter_than_one_block_exits_before_the_model(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("To be, or not to be, that is the question.\n")
+    out = tmp_path / "run"
+    result = run_train(
+        f"tokenizer={TOKENIZER}", f"data.path={short}", f"data.cache_dir={tmp_path / 'cache'}",
+        f"training.output_dir={out}", "training.report_to=none", cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the corpus has") and "data.block_size" in last
+    assert "parameters" not in result.stdout  # no model was built
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_cli_missing_or_empty_data_file(tmp_path, kind):
+    path = tmp_path / "corpus.txt"
+    if kind == "empty":
+        path.write_text("")
+    result = run_train(
+        f"tokenizer={TOKENIZER}", f"data.path={path}", f"training.output_dir={tmp_path / 'run'}",
+        "training.report_to=none", cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data file not found" if kind == "missing" else "error: data file is empty")
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_tokenizer_larger_than_vocab(tmp_path):
+    result = run_train(
+        f"tokenizer={TOKENIZER}", f"data.path={CORPUS}", "model.vocab_size=1000",
+        f"training.output_dir={tmp_path / 'run'}", cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "the tokenizer has 49,152 tokens but model.vocab_size is 1,000" in result.stderr

@@ -1,0 +1,454 @@
+"""Train SmolLM2-135M from scratch with the Hugging Face Trainer.
+
+    python train.py                                   # the full run of config_smollm2_135M.yaml
+    python train.py training.max_steps=20 data.path=my.txt   # any key can be overridden
+    python train.py --resume                          # continue: 50 more steps at lr/10 (or finish a crashed run)
+    accelerate launch train.py                        # one or many GPUs
+
+Steps, in order: config -> tokenizer -> data -> model -> Trainer -> train -> save `output_dir/final`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from callbacks import GracefulInterruptCallback, ResumedRunCallback, SampleGenerationCallback
+from config import RecipeConfig, RecipeError, load_config
+from data import collate_blocks, load_tokenizer, prepare_datasets
+
+EXIT_INTERRUPTED = 130
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def log(message: str) -> None:
+    if is_main_process():
+        print(message, flush=True)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from the latest checkpoint in training.output_dir, or from CHECKPOINT",
+    )
+    parser.add_argument("--no-prompt", action="store_true", help="never ask to continue after the main run")
+    parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.max_steps=20")
+    args = parser.parse_args(argv)
+    if args.resume not in (None, "latest") and "=" in args.resume and not os.path.exists(args.resume):
+        args.overrides.insert(0, args.resume)  # `--resume training.max_steps=9` is an override, not a path
+        args.resume = "latest"
+    return args
+
+
+# --- hardware ------------------------------------------------------------------------------------
+
+
+def adapt_to_hardware(training: dict) -> None:
+    """The same YAML runs on GPU and CPU: without CUDA, train on CPU, in bf16 only where the CPU has it."""
+    if torch.cuda.is_available():
+        return
+    if not training.get("use_cpu"):
+        training["use_cpu"] = True
+        log("no CUDA GPU found: training on CPU (use_cpu=True)")
+    if training.get("bf16") and not cpu_has_native_bf16():
+        training["bf16"] = False
+        log("this CPU has no native bf16 (AVX512-BF16/AMX): training in fp32, which is several times faster here")
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "AMX" in torch.backends.cpu.get_cpu_capability()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def choose_attn_implementation(requested: str) -> str:
+    if requested != "flash_attention_2":
+        return requested
+    from transformers.utils import is_flash_attn_2_available
+
+    if torch.cuda.is_available() and is_flash_attn_2_available():
+        return requested
+    why = "no CUDA GPU" if not torch.cuda.is_available() else "flash-attn is not installed"
+    log(f"attention: flash_attention_2 unavailable ({why}), using sdpa")
+    return "sdpa"
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def build_llama_config(cfg: RecipeConfig, tokenizer=None) -> LlamaConfig:
+    config = LlamaConfig(**cfg.model)
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
+        raise RecipeError(
+            f"the tokenizer has {len(tokenizer):,} tokens but model.vocab_size is {config.vocab_size:,}: "
+            f"set model.vocab_size={len(tokenizer)} or use the matching tokenizer"
+        )
+    return config
+
+
+def build_model(cfg: RecipeConfig, config: LlamaConfig, attn_implementation: str, from_weights: bool = True):
+    """A LlamaForCausalLM from scratch (or from `init_from` weights), in fp32: the Trainer autocasts."""
+    if cfg.init_from and from_weights:
+        return load_init_weights(cfg.init_from, config, attn_implementation)
+    # from_config writes the attention choice into the config it is given: hand it a copy
+    return AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation=attn_implementation)
+
+
+def load_init_weights(name_or_path: str, config: LlamaConfig, attn_implementation: str):
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, attn_implementation=attn_implementation, dtype=torch.float32
+        )
+    except Exception as e:
+        raise RecipeError(f"could not load init_from weights '{name_or_path}' ({type(e).__name__}): {e}") from None
+    with torch.device("meta"):
+        expected = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    check_shapes(expected.state_dict(), model.state_dict(), f"init_from '{name_or_path}'")
+    log(f"model: starting from the weights of {name_or_path}")
+    return model
+
+
+def check_shapes(expected: dict, found: dict, where: str) -> None:
+    for name, tensor in expected.items():
+        if name not in found:
+            if name == "lm_head.weight":
+                continue  # tied to the embedding
+            raise RecipeError(f"{where} has no tensor '{name}': it was not made with this model config")
+        if tuple(found[name].shape) != tuple(tensor.shape):
+            raise RecipeError(
+                f"{where}: tensor '{name}' has shape {tuple(found[name].shape)} but the config gives "
+                f"{tuple(tensor.shape)}; use the config it was trained with"
+            )
+
+
+def parameter_breakdown(model) -> str:
+    """The parameter count, split the way the seeds print it; a tied head adds nothing."""
+    inner = model.model
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    embedding = count(inner.embed_tokens)
+    blocks = [count(layer) for layer in inner.layers]
+    norm = count(inner.norm)
+    tied = model.lm_head.weight is inner.embed_tokens.weight
+    head = 0 if tied else model.lm_head.weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    layer = inner.layers[0]
+    vocab, hidden = inner.embed_tokens.weight.shape
+    lines = [
+        f"model: LlamaForCausalLM with {total:,} parameters",
+        f"  embedding      {embedding:>13,}  ({vocab:,} x {hidden})",
+        f"  {len(blocks)} blocks      {sum(blocks):>13,}  ({blocks[0]:,} each: attention {count(layer.self_attn):,}, "
+        f"MLP {count(layer.mlp):,}, norms {count(layer.input_layernorm) + count(layer.post_attention_layernorm):,})",
+        f"  final norm     {norm:>13,}",
+        f"  lm head        {head:>13,}  ({'tied to the embedding' if tied else 'untied'})",
+    ]
+    return "\n".join(lines)
+
+
+# --- training arguments --------------------------------------------------------------------------
+
+
+def training_arguments(cfg: RecipeConfig, **changes) -> TrainingArguments:
+    kwargs = {**copy.deepcopy(cfg.training), **changes}
+    adapt_to_hardware(kwargs)
+    scheduler_kwargs = kwargs.get("lr_scheduler_kwargs")
+    if isinstance(scheduler_kwargs, dict) and 0 < scheduler_kwargs.get("num_decay_steps", 1) < 1:
+        # like warmup_steps, a value below 1 is a share of max_steps
+        scheduler_kwargs["num_decay_steps"] = max(1, round(kwargs["max_steps"] * scheduler_kwargs["num_decay_steps"]))
+    checkpointing = kwargs.get("activation_checkpointing", kwargs.get("gradient_checkpointing"))
+    if checkpointing and not kwargs.get("activation_checkpointing_kwargs", kwargs.get("gradient_checkpointing_kwargs")):
+        kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    if "wandb" in (kwargs.get("report_to") or []) or kwargs.get("report_to") in ("wandb", "all"):
+        configure_wandb(kwargs["output_dir"])
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError, ImportError) as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise RecipeError(f"training arguments: {first_line}") from None
+
+
+def configure_wandb(output_dir: str) -> None:
+    """Never let wandb stop or prompt: without an API key, log offline and say where."""
+    os.environ.setdefault("WANDB_PROJECT", "smollm2-recipe")
+    os.environ.setdefault("WANDB_DIR", str(Path(output_dir).resolve()))
+    Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled") or wandb_api_key_available():
+        return
+    os.environ["WANDB_MODE"] = "offline"
+    log(
+        f"wandb: no API key found, logging offline to {os.environ['WANDB_DIR']}/wandb "
+        f"(upload later with: wandb sync {os.environ['WANDB_DIR']}/wandb/offline-run-*)"
+    )
+
+
+def wandb_api_key_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def describe_batch(args: TrainingArguments, block_size: int) -> str:
+    n = args.world_size
+    micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    sequences = n * micro * accum
+    return (
+        f"batch: {n} process{'es' if n > 1 else ''} x {micro} sequences x {accum} accumulation = "
+        f"{sequences:,} sequences = {sequences * block_size:,} tokens per step"
+    )
+
+
+# --- checkpoints and resume ----------------------------------------------------------------------
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step of a complete checkpoint, or None if it is incomplete or unreadable.
+
+    The Trainer writes trainer_state.json last, so a readable one means the rest was written."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        step = int(state["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    has_weights = any(p.name.startswith(("model", "pytorch_model")) for p in path.iterdir())
+    return step if has_weights else None
+
+
+def find_latest_checkpoint(output_dir: str) -> tuple[Path | None, list[Path]]:
+    """(newest complete checkpoint, incomplete ones that were newer and skipped)."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None, []
+    candidates = [p for p in root.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    skipped = []
+    for path in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if checkpoint_step(path) is not None:
+            return path, skipped
+        skipped.append(path)
+    return None, skipped
+
+
+def verify_checkpoint(path: Path, model) -> None:
+    """Fail with one line, before anything is written, if the checkpoint cannot be resumed."""
+    from safetensors import safe_open
+
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                found = {name: torch.empty(f.get_slice(name).get_shape(), device="meta") for name in f.keys()}
+        except Exception:
+            raise RecipeError(f"checkpoint file {weights} is corrupt; resume from an earlier checkpoint") from None
+        check_shapes(model.state_dict(), found, f"checkpoint {path.name}")
+    for name in ("optimizer.pt", "scheduler.pt"):
+        file = path / name
+        if file.is_file():
+            try:
+                with zipfile.ZipFile(file) as archive:
+                    bad = archive.testzip()
+            except (zipfile.BadZipFile, OSError):
+                bad = name
+            if bad is not None:
+                raise RecipeError(f"checkpoint file {file} is corrupt; resume from an earlier checkpoint")
+
+
+@dataclass
+class ResumePlan:
+    checkpoint: Path
+    step: int
+    max_steps: int
+    constant_lr: float | None  # set for the extra phase
+
+    @property
+    def extra_phase(self) -> bool:
+        return self.constant_lr is not None
+
+    def describe(self) -> str:
+        if self.extra_phase:
+            return (
+                f"resuming from {self.checkpoint.name} (step {self.step}) for {self.max_steps - self.step} steps "
+                f"at lr {self.constant_lr:g}"
+            )
+        return (
+            f"resuming from {self.checkpoint.name} (step {self.step}): continuing the interrupted run "
+            f"to step {self.max_steps} with its original schedule"
+        )
+
+
+def plan_resume(cfg: RecipeConfig, resume: str) -> ResumePlan:
+    output_dir = cfg.training["output_dir"]
+    if resume == "latest":
+        checkpoint, skipped = find_latest_checkpoint(output_dir)
+        for path in skipped:
+            log(f"resume: skipping incomplete checkpoint {path}")
+        if checkpoint is None:
+            raise RecipeError(
+                f"--resume: no complete checkpoint in {output_dir}; train first, or pass --resume PATH"
+            )
+    else:
+        checkpoint = Path(resume)
+        if not checkpoint.is_dir():
+            raise RecipeError(f"--resume: checkpoint folder not found: {resume}")
+    step = checkpoint_step(checkpoint)
+    if step is None:
+        raise RecipeError(f"--resume: {checkpoint} is incomplete (no readable trainer_state.json or weights)")
+    max_steps = cfg.training["max_steps"]
+    if step < max_steps:
+        return ResumePlan(checkpoint, step, max_steps, constant_lr=None)
+    lr = cfg.training.get("learning_rate", 5e-5) * cfg.resume.lr_factor
+    return ResumePlan(checkpoint, step, step + cfg.resume.extra_steps, constant_lr=lr)
+
+
+# --- the Trainer ---------------------------------------------------------------------------------
+
+
+class RecipeTrainer(Trainer):
+    """The Trainer, logging perplexity next to each evaluation loss."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        super().log(logs, start_time)
+
+
+def save_final_model(trainer: Trainer, output_dir: str) -> Path:
+    """Save weights (safetensors), config and tokenizer to output_dir/final, replacing it atomically."""
+    final = Path(output_dir) / "final"
+    tmp = Path(output_dir) / ".final.tmp"
+    model = trainer.model
+    model.config.use_cache = True  # off while training with gradient checkpointing; on for generation
+    if trainer.args.should_save:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if trainer.args.should_save:
+        model.generation_config.save_pretrained(str(tmp))
+        old = Path(output_dir) / ".final.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def arguments_for(cfg: RecipeConfig, plan: ResumePlan | None) -> TrainingArguments:
+    if plan is None:
+        return training_arguments(cfg)
+    if plan.extra_phase:
+        return training_arguments(cfg, max_steps=plan.max_steps, learning_rate=plan.constant_lr)
+    return training_arguments(cfg, max_steps=plan.max_steps)
+
+
+def run_training(
+    cfg: RecipeConfig, args: TrainingArguments, tokenizer, splits, plan: ResumePlan | None, extra_callbacks=()
+) -> int:
+    """Build model and Trainer, train (or resume), save. Returns the process exit code."""
+    config = build_llama_config(cfg, tokenizer)
+    attn = choose_attn_implementation(cfg.attn_implementation)
+    model = build_model(cfg, config, attn, from_weights=plan is None)
+    if args.gradient_checkpointing:
+        model.config.use_cache = False
+    log(parameter_breakdown(model))
+    log(describe_batch(args, cfg.data.block_size))
+    if plan is not None:
+        verify_checkpoint(plan.checkpoint, model)
+        log(plan.describe())
+
+    interrupt = GracefulInterruptCallback()
+    callbacks = [
+        ResumedRunCallback(constant_lr=plan.constant_lr if plan else None),
+        SampleGenerationCallback(tokenizer, cfg.samples, args.output_dir, interrupted=lambda: interrupt.requested),
+        interrupt,
+        *extra_callbacks,
+    ]
+    trainer = RecipeTrainer(
+        model=model,
+        args=args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        processing_class=tokenizer,
+        data_collator=collate_blocks,
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
+    if interrupt.stopped_at is not None:
+        log(
+            f"interrupted at step {interrupt.stopped_at}: saved {PREFIX_CHECKPOINT_DIR}-{interrupt.stopped_at} in "
+            f"{args.output_dir}; continue with: python train.py --resume [same overrides]"
+        )
+        return EXIT_INTERRUPTED
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    final = save_final_model(trainer, args.output_dir)
+    log(f"saved the final model to {final}")
+    return 0
+
+
+def should_offer_continuation(args: argparse.Namespace) -> bool:
+    return not args.no_prompt and world_size() == 1 and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        build_llama_config(cfg, tokenizer)  # vocab check before the data work
+        plan = plan_resume(cfg, args.resume) if args.resume else None
+        training_args = arguments_for(cfg, plan)
+        with training_args.main_process_first(desc="preparing data"):
+            splits, stats = prepare_datasets(cfg.data, tokenizer)
+        log(stats.summary())
+        code = run_training(cfg, training_args, tokenizer, splits, plan, extra_callbacks)
+        if code == 0 and should_offer_continuation(args):
+            latest, _ = find_latest_checkpoint(cfg.training["output_dir"])
+            question = (
+                f"Continue from {latest.name} for {cfg.resume.extra_steps} more steps at lr/"
+                f"{1 / cfg.resume.lr_factor:g}? [y/N] "
+            )
+            if latest is not None and input(question).strip().lower() in ("y", "yes"):
+                plan = plan_resume(cfg, str(latest))
+                code = run_training(cfg, arguments_for(cfg, plan), tokenizer, splits, plan, extra_callbacks)
+        return code
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -91,12 +91,11 @@ EXTRA_MODEL_KEYS: dict[str, Any] = {"rope_theta": float}
 
 
 def model_key_types() -> dict[str, Any]:
-    from transformers import LlamaConfig
-
     import inspect
     import sys
 
     import torch
+    from transformers import LlamaConfig
 
     namespace = {**vars(typing), **vars(sys.modules[LlamaConfig.__module__]), "torch": torch}
     hints = {}

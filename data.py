@@ -94,12 +94,20 @@ def _builder_for(path: str) -> str | None:
 
 
 def _files_in_folder(folder: Path) -> list[str]:
-    return sorted(str(p) for p in folder.rglob("*") if p.is_file() and _builder_for(p.name) and not p.name.startswith("."))
+    return sorted(
+        str(p) for p in folder.rglob("*") if p.is_file() and _builder_for(p.name) and not p.name.startswith(".")
+    )
 
 
 def _looks_like_hub_id(path: str) -> bool:
     parts = path.split("/")
-    return 1 <= len(parts) <= 2 and all(parts) and not path.startswith((".", "~")) and _builder_for(path) in (None, "text") and "." not in parts[-1]
+    return (
+        1 <= len(parts) <= 2
+        and all(parts)
+        and not path.startswith((".", "~"))
+        and _builder_for(path) in (None, "text")
+        and "." not in parts[-1]
+    )
 
 
 def find_corpus(path: str | list[str]) -> CorpusSource:
@@ -175,7 +183,11 @@ def tokenize_function(tokenizer, text_column: str):
 
     def tokenize(batch):
         ids = tokenizer(batch[text_column], add_special_tokens=False, verbose=False)["input_ids"]
-        return {"input_ids": [doc + [eos] for doc, text in zip(ids, batch[text_column]) if text and text.strip()]}
+        return {
+            "input_ids": [
+                doc + [eos] for doc, text in zip(ids, batch[text_column], strict=False) if text and text.strip()
+            ]
+        }
 
     return tokenize
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from callbacks import GracefulInterruptCallback, ResumedRunCallback, SampleGenerationCallback
@@ -315,9 +315,7 @@ def plan_resume(cfg: RecipeConfig, resume: str) -> ResumePlan:
         for path in skipped:
             log(f"resume: skipping incomplete checkpoint {path}")
         if checkpoint is None:
-            raise RecipeError(
-                f"--resume: no complete checkpoint in {output_dir}; train first, or pass --resume PATH"
-            )
+            raise RecipeError(f"--resume: no complete checkpoint in {output_dir}; train first, or pass --resume PATH")
     else:
         checkpoint = Path(resume)
         if not checkpoint.is_dir():
@@ -379,6 +377,7 @@ def run_training(
     """Build model and Trainer, train (or resume), save. Returns the process exit code."""
     config = build_llama_config(cfg, tokenizer)
     attn = choose_attn_implementation(cfg.attn_implementation)
+    set_seed(args.seed)  # the same seed gives the same initial weights
     model = build_model(cfg, config, attn, from_weights=plan is None)
     if args.gradient_checkpointing:
         model.config.use_cache = False

@@ -113,8 +113,12 @@ def test_cli_corpus_shorter_than_one_block_exits_before_the_model(tmp_path):
     short.write_text("To be, or not to be, that is the question.\n")
     out = tmp_path / "run"
     result = run_train(
-        f"tokenizer={TOKENIZER}", f"data.path={short}", f"data.cache_dir={tmp_path / 'cache'}",
-        f"training.output_dir={out}", "training.report_to=none", cwd=tmp_path,
+        f"tokenizer={TOKENIZER}",
+        f"data.path={short}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"training.output_dir={out}",
+        "training.report_to=none",
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
@@ -129,8 +133,11 @@ def test_cli_missing_or_empty_data_file(tmp_path, kind):
     if kind == "empty":
         path.write_text("")
     result = run_train(
-        f"tokenizer={TOKENIZER}", f"data.path={path}", f"training.output_dir={tmp_path / 'run'}",
-        "training.report_to=none", cwd=tmp_path,
+        f"tokenizer={TOKENIZER}",
+        f"data.path={path}",
+        f"training.output_dir={tmp_path / 'run'}",
+        "training.report_to=none",
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
@@ -140,8 +147,11 @@ def test_cli_missing_or_empty_data_file(tmp_path, kind):
 
 def test_cli_tokenizer_larger_than_vocab(tmp_path):
     result = run_train(
-        f"tokenizer={TOKENIZER}", f"data.path={CORPUS}", "model.vocab_size=1000",
-        f"training.output_dir={tmp_path / 'run'}", cwd=tmp_path,
+        f"tokenizer={TOKENIZER}",
+        f"data.path={CORPUS}",
+        "model.vocab_size=1000",
+        f"training.output_dir={tmp_path / 'run'}",
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert "the tokenizer has 49,152 tokens but model.vocab_size is 1,000" in result.stderr

@@ -1,0 +1,140 @@
+"""Corpus -> blocks: EOS between documents, full blocks, a validation split that shares no token, a cache."""
+
+import json
+
+import pytest
+from conftest import CORPUS
+
+import data
+from config import DataConfig, RecipeError
+
+
+def config(tmp_path, **kw) -> DataConfig:
+    return DataConfig(**{"path": CORPUS, "block_size": 64, "cache_dir": str(tmp_path / "cache"), **kw})
+
+
+def test_pack_into_blocks_keeps_order_and_drops_only_the_tail():
+    batch = {"input_ids": [[1, 2, 3, 0], [4, 5, 0], [6, 7, 8, 9, 0]]}
+    assert data.pack_into_blocks(batch, 4) == {"input_ids": [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 0]]}
+    assert data.pack_into_blocks(batch, 5) == {"input_ids": [[1, 2, 3, 0, 4], [5, 0, 6, 7, 8]]}
+
+
+def test_eos_is_appended_after_every_document(tmp_path, tokenizer):
+    lines = [json.dumps({"text": t}) for t in ["Hello there.", "General Kenobi!", "", "You are a bold one."] * 40]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines))
+    cfg = config(tmp_path, path=str(tmp_path / "docs.jsonl"), block_size=16, validation_fraction=0.25)
+    splits, stats = data.prepare_datasets(cfg, tokenizer)
+    assert stats.documents == 120  # the empty documents are skipped
+    expected = (
+        sum(len(tokenizer(t)["input_ids"]) + 1 for t in ["Hello there.", "General Kenobi!", "You are a bold one."]) * 40
+    )
+    assert stats.tokens == expected
+    stream = [t for split in ("train", "validation") for block in splits[split]["input_ids"] for t in block]
+    assert stream.count(tokenizer.eos_token_id) >= (stats.train_blocks + stats.validation_blocks) * 16 // 12 - 2
+
+
+def test_validation_split_is_disjoint_and_covers_the_corpus(tmp_path, tokenizer):
+    splits, stats = data.prepare_datasets(config(tmp_path), tokenizer)
+    train = [tuple(b) for b in splits["train"]["input_ids"]]
+    validation = [tuple(b) for b in splits["validation"]["input_ids"]]
+    assert all(len(b) == 64 for b in train + validation)
+    assert stats.tokens == 341_095  # tiny shakespeare + one EOS
+    assert len(train) + len(validation) == stats.tokens // 64
+    assert len(validation) == min(256, round(stats.tokens // 64 * 0.05))
+    # the blocks partition the token stream: cutting it ourselves gives each block exactly once across both
+    # splits (a multiset equality), so no stretch of the corpus is both trained on and validated on
+    ids = tokenizer(open(CORPUS).read(), add_special_tokens=False, verbose=False)["input_ids"] + [0]
+    all_blocks = [tuple(ids[i : i + 64]) for i in range(0, len(ids) // 64 * 64, 64)]
+    assert sorted(train + validation) == sorted(all_blocks)
+    assert len(set(all_blocks)) == len(all_blocks) and not set(train) & set(validation)
+
+
+def test_second_run_loads_the_cache_instead_of_tokenizing(tmp_path, tokenizer, monkeypatch):
+    first, stats1 = data.prepare_datasets(config(tmp_path, block_size=32), tokenizer)
+    assert not stats1.from_cache
+
+    def fail(*a, **k):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(data, "tokenize_and_pack", fail)
+    second, stats2 = data.prepare_datasets(config(tmp_path, block_size=32), tokenizer)
+    assert stats2.from_cache and stats2.cache_path == stats1.cache_path
+    assert second["validation"]["input_ids"] == first["validation"]["input_ids"]
+    # another block size is another cache entry
+    monkeypatch.undo()
+    _, stats3 = data.prepare_datasets(config(tmp_path, block_size=48), tokenizer)
+    assert not stats3.from_cache and stats3.cache_path != stats1.cache_path
+
+
+def test_changed_file_invalidates_the_cache(tmp_path, tokenizer):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(open(CORPUS).read()[:20000])
+    cfg = config(tmp_path, path=str(corpus))
+    _, first = data.prepare_datasets(cfg, tokenizer)
+    corpus.write_text(open(CORPUS).read()[:30000])
+    _, second = data.prepare_datasets(cfg, tokenizer)
+    assert not second.from_cache and second.tokens > first.tokens
+
+
+def test_folder_glob_and_list_of_files(tmp_path, tokenizer):
+    text = open(CORPUS).read()
+    folder = tmp_path / "books"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"part{i}.txt").write_text(text[i * 10000 : (i + 1) * 10000])
+    for path in [str(folder), str(folder / "*.txt"), [str(folder / f"part{i}.txt") for i in range(3)]]:
+        _, stats = data.prepare_datasets(config(tmp_path, path=path), tokenizer, use_cache=False)
+        assert stats.documents == 3
+
+
+def test_parquet_with_text_column(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [open(CORPUS).read()[i : i + 2000] for i in range(0, 40000, 2000)]
+    pq.write_table(pa.table({"content": rows, "id": list(range(len(rows)))}), tmp_path / "c.parquet")
+    cfg = config(tmp_path, path=str(tmp_path / "c.parquet"), text_column="content")
+    _, stats = data.prepare_datasets(cfg, tokenizer)
+    assert stats.documents == 20
+    with pytest.raises(RecipeError, match="no column 'text'.*set data.text_column"):
+        data.prepare_datasets(config(tmp_path, path=str(tmp_path / "c.parquet")), tokenizer)
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "data file not found"),
+        (lambda p: p.write_text(""), "data file is empty"),
+        (lambda p: p.write_text("\n\n  \n"), "holds no text"),
+        (lambda p: p.write_text("Only a few words."), "fewer than the 2 blocks of 64"),
+    ],
+)
+def test_bad_corpora_fail_with_one_clear_line(tmp_path, tokenizer, setup, message):
+    path = tmp_path / "corpus.txt"
+    setup(path)
+    with pytest.raises(RecipeError, match=message):
+        data.prepare_datasets(config(tmp_path, path=str(path)), tokenizer)
+
+
+def test_streaming_holds_out_the_first_blocks(tmp_path, tokenizer):
+    cfg = config(tmp_path, streaming=True, max_validation_blocks=4, sample_by="paragraph")
+    splits, stats = data.prepare_datasets(cfg, tokenizer)
+    validation = [tuple(b) for b in splits["validation"]["input_ids"]]
+    assert stats.validation_blocks == 4 and len(validation) == 4
+    train = [tuple(b["input_ids"]) for _, b in zip(range(50), splits["train"], strict=False)]
+    assert all(len(b) == 64 for b in train) and not set(train) & set(validation)
+
+
+def test_python_data_py_prints_the_numbers(tmp_path, capsys):
+    code = data.main(
+        [
+            f"tokenizer={CORPUS.replace('data/tinyshakespeare.txt', 'cosmo2-tokenizer')}",
+            f"data.path={CORPUS}",
+            "data.block_size=256",
+            f"data.cache_dir={tmp_path}",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "1 documents, 341,095 tokens -> 1,265 train / 67 validation blocks of 256" in out
+    assert "tokens/s" in out

@@ -1,0 +1,90 @@
+"""The model is exactly SmolLM2-135M: parameter count, names and shapes of the published checkpoint."""
+
+import copy
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from config import load_config
+from train import build_llama_config, choose_attn_implementation, parameter_breakdown
+
+
+def build_on_meta(cfg):
+    config = build_llama_config(cfg)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def test_default_config_has_134_515_008_parameters():
+    model = build_on_meta(load_config())
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
+def test_parameter_breakdown_adds_up():
+    text = parameter_breakdown(build_on_meta(load_config()))
+    assert "134,515,008 parameters" in text
+    assert "embedding         28,311,552  (49,152 x 576)" in text
+    assert "30 blocks        106,202,880  (3,540,096 each: attention 884,736, MLP 2,654,208, norms 1,152)" in text
+    assert "final norm               576" in text
+    assert "tied to the embedding" in text
+
+
+def test_state_dict_names_and_shapes_match_the_published_model():
+    state = build_on_meta(load_config()).state_dict()
+    expected = {"model.embed_tokens.weight": (49152, 576), "model.norm.weight": (576,)}
+    for i in range(30):
+        p = f"model.layers.{i}."
+        expected.update(
+            {
+                p + "self_attn.q_proj.weight": (576, 576),
+                p + "self_attn.k_proj.weight": (192, 576),
+                p + "self_attn.v_proj.weight": (192, 576),
+                p + "self_attn.o_proj.weight": (576, 576),
+                p + "mlp.gate_proj.weight": (1536, 576),
+                p + "mlp.up_proj.weight": (1536, 576),
+                p + "mlp.down_proj.weight": (576, 1536),
+                p + "input_layernorm.weight": (576,),
+                p + "post_attention_layernorm.weight": (576,),
+            }
+        )
+    shapes = {name: tuple(t.shape) for name, t in state.items() if name != "lm_head.weight"}
+    assert shapes == expected
+
+
+def test_head_is_tied_and_config_matches_smollm2():
+    config = build_llama_config(load_config())
+    assert config.tie_word_embeddings and config.rms_norm_eps == 1e-5
+    assert config.rope_parameters["rope_theta"] == 100000.0
+    assert config.head_dim == 64 and config.hidden_act == "silu"
+    assert config.bos_token_id == 0 and config.eos_token_id == 0
+    assert not config.attention_bias and not config.mlp_bias
+    model = build_on_meta(load_config())
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_flash_attention_falls_back_to_sdpa_without_flash_attn(capsys):
+    if torch.cuda.is_available():
+        return  # the fallback is for machines without a GPU or without flash-attn
+    assert choose_attn_implementation("flash_attention_2") == "sdpa"
+    assert "using sdpa" in capsys.readouterr().out
+    assert choose_attn_implementation("eager") == "eager"
+
+
+def test_building_the_model_leaves_the_config_untouched():
+    from train import build_model
+
+    cfg = load_config(
+        None,
+        [
+            "model.num_hidden_layers=1",
+            "model.hidden_size=64",
+            "model.intermediate_size=64",
+            "model.num_attention_heads=4",
+            "model.num_key_value_heads=2",
+        ],
+    )
+    config = build_llama_config(cfg)
+    before = copy.deepcopy(config.to_dict())
+    model = build_model(cfg, config, "eager")
+    assert config.to_dict() == before
+    assert model.config._attn_implementation == "eager"

@@ -1,0 +1,146 @@
+"""End to end on CPU: a tiny model of the real YAML trains, evaluates, samples, checkpoints and resumes."""
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, tiny_overrides
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+import train
+
+pytestmark = pytest.mark.slow
+
+
+def history(output_dir):
+    return json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+
+
+def losses_and_lrs(output_dir):
+    return [(h["step"], h["loss"], h["learning_rate"]) for h in history(output_dir) if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=12)
+    assert train.main(overrides) == 0
+    return out, overrides
+
+
+def test_loss_falls_and_everything_is_written(trained_run):
+    out, _ = trained_run
+    losses = [loss for _, loss, _ in losses_and_lrs(out)]
+    assert len(losses) == 12 and losses[-1] < losses[0] - 1.0
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-6", "checkpoint-12"}
+    evals = [h for h in history(out) if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [6, 12]
+    assert all(math.isclose(h["eval_perplexity"], math.exp(h["eval_loss"]), rel_tol=1e-6) for h in evals)
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert sorted({s["step"] for s in samples}) == [6, 12]
+    assert all(set(s) == {"step", "prompt", "completion"} and s["completion"] for s in samples)
+    assert len(samples) == 2 * 3  # three prompts
+
+
+def test_final_model_loads_offline_with_cache_on(trained_run):
+    out, _ = trained_run
+    final = out / "final"
+    assert (final / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert model.config.use_cache is True
+    assert sum(p.numel() for p in model.parameters()) == 49152 * 64 + 2 * 36992 + 64
+    ids = tokenizer("ROMEO:", return_tensors="pt")["input_ids"]
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    assert not (out / ".final.tmp").exists()
+
+
+class RecordOptimizerLR(TrainerCallback):
+    def __init__(self):
+        self.lrs = []
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append((state.global_step, [g["lr"] for g in optimizer.param_groups]))
+
+
+def test_resume_drops_lr_tenfold(trained_run, tmp_path, capsys):
+    out, overrides = trained_run
+    resumed = tmp_path / "run"
+    shutil.copytree(out, resumed)
+    overrides = [o.replace(str(out), str(resumed)) for o in overrides] + ["resume.extra_steps=6"]
+    final_before = (resumed / "final" / "model.safetensors").stat().st_mtime_ns
+    recorder = RecordOptimizerLR()
+    assert train.main(["--resume", *overrides], extra_callbacks=[recorder]) == 0
+    assert "resuming from checkpoint-12 (step 12) for 6 steps at lr 0.0003" in capsys.readouterr().out
+    new = [(s, lr) for s, _, lr in losses_and_lrs(resumed) if s > 12]
+    assert [s for s, _ in new] == list(range(13, 19))
+    assert all(lr == pytest.approx(3.0e-4, rel=1e-12) for _, lr in new)  # logged
+    assert [s for s, _ in recorder.lrs] == list(range(13, 19))
+    assert all(all(lr == pytest.approx(3.0e-4, rel=1e-12) for lr in lrs) for _, lrs in recorder.lrs)  # used
+    assert (resumed / "checkpoint-18").is_dir()
+    assert (resumed / "final" / "model.safetensors").stat().st_mtime_ns != final_before
+    samples = [json.loads(line) for line in (resumed / "samples.jsonl").read_text().splitlines()]
+    assert 18 in {s["step"] for s in samples}
+    # the configured intervals hold in the resumed phase, not the checkpoint's
+    assert [h["step"] for h in history(resumed) if "eval_loss" in h] == [6, 12, 18]
+
+
+class InterruptAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives during step `self.step`
+
+
+def test_crash_recovery_is_exact_and_interruption_saves_a_checkpoint(tmp_path, cache_dir, capsys):
+    settings = dict(max_steps=10, save_steps=100, eval_steps=5)
+    straight = tmp_path / "straight"
+    assert train.main(tiny_overrides(straight, cache_dir, **settings)) == 0
+
+    broken = tmp_path / "broken"
+    overrides = tiny_overrides(broken, cache_dir, **settings)
+    assert train.main(overrides, extra_callbacks=[InterruptAt(5)]) == train.EXIT_INTERRUPTED
+    assert "saved checkpoint-5" in capsys.readouterr().out
+    assert [p.name for p in broken.glob("checkpoint-*")] == ["checkpoint-5"]
+    assert not (broken / "final").exists()
+
+    assert train.main(["--resume", *overrides]) == 0
+    assert "continuing the interrupted run to step 10 with its original schedule" in capsys.readouterr().out
+    expected, got = losses_and_lrs(straight), losses_and_lrs(broken)
+    assert [s for s, _, _ in got] == list(range(1, 11))
+    for (s1, loss1, lr1), (s2, loss2, lr2) in zip(expected, got, strict=True):
+        assert s1 == s2 and lr1 == pytest.approx(lr2, rel=1e-9) and loss1 == pytest.approx(loss2, abs=1e-5)
+    a = AutoModelForCausalLM.from_pretrained(straight / "final").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(broken / "final").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_sigterm_from_outside_saves_and_exits(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=100000, save_steps=100000, eval_steps=100000)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides, "samples.every_n_steps=0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "'loss'" in line and "'epoch'" in line:
+            break  # training has started
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == train.EXIT_INTERRUPTED, "".join(lines) + rest
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and train.checkpoint_step(checkpoints[0]) is not None
+    assert "continue with: python train.py --resume" in rest

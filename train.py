@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -30,6 +31,7 @@ from config import RecipeConfig, RecipeError, load_config
 from data import collate_blocks, load_tokenizer, prepare_datasets
 
 EXIT_INTERRUPTED = 130
+RECIPE_CONFIG_NAME = "recipe_config.yaml"
 
 
 def is_main_process() -> bool:
@@ -342,7 +344,13 @@ class RecipeTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def save_final_model(trainer: Trainer, output_dir: str) -> Path:
+def write_recipe_config(cfg: RecipeConfig, folder: str | Path) -> None:
+    """The resolved config (YAML + overrides) next to the results: push.py puts it in the model card."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / RECIPE_CONFIG_NAME).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def save_final_model(trainer: Trainer, output_dir: str, cfg: RecipeConfig) -> Path:
     """Save weights (safetensors), config and tokenizer to output_dir/final, replacing it atomically."""
     final = Path(output_dir) / "final"
     tmp = Path(output_dir) / ".final.tmp"
@@ -353,6 +361,7 @@ def save_final_model(trainer: Trainer, output_dir: str) -> Path:
     trainer.save_model(str(tmp))
     if trainer.args.should_save:
         model.generation_config.save_pretrained(str(tmp))
+        write_recipe_config(cfg, tmp)
         old = Path(output_dir) / ".final.old"
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
@@ -387,6 +396,8 @@ def run_training(
         verify_checkpoint(plan.checkpoint, model)
         log(plan.describe())
 
+    if args.should_save:
+        write_recipe_config(cfg, args.output_dir)
     interrupt = GracefulInterruptCallback()
     callbacks = [
         ResumedRunCallback(constant_lr=plan.constant_lr if plan else None),
@@ -413,7 +424,7 @@ def run_training(
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    final = save_final_model(trainer, args.output_dir)
+    final = save_final_model(trainer, args.output_dir, cfg)
     log(f"saved the final model to {final}")
     return 0
 

@@ -68,3 +68,14 @@ def tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir) -> Path:
+    """A finished 4-step run of the tiny model: checkpoints, samples, trainer_state and final/."""
+    import train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=4, save_steps=2, eval_steps=2) + ["samples.every_n_steps=2"]
+    assert train.main(overrides) == 0
+    return out

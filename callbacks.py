@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -187,3 +188,73 @@ class GracefulInterruptCallback(TrainerCallback):
             with contextlib.suppress(ValueError):
                 signal.signal(sig, handler)
         self._previous = {}
+
+
+# Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins).
+PEAK_BF16_FLOPS = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 125e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+]
+
+
+def peak_bf16_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
+
+
+def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> int:
+    """Training FLOPs per token: 6N for the matmuls with the weights (forward 2N, backward 4N; a tied
+    embedding counts once, as the LM head), plus 12·L·d·T for attention scores and values (PaLM, app. B)."""
+    return 6 * n_params + 12 * n_layers * hidden * seq_len
+
+
+class ThroughputMonitor(TrainerCallback):
+    """Tokens/s, MFU and peak memory over each logging window; RecipeTrainer.log adds them to the logs."""
+
+    def __init__(self, model, seq_len: int):
+        config = model.config
+        n_params = sum(p.numel() for p in model.parameters())
+        self.flops_per_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
+        self.seq_len = seq_len
+        self.window_start = None
+        self.window_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.tokens_per_step = args.world_size * args.per_device_train_batch_size
+        self.tokens_per_step *= args.gradient_accumulation_steps * self.seq_len
+        self.world_size = args.world_size
+        self.peak = peak_bf16_flops(args.device) if args.bf16 else None
+        self.device = args.device
+        self.window_start, self.window_step = time.perf_counter(), state.global_step
+        if args.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(args.device)
+
+    def measure(self, global_step: int) -> dict[str, float]:
+        if self.window_start is None or global_step <= self.window_step:
+            return {}
+        now = time.perf_counter()
+        tokens_per_second = (global_step - self.window_step) * self.tokens_per_step / (now - self.window_start)
+        self.window_start, self.window_step = now, global_step
+        metrics = {
+            "tokens_per_second": round(tokens_per_second, 1),
+            "tokens_per_second_per_device": round(tokens_per_second / self.world_size, 1),
+        }
+        if self.peak:
+            metrics["mfu"] = round(tokens_per_second / self.world_size * self.flops_per_token / self.peak, 4)
+        if self.device.type == "cuda":
+            metrics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+        return metrics

@@ -26,7 +26,7 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from callbacks import GracefulInterruptCallback, ResumedRunCallback, SampleGenerationCallback
+from callbacks import GracefulInterruptCallback, ResumedRunCallback, SampleGenerationCallback, ThroughputMonitor
 from config import RecipeConfig, RecipeError, load_config
 from data import collate_blocks, load_tokenizer, prepare_datasets
 
@@ -336,11 +336,15 @@ def plan_resume(cfg: RecipeConfig, resume: str) -> ResumePlan:
 
 
 class RecipeTrainer(Trainer):
-    """The Trainer, logging perplexity next to each evaluation loss."""
+    """The Trainer, logging perplexity next to each evaluation loss and throughput next to each train loss."""
+
+    throughput: ThroughputMonitor | None = None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "eval_loss" in logs:
             logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        if "loss" in logs and self.throughput is not None:
+            logs.update(self.throughput.measure(self.state.global_step))
         super().log(logs, start_time)
 
 
@@ -399,7 +403,9 @@ def run_training(
     if args.should_save:
         write_recipe_config(cfg, args.output_dir)
     interrupt = GracefulInterruptCallback()
+    throughput = ThroughputMonitor(model, cfg.data.block_size)
     callbacks = [
+        throughput,
         ResumedRunCallback(constant_lr=plan.constant_lr if plan else None),
         SampleGenerationCallback(tokenizer, cfg.samples, args.output_dir, interrupted=lambda: interrupt.requested),
         interrupt,
@@ -414,6 +420,7 @@ def run_training(
         data_collator=collate_blocks,
         callbacks=callbacks,
     )
+    trainer.throughput = throughput
     result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
     if interrupt.stopped_at is not None:
         log(

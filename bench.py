@@ -1,0 +1,228 @@
+"""Measure steady-state training throughput of the recipe for a config, and what the data costs.
+
+    python bench.py tokenizer=../shared/cosmo2-tokenizer data.path=../shared/data/tinyshakespeare.txt
+    python bench.py --vs-baseline data.block_size=512 training.per_device_train_batch_size=1 ...
+
+Runs `--warmup` + `--steps` optimizer steps of the recipe's Trainer (no eval, no saving, no samples) and
+reports the median step time of the steps after warm-up: tokens/s, step time, MFU (GPU, bf16) and peak
+memory. `--vs-baseline` runs, in the same process and on the same blocks, a minimal hand-written PyTorch
+loop for the same model and settings (forward, loss, backward, clipping, AdamW step, same autocast and
+gradient checkpointing) and prints the ratio recipe/baseline. The data rows time tokenizing the corpus
+cold and loading it back from the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+
+import torch
+from transformers import TrainerCallback, set_seed
+
+import train
+from callbacks import flops_per_token, peak_bf16_flops
+from config import RecipeError, load_config
+from data import collate_blocks, load_tokenizer, prepare_datasets
+
+
+@dataclass
+class Measurement:
+    name: str
+    step_seconds: list[float]
+    tokens_per_step: int
+    flops_per_token: int
+    peak_flops: float | None
+    peak_memory_gb: float | None
+
+    @property
+    def median_step(self) -> float:
+        return statistics.median(self.step_seconds)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_per_step / self.median_step
+
+    @property
+    def mfu(self) -> float | None:
+        return self.tokens_per_second * self.flops_per_token / self.peak_flops if self.peak_flops else None
+
+    def row(self) -> str:
+        mfu = f"{self.mfu:.1%}" if self.mfu is not None else "n/a"
+        memory = f"{self.peak_memory_gb:.2f}" if self.peak_memory_gb is not None else "n/a"
+        return f"| {self.name} | {self.tokens_per_second:,.0f} | {self.median_step:.3f} | {mfu} | {memory} |"
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        synchronize(args.device)
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        synchronize(args.device)
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def bench_recipe(cfg, tokenizer, blocks, warmup: int, steps: int) -> Measurement:
+    with tempfile.TemporaryDirectory() as out:
+        args = train.training_arguments(
+            cfg,
+            output_dir=out,
+            max_steps=warmup + steps,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to="none",
+            logging_steps=warmup + steps,
+            logging_first_step=False,
+            disable_tqdm=True,
+        )
+        model = build(cfg, args)
+        timer = StepTimer()
+        reset_memory(args.device)
+        trainer = train.RecipeTrainer(
+            model=model, args=args, train_dataset=blocks, data_collator=collate_blocks, callbacks=[timer]
+        )
+        trainer.train()
+        return measurement("recipe (Trainer)", timer.seconds[warmup:], args, model, cfg)
+
+
+def build(cfg, args):
+    config = train.build_llama_config(cfg)
+    set_seed(args.seed)
+    model = train.build_model(cfg, config, train.choose_attn_implementation(cfg.attn_implementation))
+    if args.gradient_checkpointing:
+        model.config.use_cache = False
+    return model
+
+
+def measurement(name: str, seconds: list[float], args, model, cfg) -> Measurement:
+    config = model.config
+    n_params = sum(p.numel() for p in model.parameters())
+    tokens = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
+    return Measurement(
+        name=name,
+        step_seconds=seconds,
+        tokens_per_step=tokens * cfg.data.block_size,
+        flops_per_token=flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, cfg.data.block_size),
+        peak_flops=peak_bf16_flops(args.device) if args.bf16 else None,
+        peak_memory_gb=peak_memory(args.device),
+    )
+
+
+def bench_baseline(cfg, blocks, warmup: int, steps: int) -> Measurement:
+    """The same model and settings in a plain PyTorch loop: the floor the Trainer should be close to."""
+    args = train.training_arguments(cfg, output_dir=tempfile.gettempdir(), report_to="none")
+    device = args.device
+    model = build(cfg, args).to(device)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        fused="fused" in str(args.optim),
+    )
+    micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    reset_memory(device)
+    seconds, index = [], 0
+    for _ in range(warmup + steps):
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(accum):
+            batch = collate_blocks([blocks[(index + i) % len(blocks)] for i in range(micro)])
+            index += micro
+            with autocast:
+                loss = model(input_ids=batch["input_ids"].to(device), labels=batch["labels"].to(device)).loss
+            (loss / accum).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return measurement("baseline (plain PyTorch loop)", seconds[warmup:], args, model, cfg)
+
+
+def bench_data(cfg, tokenizer) -> list[str]:
+    with tempfile.TemporaryDirectory() as cache:
+        data_cfg = replace(cfg.data, cache_dir=cache)
+        start = time.perf_counter()
+        _, stats = prepare_datasets(data_cfg, tokenizer)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        _, cached = prepare_datasets(data_cfg, tokenizer)
+        warm = time.perf_counter() - start
+    assert cached.from_cache
+    return [
+        f"data: {stats.tokens:,} tokens; cold (tokenize, pack, cache): {cold:.2f} s = "
+        f"{stats.tokens / cold:,.0f} tokens/s; from cache: {warm:.2f} s"
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps (median is reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from the measurement")
+    parser.add_argument("--vs-baseline", action="store_true", help="also time a hand-written PyTorch loop")
+    parser.add_argument("--no-data", action="store_true", help="skip the data preparation timings")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        cfg.samples.every_n_steps = 0
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        splits, _ = prepare_datasets(cfg.data, tokenizer)
+        train_cfg = cfg.training
+        needed = (args.warmup + args.steps) * train_cfg.get("per_device_train_batch_size", 8)
+        needed *= train_cfg.get("gradient_accumulation_steps", 1)
+        blocks = splits["train"].select(range(min(needed, len(splits["train"]))))
+        results = [bench_recipe(cfg, tokenizer, blocks, args.warmup, args.steps)]
+        if args.vs_baseline:
+            results.append(bench_baseline(cfg, blocks, args.warmup, args.steps))
+        data_lines = [] if args.no_data else bench_data(cfg, tokenizer)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = results[0]
+    print(f"\n{m.flops_per_token:,} training FLOPs per token (6N + 12·L·d·T); {m.tokens_per_step:,} tokens per "
+          f"optimizer step; median of {args.steps} steps after {args.warmup} warm-up steps")  # fmt: skip
+    print("| run | tokens/s | step time (s) | MFU | peak memory (GB) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for result in results:
+        print(result.row())
+    if args.vs_baseline:
+        print(f"ratio recipe/baseline (tokens/s): {results[0].tokens_per_second / results[1].tokens_per_second:.3f}")
+    for line in data_lines:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

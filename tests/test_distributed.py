@@ -1,0 +1,54 @@
+"""Two processes on CPU (gloo): the run trains, checkpoints and resumes, and equals one process with the
+same global batch."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, tiny_overrides
+from transformers import AutoModelForCausalLM
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(nproc: int, *args, cwd):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--standalone", str(ROOT / "train.py"), "--no-prompt", *args]  # fmt: skip
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def losses(output_dir):
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    return [(h["step"], h["loss"]) for h in history if "loss" in h]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not hasattr(torch, "distributed"), reason="no torchrun")
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, cache_dir):
+    common = dict(max_steps=4, save_steps=2, eval_steps=2)
+    two = tmp_path / "two"
+    overrides = tiny_overrides(two, cache_dir, per_device_train_batch_size=2, **common) + ["samples.every_n_steps=2"]
+    result = torchrun(2, *overrides, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "batch: 2 processes x 2 sequences x 1 accumulation = 4 sequences = 256 tokens per step" in result.stdout
+    assert {p.name for p in two.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-4"}
+    samples = (two / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == 2 * 3  # steps 2 and 4, three prompts, written by the main process only
+
+    one = tmp_path / "one"
+    assert (
+        torchrun(1, *tiny_overrides(one, cache_dir, per_device_train_batch_size=4, **common), cwd=tmp_path).returncode
+        == 0
+    )
+    for (s1, l1), (s2, l2) in zip(losses(one), losses(two), strict=True):
+        assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-4)
+    a = AutoModelForCausalLM.from_pretrained(one / "final").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(two / "final").state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+    resumed = torchrun(2, "--resume", *overrides, "resume.extra_steps=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming from checkpoint-4 (step 4) for 2 steps" in resumed.stdout
+    assert (two / "checkpoint-6").is_dir() and [s for s, _ in losses(two)][-2:] == [5, 6]

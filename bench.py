@@ -137,7 +137,7 @@ def bench_baseline(cfg, blocks, warmup: int, steps: int) -> Measurement:
     device = args.device
     model = build(cfg, args).to(device)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -170,6 +170,9 @@ def bench_baseline(cfg, blocks, warmup: int, steps: int) -> Measurement:
 
 
 def bench_data(cfg, tokenizer) -> list[str]:
+    import datasets
+
+    datasets.disable_caching()  # cold: no reuse of earlier `datasets.map` results either
     with tempfile.TemporaryDirectory() as cache:
         data_cfg = replace(cfg.data, cache_dir=cache)
         start = time.perf_counter()
@@ -178,6 +181,7 @@ def bench_data(cfg, tokenizer) -> list[str]:
         start = time.perf_counter()
         _, cached = prepare_datasets(data_cfg, tokenizer)
         warm = time.perf_counter() - start
+    datasets.enable_caching()
     assert cached.from_cache
     return [
         f"data: {stats.tokens:,} tokens; cold (tokenize, pack, cache): {cold:.2f} s = "
@@ -192,12 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from the measurement")
     parser.add_argument("--vs-baseline", action="store_true", help="also time a hand-written PyTorch loop")
     parser.add_argument("--no-data", action="store_true", help="skip the data preparation timings")
+    parser.add_argument("--data-only", action="store_true", help="only the data preparation timings")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         cfg.samples.every_n_steps = 0
         tokenizer = load_tokenizer(cfg.tokenizer)
+        if args.data_only:
+            print("\n".join(bench_data(cfg, tokenizer)))
+            return 0
         splits, _ = prepare_datasets(cfg.data, tokenizer)
         train_cfg = cfg.training
         needed = (args.warmup + args.steps) * train_cfg.get("per_device_train_batch_size", 8)

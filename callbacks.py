@@ -223,15 +223,15 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> 
 
 
 class ThroughputMonitor(TrainerCallback):
-    """Tokens/s, MFU and peak memory over each logging window; RecipeTrainer.log adds them to the logs."""
+    """Tokens/s, MFU and peak memory of the optimizer steps in each logging window (evaluation, saving and
+    samples excluded); RecipeTrainer.log adds them to the logs."""
 
     def __init__(self, model, seq_len: int):
         config = model.config
         n_params = sum(p.numel() for p in model.parameters())
         self.flops_per_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
         self.seq_len = seq_len
-        self.window_start = None
-        self.window_step = 0
+        self.steps, self.seconds, self.step_start = 0, 0.0, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.tokens_per_step = args.world_size * args.per_device_train_batch_size
@@ -239,16 +239,22 @@ class ThroughputMonitor(TrainerCallback):
         self.world_size = args.world_size
         self.peak = peak_bf16_flops(args.device) if args.bf16 else None
         self.device = args.device
-        self.window_start, self.window_step = time.perf_counter(), state.global_step
         if args.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(args.device)
 
-    def measure(self, global_step: int) -> dict[str, float]:
-        if self.window_start is None or global_step <= self.window_step:
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step_start is not None:
+            self.steps += 1
+            self.seconds += time.perf_counter() - self.step_start
+
+    def measure(self) -> dict[str, float]:
+        if not self.steps or not self.seconds:
             return {}
-        now = time.perf_counter()
-        tokens_per_second = (global_step - self.window_step) * self.tokens_per_step / (now - self.window_start)
-        self.window_start, self.window_step = now, global_step
+        tokens_per_second = self.steps * self.tokens_per_step / self.seconds
+        self.steps, self.seconds = 0, 0.0
         metrics = {
             "tokens_per_second": round(tokens_per_second, 1),
             "tokens_per_second_per_device": round(tokens_per_second / self.world_size, 1),

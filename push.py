@@ -184,6 +184,10 @@ def write_model_card(folder: Path, source: Path, model, cfg: RecipeConfig, repo_
     if eval_loss is not None:
         results.append(f"| validation loss | {eval_loss:.4f} |")
         results.append(f"| validation perplexity | {torch.tensor(eval_loss).exp().item():.2f} |")
+    for key, label in [("tokens_per_second", "training throughput (tokens/s, last logged)"), ("mfu", "MFU")]:
+        value = last(history, key, step)
+        if value is not None:
+            results.append(f"| {label} | {value:.1%} |" if key == "mfu" else f"| {label} | {value:,.0f} |")
     samples = read_samples(run_file(source, "samples.jsonl"), step)
     sample_text = "\n\n".join(f"```text\n{s['prompt']}{s['completion']}\n```" for s in samples) or "_none recorded_"
     name = repo_id.split("/")[-1]

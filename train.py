@@ -344,7 +344,7 @@ class RecipeTrainer(Trainer):
         if "eval_loss" in logs:
             logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
         if "loss" in logs and self.throughput is not None:
-            logs.update(self.throughput.measure(self.state.global_step))
+            logs.update(self.throughput.measure())
         super().log(logs, start_time)
 
 

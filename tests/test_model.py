@@ -88,3 +88,10 @@ def test_building_the_model_leaves_the_config_untouched():
     model = build_model(cfg, config, "eager")
     assert config.to_dict() == before
     assert model.config._attn_implementation == "eager"
+
+
+def test_flops_per_token_counts_weights_and_attention():
+    from callbacks import flops_per_token
+
+    # 6N + 12·L·d·T for SmolLM2-135M at 2,048 tokens
+    assert flops_per_token(134_515_008, 30, 576, 2048) == 6 * 134_515_008 + 12 * 30 * 576 * 2048 == 1_231_763_328

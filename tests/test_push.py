@@ -64,6 +64,7 @@ def test_model_card_has_metadata_results_curve_and_samples(tiny_run, tmp_path):
         assert line in header
     assert "| parameters | 3,219,776 |" in card
     assert "| validation loss |" in card and "| validation perplexity |" in card and "| train loss" in card
+    assert "| training throughput (tokens/s, last logged) |" in card
     assert "![loss curve](loss_curve.png)" in card and (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Samples at step 4" in card and "ROMEO:" in card
     assert "| `learning_rate` | `0.003` |" in card

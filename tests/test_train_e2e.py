@@ -38,6 +38,7 @@ def test_loss_falls_and_everything_is_written(trained_run):
     out, _ = trained_run
     losses = [loss for _, loss, _ in losses_and_lrs(out)]
     assert len(losses) == 12 and losses[-1] < losses[0] - 1.0
+    assert all(h["tokens_per_second"] > 0 for h in history(out) if "loss" in h)
     assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-6", "checkpoint-12"}
     evals = [h for h in history(out) if "eval_loss" in h]
     assert [h["step"] for h in evals] == [6, 12]

@@ -310,6 +310,18 @@ class ResumePlan:
         )
 
 
+def refuse_to_overwrite(cfg: RecipeConfig) -> None:
+    """A new run into a folder with checkpoints would mix two runs: --resume would later pick the wrong one."""
+    output_dir = cfg.training["output_dir"]
+    latest, _ = find_latest_checkpoint(output_dir)
+    if latest is not None:
+        raise RecipeError(
+            f"{output_dir} already holds {latest.name}: continue it with --resume, or start a new run "
+            "in another training.output_dir"
+        )
+    return None
+
+
 def plan_resume(cfg: RecipeConfig, resume: str) -> ResumePlan:
     output_dir = cfg.training["output_dir"]
     if resume == "latest":
@@ -446,7 +458,7 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
         cfg = load_config(args.config, args.overrides)
         tokenizer = load_tokenizer(cfg.tokenizer)
         build_llama_config(cfg, tokenizer)  # vocab check before the data work
-        plan = plan_resume(cfg, args.resume) if args.resume else None
+        plan = plan_resume(cfg, args.resume) if args.resume else refuse_to_overwrite(cfg)
         training_args = arguments_for(cfg, plan)
         with training_args.main_process_first(desc="preparing data"):
             splits, stats = prepare_datasets(cfg.data, tokenizer)
@@ -458,7 +470,8 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
                 f"Continue from {latest.name} for {cfg.resume.extra_steps} more steps at lr/"
                 f"{1 / cfg.resume.lr_factor:g}? [y/N] "
             )
-            if latest is not None and input(question).strip().lower() in ("y", "yes"):
+            print(question, end="", flush=True)
+            if latest is not None and input().strip().lower() in ("y", "yes"):
                 plan = plan_resume(cfg, str(latest))
                 code = run_training(cfg, arguments_for(cfg, plan), tokenizer, splits, plan, extra_callbacks)
         return code

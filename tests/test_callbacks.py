@@ -129,3 +129,11 @@ def test_resume_path_is_optional_and_overrides_are_not_paths():
     args = train.parse_args(["--resume", "/some/checkpoint-5", "training.max_steps=9"])
     assert args.resume == "/some/checkpoint-5"
     assert train.parse_args(["training.max_steps=9"]).resume is None
+
+
+def test_new_run_into_a_folder_with_checkpoints_is_refused(checkpointed_run, capsys):
+    out, overrides = checkpointed_run
+    before = sorted(p.name for p in out.iterdir())
+    assert train.main(overrides) == 2
+    assert "already holds checkpoint-4: continue it with --resume" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before

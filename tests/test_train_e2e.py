@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -145,3 +146,40 @@ def test_sigterm_from_outside_saves_and_exits(tmp_path, cache_dir):
     checkpoints = list(out.glob("checkpoint-*"))
     assert len(checkpoints) == 1 and train.checkpoint_step(checkpoints[0]) is not None
     assert "continue with: python train.py --resume" in rest
+
+
+def test_interactive_terminal_is_offered_the_extra_phase(tmp_path, cache_dir):
+    import pty
+    import select
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=4, save_steps=4, eval_steps=4)
+    overrides += ["samples.every_n_steps=0", "resume.extra_steps=2"]
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path,
+    )  # fmt: skip
+    os.close(follower)
+    seen, answered, deadline = b"", False, time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if select.select([leader], [], [], 1)[0]:
+            try:
+                seen += os.read(leader, 4096)
+            except OSError:
+                break
+        if not answered and b"Continue from checkpoint-4 for 2 more steps at lr/10? [y/N]" in seen:
+            os.write(leader, b"y\n")
+            answered = True
+    proc.wait(timeout=60)
+    os.close(leader)
+    assert answered, seen.decode(errors="replace")[-2000:]
+    assert proc.returncode == 0
+    assert b"resuming from checkpoint-4 (step 4) for 2 steps" in seen
+    assert (out / "checkpoint-6").is_dir()
+
+
+def test_no_prompt_without_a_terminal(trained_run):
+    args = train.parse_args(["training.max_steps=1"])
+    assert not train.should_offer_continuation(args)  # pytest's stdin is not a terminal
+    assert not train.should_offer_continuation(train.parse_args(["--no-prompt"]))

@@ -26,6 +26,7 @@ from itertools import chain
 from pathlib import Path
 
 import datasets
+import pyarrow.compute as pc
 import torch
 
 from config import DataConfig, RecipeError, load_config
@@ -215,7 +216,8 @@ def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig):
         remove_columns=documents.column_names,
         desc="tokenizing",
     )
-    num_tokens = sum(len(ids) for ids in tokens.with_format("numpy")["input_ids"]) if len(tokens) else 0
+    # counted on the memory-mapped Arrow column, without loading the corpus into Python
+    num_tokens = (pc.sum(pc.list_value_length(tokens.data.column("input_ids"))).as_py() or 0) if len(tokens) else 0
     # one map over the whole stream so that only the very last partial block is dropped
     blocks = tokens.map(
         pack_into_blocks,
@@ -353,7 +355,8 @@ def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer):
     validation = datasets.Dataset.from_list(list(blocks.take(n_val)))
     if len(validation) == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no full block of {cfg.block_size} tokens")
-    train = blocks.skip(n_val).shuffle(seed=cfg.seed, buffer_size=10_000)
+    # a buffer of 1,000 blocks keeps memory bounded (about 2M tokens at block_size 2048)
+    train = blocks.skip(n_val).shuffle(seed=cfg.seed, buffer_size=1_000)
     stats = CorpusStats(
         documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
     )

@@ -26,6 +26,7 @@ from itertools import chain
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pyarrow.compute as pc
 import torch
 
@@ -218,16 +219,27 @@ def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig):
     )
     # counted on the memory-mapped Arrow column, without loading the corpus into Python
     num_tokens = (pc.sum(pc.list_value_length(tokens.data.column("input_ids"))).as_py() or 0) if len(tokens) else 0
-    # one map over the whole stream so that only the very last partial block is dropped
-    blocks = tokens.map(
-        pack_into_blocks,
-        batched=True,
-        batch_size=max(1, len(tokens)) if len(tokens) < 10_000 else 10_000,
-        fn_kwargs={"block_size": cfg.block_size},
-        remove_columns=tokens.column_names,
-        desc=f"packing into blocks of {cfg.block_size}",
-    )
-    return tokens, blocks, num_tokens
+    if num_tokens < 2 * cfg.block_size:
+        return tokens, None, num_tokens  # too short to pack: prepare_datasets says why
+    return tokens, pack_dataset_into_blocks(tokens, cfg.block_size), num_tokens
+
+
+def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int) -> datasets.Dataset:
+    """Cut the whole token stream into blocks, reading it in slices: memory stays flat whatever the corpus
+    size, and only the very last partial block is dropped (a per-batch `map` would drop one per batch)."""
+
+    def blocks():
+        carry = np.empty(0, dtype=np.int32)
+        for batch in tokens.with_format("arrow").iter(batch_size=1000):
+            stream = np.concatenate([carry, batch.column("input_ids").combine_chunks().flatten().to_numpy()])
+            usable = len(stream) // block_size * block_size
+            for row in stream[:usable].reshape(-1, block_size):
+                yield {"input_ids": row}
+            carry = stream[usable:]
+
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))})
+    fingerprint = f"{tokens._fingerprint}-blocks-{block_size}"  # the tokens' fingerprint covers files and tokenizer
+    return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint)
 
 
 def split_train_validation(blocks, cfg: DataConfig) -> datasets.DatasetDict:
@@ -322,7 +334,7 @@ def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True):
     tokens, blocks, num_tokens = tokenize_and_pack(documents, text_column, tokenizer, cfg)
     if num_tokens == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no text; check data.path and data.text_column")
-    if len(blocks) < 2:
+    if blocks is None or len(blocks) < 2:
         raise RecipeError(
             f"the corpus has {num_tokens:,} tokens, fewer than the 2 blocks of {cfg.block_size} needed "
             "(one to train on, one to validate); use more text or a smaller data.block_size"

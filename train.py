@@ -478,6 +478,9 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training started (data, model): there is nothing to save yet
+        print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

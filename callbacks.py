@@ -59,6 +59,11 @@ def generate_samples(model, tokenizer, samples: SamplesConfig, bf16: bool = Fals
     return results
 
 
+def uses_fsdp(args) -> bool:
+    """FSDP from TrainingArguments or from an accelerate config (`accelerate launch --config_file fsdp.yaml`)."""
+    return bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 class SampleGenerationCallback(TrainerCallback):
     """Every `samples.every_n_steps` optimizer steps and at the end, generate from each prompt."""
 
@@ -83,7 +88,7 @@ class SampleGenerationCallback(TrainerCallback):
         self.last_step = state.global_step
         if not self.samples.prompts or not state.is_world_process_zero or model is None:
             return
-        if getattr(args, "fsdp", None):
+        if uses_fsdp(args):
             return  # sharded weights: generation would need every rank; use generate.py on the checkpoint
         results = generate_samples(model, self.tokenizer, self.samples, bf16=args.bf16)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,18 @@ def test_new_run_into_a_folder_with_checkpoints_is_refused(checkpointed_run, cap
     assert train.main(overrides) == 2
     assert "already holds checkpoint-4: continue it with --resume" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_samples_are_skipped_under_fsdp_from_either_source(monkeypatch):
+    from callbacks import uses_fsdp
+
+    class Args:
+        fsdp = ""
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not uses_fsdp(Args())
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --config_file accelerate/fsdp.yaml
+    assert uses_fsdp(Args())
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    Args.fsdp = "full_shard"
+    assert uses_fsdp(Args())

@@ -85,7 +85,7 @@ def peak_memory(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def bench_recipe(cfg, tokenizer, blocks, warmup: int, steps: int) -> Measurement:
+def bench_recipe(cfg, blocks, warmup: int, steps: int) -> Measurement:
     with tempfile.TemporaryDirectory() as out:
         args = train.training_arguments(
             cfg,
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         needed = (args.warmup + args.steps) * train_cfg.get("per_device_train_batch_size", 8)
         needed *= train_cfg.get("gradient_accumulation_steps", 1)
         blocks = splits["train"].select(range(min(needed, len(splits["train"]))))
-        results = [bench_recipe(cfg, tokenizer, blocks, args.warmup, args.steps)]
+        results = [bench_recipe(cfg, blocks, args.warmup, args.steps)]
         if args.vs_baseline:
             results.append(bench_baseline(cfg, blocks, args.warmup, args.steps))
         data_lines = [] if args.no_data else bench_data(cfg, tokenizer)

@@ -26,6 +26,12 @@ class RecipeError(Exception):
     """A mistake the user can fix: printed as one line, then the program exits non-zero."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (or its type), to quote inside a one-line error."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
 @dataclass
 class DataConfig:
     path: str | list[str] = "input.txt"

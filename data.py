@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from config import DataConfig, RecipeError, load_config
+from config import DataConfig, RecipeError, first_line, load_config
 
 CACHE_FORMAT_VERSION = 1
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -162,8 +162,7 @@ def load_documents(source: CorpusSource, cfg: DataConfig, streaming: bool = Fals
             ds = datasets.load_dataset(source.builder, data_files=source.files, split="train", streaming=streaming)
     except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
         where = source.hub_id or ", ".join(source.files[:3])
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipeError(f"could not load the corpus '{where}': {first_line}") from None
+        raise RecipeError(f"could not load the corpus '{where}': {first_line(e)}") from None
     except Exception as e:  # datasets raises its own errors for Hub ids (DatasetNotFoundError, ...)
         if source.hub_id:
             raise RecipeError(

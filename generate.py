@@ -88,6 +88,7 @@ def load_model(source: str, device: str = "auto", dtype: torch.dtype | None = No
         tokenizer = AutoTokenizer.from_pretrained(str(folder) if is_local else source)
         model = AutoModelForCausalLM.from_pretrained(str(folder) if is_local else source, dtype=dtype)
     except Exception as e:
+        # generate.py runs alone on a Space, without config.py: hence no shared helper here
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise LoadError(f"could not load a model from '{source}': {first_line}") from None
     model.to(target).eval()

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from config import RecipeConfig, RecipeError, load_config
+from config import RecipeConfig, RecipeError, first_line, load_config
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SPACE_FILES = ("app.py", "generate.py")
@@ -102,7 +102,7 @@ def build_repo_folder(source: Path, out: Path, dtype: torch.dtype, cfg: RecipeCo
         raise
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise RecipeError(f"could not build the repo folder from {source}: {e}") from None
+        raise RecipeError(f"could not build the repo folder from {source}: {first_line(e)}") from None
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -267,8 +267,7 @@ def check_folder(folder: Path) -> str:
         inputs = tokenizer("The", return_tensors="pt")
         output = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     except Exception as e:
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RecipeError(f"the built folder {folder} fails the reload check: {first_line}") from None
+        raise RecipeError(f"the built folder {folder} fails the reload check: {first_line(e)}") from None
     return tokenizer.decode(output[0], skip_special_tokens=True)
 
 
@@ -283,7 +282,7 @@ def describe_files(folder: Path) -> str:
 
 
 def hub_error(e: Exception, token: str | None) -> RecipeError:
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = first_line(e)
     if token:
         text = text.replace(token, "***")
     return RecipeError(f"the Hub refused the upload: {text}")

@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArg
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from callbacks import GracefulInterruptCallback, ResumedRunCallback, SampleGenerationCallback, ThroughputMonitor
-from config import RecipeConfig, RecipeError, load_config
+from config import RecipeConfig, RecipeError, first_line, load_config
 from data import collate_blocks, load_tokenizer, prepare_datasets
 
 EXIT_INTERRUPTED = 130
@@ -194,8 +194,7 @@ def training_arguments(cfg: RecipeConfig, **changes) -> TrainingArguments:
     try:
         return TrainingArguments(**kwargs)
     except (ValueError, TypeError, ImportError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise RecipeError(f"training arguments: {first_line}") from None
+        raise RecipeError(f"training arguments: {first_line(e)}") from None
 
 
 def configure_wandb(output_dir: str) -> None:
@@ -452,6 +451,23 @@ def should_offer_continuation(args: argparse.Namespace) -> bool:
     return not args.no_prompt and world_size() == 1 and sys.stdin.isatty() and sys.stdout.isatty()
 
 
+def ask_for_extra_phase(cfg: RecipeConfig) -> ResumePlan | None:
+    """After the main run, in a terminal: offer the extra phase of --resume in the same process."""
+    latest, _ = find_latest_checkpoint(cfg.training["output_dir"])
+    if latest is None:  # e.g. save_strategy=no
+        return None
+    factor = f"lr/{1 / cfg.resume.lr_factor:g}" if cfg.resume.lr_factor < 1 else f"lr x {cfg.resume.lr_factor:g}"
+    print(
+        f"Continue from {latest.name} for {cfg.resume.extra_steps} more steps at {factor}? [y/N] ", end="", flush=True
+    )
+    try:
+        answer = input()
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return None
+    return plan_resume(cfg, str(latest)) if answer.strip().lower() in ("y", "yes") else None
+
+
 def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
     args = parse_args(argv)
     try:
@@ -464,16 +480,8 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
             splits, stats = prepare_datasets(cfg.data, tokenizer)
         log(stats.summary())
         code = run_training(cfg, training_args, tokenizer, splits, plan, extra_callbacks)
-        if code == 0 and should_offer_continuation(args):
-            latest, _ = find_latest_checkpoint(cfg.training["output_dir"])
-            question = (
-                f"Continue from {latest.name} for {cfg.resume.extra_steps} more steps at lr/"
-                f"{1 / cfg.resume.lr_factor:g}? [y/N] "
-            )
-            print(question, end="", flush=True)
-            if latest is not None and input().strip().lower() in ("y", "yes"):
-                plan = plan_resume(cfg, str(latest))
-                code = run_training(cfg, arguments_for(cfg, plan), tokenizer, splits, plan, extra_callbacks)
+        if code == 0 and should_offer_continuation(args) and (plan := ask_for_extra_phase(cfg)):
+            code = run_training(cfg, arguments_for(cfg, plan), tokenizer, splits, plan, extra_callbacks)
         return code
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -105,7 +105,22 @@ def bench_recipe(cfg, blocks, warmup: int, steps: int) -> Measurement:
             model=model, args=args, train_dataset=blocks, data_collator=collate_blocks, callbacks=[timer]
         )
         trainer.train()
-        return measurement("recipe (Trainer)", timer.seconds[warmup:], args, model, cfg)
+        return measurement(f"recipe (Trainer): {switches(args, model)}", timer.seconds[warmup:], args, model, cfg)
+
+
+def switches(args, model) -> str:
+    """The fast-path settings of a run, for the table."""
+    parts = [
+        model.config._attn_implementation,
+        "bf16" if args.bf16 else "fp32",
+        f"checkpointing {'on' if args.gradient_checkpointing else 'off'}",
+    ]
+    if args.torch_compile:
+        parts.append("compile")
+    if args.use_liger_kernel:
+        off = sorted(k for k, v in (args.liger_kernel_config or {}).items() if v is False)
+        parts.append(f"liger (without {', '.join(off)})" if off else "liger")
+    return ", ".join(parts)
 
 
 def build(cfg, args):
@@ -166,7 +181,7 @@ def bench_baseline(cfg, blocks, warmup: int, steps: int) -> Measurement:
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return measurement("baseline (plain PyTorch loop)", seconds[warmup:], args, model, cfg)
+    return measurement(f"baseline (plain PyTorch loop): {switches(args, model)}", seconds[warmup:], args, model, cfg)
 
 
 def bench_data(cfg, tokenizer) -> list[str]:
@@ -187,6 +202,13 @@ def bench_data(cfg, tokenizer) -> list[str]:
         f"data: {stats.tokens:,} tokens; cold (tokenize, pack, cache): {cold:.2f} s = "
         f"{stats.tokens / cold:,.0f} tokens/s; from cache: {warm:.2f} s"
     ]
+
+
+def environment() -> str:
+    import transformers
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return f"{device}; torch {torch.__version__}, transformers {transformers.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,12 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = results[0]
-    print(f"\n{m.flops_per_token:,} training FLOPs per token (6N + 12·L·d·T); {m.tokens_per_step:,} tokens per "
+    print(f"\n{environment()}")
+    print(f"{m.flops_per_token:,} training FLOPs per token (6N + 12·L·d·T); {m.tokens_per_step:,} tokens per "
           f"optimizer step; median of {args.steps} steps after {args.warmup} warm-up steps")  # fmt: skip
     print("| run | tokens/s | step time (s) | MFU | peak memory (GB) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for result in results:
         print(result.row())
+    for result in results:
+        print(f"step times (s), {result.name.split(':')[0]}: " + " ".join(f"{s:.3f}" for s in result.step_seconds))
     if args.vs_baseline:
         print(f"ratio recipe/baseline (tokens/s): {results[0].tokens_per_second / results[1].tokens_per_second:.3f}")
     for line in data_lines:

@@ -228,15 +228,21 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> 
 
 
 class ThroughputMonitor(TrainerCallback):
-    """Tokens/s, MFU and peak memory of the optimizer steps in each logging window (evaluation, saving and
-    samples excluded); RecipeTrainer.log adds them to the logs."""
+    """Tokens/s, MFU and peak memory of each logging window; RecipeTrainer.log adds them to the logs.
 
-    def __init__(self, model, seq_len: int):
+    A window runs by the wall clock from the start of its first optimizer step to the end of the step that
+    logs, data loading included. Evaluation, saving and samples come after that step, so they fall between
+    windows. The GPU is synchronized at the two ends of a window only: the figures count the work the GPU
+    did, not the time it took to queue it, at the cost of two syncs per window."""
+
+    def __init__(self, model, seq_len: int, samples_every: int = 0):
         config = model.config
         n_params = sum(p.numel() for p in model.parameters())
         self.flops_per_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
         self.seq_len = seq_len
-        self.steps, self.seconds, self.step_start = 0, 0.0, None
+        self.samples_every = samples_every
+        self.steps, self.seconds = 0, 0.0
+        self.window_start, self.window_steps = None, 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.tokens_per_step = args.world_size * args.per_device_train_batch_size
@@ -248,12 +254,24 @@ class ThroughputMonitor(TrainerCallback):
             torch.cuda.reset_peak_memory_stats(args.device)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.step_start = time.perf_counter()
+        if self.window_start is None:
+            self.synchronize()
+            self.window_start, self.window_steps = time.perf_counter(), 0
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.step_start is not None:
-            self.steps += 1
-            self.seconds += time.perf_counter() - self.step_start
+        if self.window_start is None:
+            return
+        self.window_steps += 1
+        samples_next = self.samples_every and state.global_step % self.samples_every == 0
+        if control.should_log or control.should_evaluate or control.should_save or samples_next:
+            self.synchronize()
+            self.seconds += time.perf_counter() - self.window_start
+            self.steps += self.window_steps
+            self.window_start = None
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def measure(self) -> dict[str, float]:
         if not self.steps or not self.seconds:

@@ -373,7 +373,13 @@ def save_final_model(trainer: Trainer, output_dir: str, cfg: RecipeConfig) -> Pa
     model.config.use_cache = True  # off while training with gradient checkpointing; on for generation
     if trainer.args.should_save:
         shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))
+    if trainer.is_fsdp_enabled and "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type):
+        # Trainer.save_model writes no weights for sharded FSDP state dicts; gather them (all ranks take part)
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+        if trainer.args.should_save:
+            trainer._save(str(tmp), state_dict=state_dict)
+    else:
+        trainer.save_model(str(tmp))
     if trainer.args.should_save:
         model.generation_config.save_pretrained(str(tmp))
         write_recipe_config(cfg, tmp)
@@ -414,7 +420,7 @@ def run_training(
     if args.should_save:
         write_recipe_config(cfg, args.output_dir)
     interrupt = GracefulInterruptCallback()
-    throughput = ThroughputMonitor(model, cfg.data.block_size)
+    throughput = ThroughputMonitor(model, cfg.data.block_size, samples_every=cfg.samples.every_n_steps)
     callbacks = [
         throughput,
         ResumedRunCallback(constant_lr=plan.constant_lr if plan else None),

@@ -1,6 +1,7 @@
 """Callbacks leave training as they found it; resume pins the learning rate; checkpoints are checked."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -152,3 +153,39 @@ def test_samples_are_skipped_under_fsdp_from_either_source(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     Args.fsdp = "full_shard"
     assert uses_fsdp(Args())
+
+
+def test_throughput_windows_count_data_loading_but_not_evaluation(monkeypatch):
+    """Wall clock from a window's first step to its logging step: the gaps between steps (data loading)
+    count, the evaluation after a logging step does not."""
+    from transformers import TrainerControl
+
+    import callbacks
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock["now"])
+    model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=1, hidden_size=4), parameters=lambda: [])
+    monitor = callbacks.ThroughputMonitor(model, seq_len=10)
+    args = SimpleNamespace(
+        world_size=1,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        bf16=False,
+        device=torch.device("cpu"),
+    )
+    state = SimpleNamespace(global_step=0)
+    monitor.on_train_begin(args, state, TrainerControl())
+    measured = []
+    for step in range(1, 5):
+        control = TrainerControl()
+        monitor.on_step_begin(args, state, control)
+        clock["now"] += 1.0  # the step
+        state.global_step = step
+        control.should_log = control.should_evaluate = step % 2 == 0
+        monitor.on_step_end(args, state, control)
+        if control.should_log:
+            measured.append(monitor.measure()["tokens_per_second"])
+            clock["now"] += 100.0  # evaluation
+        clock["now"] += 0.5  # loading the next batch
+    # each window: 2 steps x 20 tokens in 1 + 0.5 + 1 seconds
+    assert measured == [16.0, 16.0]

@@ -95,3 +95,23 @@ def test_flops_per_token_counts_weights_and_attention():
 
     # 6N + 12·L·d·T for SmolLM2-135M at 2,048 tokens
     assert flops_per_token(134_515_008, 30, 576, 2048) == 6 * 134_515_008 + 12 * 30 * 576 * 2048 == 1_231_763_328
+
+
+def test_final_model_has_weights_under_sharded_fsdp(tmp_path, cache_dir, monkeypatch):
+    """Trainer.save_model writes no weights when FSDP saves sharded state dicts (checked on an H100 with
+    accelerate/fsdp.yaml); the recipe gathers them itself so final/ always loads."""
+    from conftest import tiny_overrides
+
+    import train
+
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", cache_dir))
+    args = train.training_arguments(cfg, eval_strategy="no")
+    model = train.build_model(cfg, build_llama_config(cfg), "sdpa")
+    trainer = train.RecipeTrainer(model=model, args=args)
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    plugin = type("Plugin", (), {"state_dict_type": "StateDictType.SHARDED_STATE_DICT"})()
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", plugin, raising=False)
+    final = train.save_final_model(trainer, args.output_dir, cfg)
+    reloaded = AutoModelForCausalLM.from_pretrained(final)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name

@@ -2,7 +2,9 @@
 same global batch."""
 
 import json
+import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -14,10 +16,13 @@ from transformers import AutoModelForCausalLM
 pytestmark = pytest.mark.slow
 
 
+def torchrun_command(nproc: int, *args) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--standalone", str(ROOT / "train.py"), "--no-prompt", *args]  # fmt: skip
+
+
 def torchrun(nproc: int, *args, cwd):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--standalone", str(ROOT / "train.py"), "--no-prompt", *args]  # fmt: skip
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(torchrun_command(nproc, *args), cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
 def losses(output_dir):
@@ -52,3 +57,36 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming from checkpoint-4 (step 4) for 2 steps" in resumed.stdout
     assert (two / "checkpoint-6").is_dir() and [s for s, _ in losses(two)][-2:] == [5, 6]
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, cache_dir):
+    """SIGTERM to rank 1 alone: rank 0 learns of it through the all-reduce, both stop after the same step
+    and write one complete checkpoint, and nothing hangs."""
+    import psutil
+
+    import train
+
+    out = tmp_path / "run"
+    never = dict(max_steps=100000, save_steps=100000, eval_steps=100000, per_device_train_batch_size=2)
+    command = torchrun_command(2, *tiny_overrides(out, cache_dir, **never), "samples.every_n_steps=0")
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "'loss'" in line:
+                break  # both ranks are training
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+        rank1 = next(p for p in workers if p.environ().get("RANK") == "1")
+        rank1.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=180)
+    finally:  # a hang must not outlive the test
+        for p in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []:
+            p.kill()
+        proc.kill()
+    output = "".join(lines) + rest
+    stopped = re.search(r"interrupted at step (\d+): saved checkpoint-(\d+)", output)
+    assert stopped and stopped.group(1) == stopped.group(2), output[-3000:]
+    checkpoints = list(out.glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == [f"checkpoint-{stopped.group(1)}"]
+    assert train.checkpoint_step(checkpoints[0]) == int(stopped.group(1))

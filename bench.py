@@ -147,13 +147,23 @@ def measurement(name: str, seconds: list[float], args, model, cfg) -> Measuremen
 
 
 def bench_baseline(cfg, blocks, warmup: int, steps: int) -> Measurement:
-    """The same model and settings in a plain PyTorch loop: the floor the Trainer should be close to."""
+    """The same model and settings (checkpointing, Liger, torch.compile, autocast) in a plain PyTorch loop:
+    the floor the Trainer should be close to."""
     args = train.training_arguments(cfg, output_dir=tempfile.gettempdir(), report_to="none")
     device = args.device
     model = build(cfg, args).to(device)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=args.activation_checkpointing_kwargs)
+    if args.use_liger_kernel:  # as the Trainer applies them
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+        _apply_liger_kernel_to_instance(model=model, **(args.liger_kernel_config or {}))
     model.train()
+    forward = (
+        torch.compile(model, backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+        if args.torch_compile
+        else model
+    )
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
@@ -174,7 +184,7 @@ def bench_baseline(cfg, blocks, warmup: int, steps: int) -> Measurement:
             batch = collate_blocks([blocks[(index + i) % len(blocks)] for i in range(micro)])
             index += micro
             with autocast:
-                loss = model(input_ids=batch["input_ids"].to(device), labels=batch["labels"].to(device)).loss
+                loss = forward(input_ids=batch["input_ids"].to(device), labels=batch["labels"].to(device)).loss
             (loss / accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()

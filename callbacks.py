@@ -195,6 +195,29 @@ class GracefulInterruptCallback(TrainerCallback):
         self._previous = {}
 
 
+class StreamPositionCallback(TrainerCallback):
+    """Streaming: next to each checkpoint, where training stands in the stream (`stream_position.json`),
+    so that --resume seeks the stream there instead of reading it again from the start."""
+
+    FILE = "stream_position.json"
+
+    def __init__(self, stream, start_step: int = 0, start_block: int = 0):
+        self.stream, self.start_step, self.start_block = stream, start_step, start_block
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:
+            return
+        per_step = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        block = self.start_block + (state.global_step - self.start_step) * per_step
+        position = self.stream.position_of(block)
+        if position is None:  # not remembered (e.g. read in a dataloader worker): --resume replays the stream
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        tmp = folder / f".{self.FILE}.tmp"
+        tmp.write_text(json.dumps({**position, "step": state.global_step}))
+        os.replace(tmp, folder / self.FILE)
+
+
 # Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins).
 PEAK_BF16_FLOPS = [
     ("H200", 989e12),

@@ -10,12 +10,17 @@ tokenizing again.
     python data.py data.path=../shared/data/tinyshakespeare.txt tokenizer=../shared/cosmo2-tokenizer
 
 prepares the data alone and prints the numbers (same config and overrides as train.py).
+
+With `data.streaming`, documents are read, tokenized and packed on the fly (`StreamedBlocks`), in bounded
+memory, and a checkpoint can hold the stream's position so a resumed run seeks there.
 """
 
 from __future__ import annotations
 
+import copy
 import glob
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -193,13 +198,6 @@ def tokenize_function(tokenizer, text_column: str):
     return tokenize
 
 
-def pack_into_blocks(batch, block_size: int):
-    """Concatenate the batch's documents and cut the stream into full blocks (the tail is dropped)."""
-    stream = list(chain.from_iterable(batch["input_ids"]))
-    usable = len(stream) // block_size * block_size
-    return {"input_ids": [stream[i : i + block_size] for i in range(0, usable, block_size)]}
-
-
 def _num_proc(cfg: DataConfig, num_documents: int) -> int | None:
     if cfg.num_proc is not None:
         return cfg.num_proc if cfg.num_proc > 1 else None
@@ -359,19 +357,142 @@ def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True):
 def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer):
     """Stream documents, tokenize and pack on the fly; the first blocks are held out for validation."""
     documents, text_column = load_documents(source, cfg, streaming=True)
-    tokens = documents.map(tokenize_function(tokenizer, text_column), batched=True, remove_columns=[text_column])
-    tokens = tokens.select_columns(["input_ids"])
-    blocks = tokens.map(pack_into_blocks, batched=True, batch_size=1000, fn_kwargs={"block_size": cfg.block_size})
-    n_val = cfg.max_validation_blocks
-    validation = datasets.Dataset.from_list(list(blocks.take(n_val)))
+    train = StreamedBlocks(
+        lambda: load_documents(source, cfg, streaming=True)[0],
+        tokenize_function(tokenizer, text_column),
+        text_column,
+        cfg.block_size,
+        held_out=cfg.max_validation_blocks,
+        seed=cfg.seed,
+    )
+    reader = PackedReader(documents, train.tokenize, text_column, cfg.block_size)
+    validation = datasets.Dataset.from_dict({"input_ids": reader.take(cfg.max_validation_blocks)})
     if len(validation) == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no full block of {cfg.block_size} tokens")
-    # a buffer of 1,000 blocks keeps memory bounded (about 2M tokens at block_size 2048)
-    train = blocks.skip(n_val).shuffle(seed=cfg.seed, buffer_size=1_000)
     stats = CorpusStats(
         documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
     )
     return {"train": train, "validation": validation}, stats
+
+
+class PackedReader:
+    """Blocks from one pass over a document stream, and at any moment the position to come back to: the
+    stream's state before the oldest document batch still in the buffer, and how many of that batch's
+    tokens are already in blocks."""
+
+    DOCUMENTS_PER_BATCH = 64
+
+    def __init__(self, documents, tokenize, text_column: str, block_size: int, position: dict | None = None):
+        self.documents, self.tokenize, self.text_column, self.block_size = documents, tokenize, text_column, block_size
+        self.buffer: list[int] = []
+        self.batches: list[list] = []  # [stream state before the batch, its tokens, of which still buffered]
+        if position is not None:
+            documents.load_state_dict(position["documents"])
+        self.iterator = iter(documents)
+        self.blocks_read = position["blocks_read"] if position else 0
+        if position is not None:
+            self._fill(skip=position["skip_tokens"])
+
+    def _fill(self, skip: int = 0) -> bool:
+        """Read document batches until a block's worth of tokens is buffered; False when the stream ends."""
+        while len(self.buffer) < self.block_size:
+            state = copy.deepcopy(self.documents.state_dict())
+            texts = [row[self.text_column] for row in itertools.islice(self.iterator, self.DOCUMENTS_PER_BATCH)]
+            if not texts:
+                return False
+            tokens = list(chain.from_iterable(self.tokenize({self.text_column: texts})["input_ids"]))
+            self.batches.append([state, len(tokens), len(tokens) - skip])
+            self.buffer.extend(tokens[skip:])
+            skip = 0
+        return True
+
+    def position(self) -> dict:
+        if not self.batches:
+            return {
+                "documents": copy.deepcopy(self.documents.state_dict()),
+                "skip_tokens": 0,
+                "blocks_read": self.blocks_read,
+            }
+        state, total, left = self.batches[0]
+        return {"documents": state, "skip_tokens": total - left, "blocks_read": self.blocks_read}
+
+    def take(self, n: int) -> list[list[int]]:
+        """The next n blocks (fewer at the end of the stream)."""
+        blocks = []
+        while len(blocks) < n and self._fill():
+            blocks.append(self.buffer[: self.block_size])
+            del self.buffer[: self.block_size]
+            self._used(self.block_size)
+            self.blocks_read += 1
+        return blocks
+
+    def _used(self, n: int) -> None:
+        while n:
+            taken = min(n, self.batches[0][2])
+            self.batches[0][2] -= taken
+            n -= taken
+            if self.batches[0][2] == 0:
+                self.batches.pop(0)
+
+
+class StreamedBlocks(torch.utils.data.IterableDataset):
+    """The training blocks of a streamed corpus. Each pass over the stream skips the held-out blocks and
+    shuffles the rest in windows of WINDOW blocks, each window in an order seeded by its number; passes
+    repeat without end (training stops at max_steps). Where each window starts in the stream is remembered,
+    so a checkpoint can hold the position of any block (`position_of`) and a resumed run seeks the stream
+    there (`resume_at`) instead of reading and tokenizing everything before it again."""
+
+    WINDOW = 1000  # blocks: 2M tokens at block_size 2048, the memory a shuffle buffer would take
+
+    def __init__(self, open_documents, tokenize, text_column: str, block_size: int, held_out: int, seed: int):
+        self.open_documents, self.tokenize, self.text_column = open_documents, tokenize, text_column
+        self.block_size, self.held_out, self.seed = block_size, held_out, seed
+        self.windows: dict[int, dict] = {}  # number -> {"start", "first_block", "size" (None: not read yet)}
+        self.resume_at: dict | None = None
+
+    def __iter__(self):
+        resume, self.resume_at = self.resume_at, None
+        number, offset = (resume["window"], resume["offset"]) if resume else (0, 0)
+        first_block = resume["first_block"] if resume else 0
+        start = resume["start"] if resume else None
+        while True:  # one pass over the stream
+            reader = PackedReader(self.open_documents(), self.tokenize, self.text_column, self.block_size, start)
+            from_the_beginning, start = start is None, None
+            if reader.blocks_read < self.held_out:
+                reader.take(self.held_out - reader.blocks_read)
+            passed_blocks = 0
+            while True:
+                window_start = reader.position()
+                blocks = reader.take(self.WINDOW)
+                if not blocks:
+                    break
+                self.windows[number] = {"start": window_start, "first_block": first_block, "size": len(blocks)}
+                next_start = reader.position() if len(blocks) == self.WINDOW else None
+                self.windows[number + 1] = {"start": next_start, "first_block": first_block + len(blocks), "size": None}
+                for old in [k for k in self.windows if k < number - 3]:
+                    del self.windows[old]
+                order = np.random.default_rng([self.seed, number]).permutation(len(blocks))
+                for index in order[offset:]:
+                    yield {"input_ids": blocks[index]}
+                first_block, number, offset, passed_blocks = first_block + len(blocks), number + 1, 0, passed_blocks + 1
+            if from_the_beginning and not passed_blocks:
+                raise RecipeError(
+                    f"the stream has no training blocks after the {self.held_out} held-out ones; use more text, "
+                    "a smaller data.block_size or data.max_validation_blocks"
+                )
+
+    def position_of(self, block: int) -> dict | None:
+        """Where block number `block` (counted from the start of training) is, if it is still remembered."""
+        for number, window in self.windows.items():
+            size = window["size"]
+            inside = (
+                window["first_block"] <= block < window["first_block"] + size
+                if size
+                else block == window["first_block"]
+            )
+            if inside:
+                return {"window": number, "offset": block - window["first_block"], **window, "block": block}
+        return None
 
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:

@@ -26,9 +26,15 @@ import yaml
 from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from callbacks import GracefulInterruptCallback, ResumedRunCallback, SampleGenerationCallback, ThroughputMonitor
+from callbacks import (
+    GracefulInterruptCallback,
+    ResumedRunCallback,
+    SampleGenerationCallback,
+    StreamPositionCallback,
+    ThroughputMonitor,
+)
 from config import RecipeConfig, RecipeError, first_line, load_config
-from data import collate_blocks, load_tokenizer, prepare_datasets
+from data import StreamedBlocks, collate_blocks, load_tokenizer, prepare_datasets
 
 EXIT_INTERRUPTED = 130
 RECIPE_CONFIG_NAME = "recipe_config.yaml"
@@ -189,6 +195,8 @@ def training_arguments(cfg: RecipeConfig, **changes) -> TrainingArguments:
     checkpointing = kwargs.get("activation_checkpointing", kwargs.get("gradient_checkpointing"))
     if checkpointing and not kwargs.get("activation_checkpointing_kwargs", kwargs.get("gradient_checkpointing_kwargs")):
         kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    if cfg.data.streaming and kwargs.get("dataloader_num_workers"):
+        raise RecipeError("data.streaming reads the stream in the main process: set training.dataloader_num_workers=0")
     if "wandb" in (kwargs.get("report_to") or []) or kwargs.get("report_to") in ("wandb", "all"):
         configure_wandb(kwargs["output_dir"])
     try:
@@ -417,6 +425,9 @@ def run_training(
         verify_checkpoint(plan.checkpoint, model)
         log(plan.describe())
 
+    stream = splits["train"] if isinstance(splits["train"], StreamedBlocks) else None
+    stream_start = seek_stream(stream, plan.checkpoint, args) if stream is not None and plan else (0, 0)
+
     if args.should_save:
         write_recipe_config(cfg, args.output_dir)
     interrupt = GracefulInterruptCallback()
@@ -426,6 +437,7 @@ def run_training(
         ResumedRunCallback(constant_lr=plan.constant_lr if plan else None),
         SampleGenerationCallback(tokenizer, cfg.samples, args.output_dir, interrupted=lambda: interrupt.requested),
         interrupt,
+        *([StreamPositionCallback(stream, *stream_start)] if stream is not None else []),
         *extra_callbacks,
     ]
     trainer = RecipeTrainer(
@@ -451,6 +463,19 @@ def run_training(
     final = save_final_model(trainer, args.output_dir, cfg)
     log(f"saved the final model to {final}")
     return 0
+
+
+def seek_stream(stream: StreamedBlocks, checkpoint: Path, args: TrainingArguments) -> tuple[int, int]:
+    """Resume a streamed run where its checkpoint stood in the stream; (step, block) of that position."""
+    try:
+        position = json.loads((checkpoint / StreamPositionCallback.FILE).read_text())
+    except (OSError, ValueError):
+        log(f"streaming: {checkpoint.name} holds no stream position; replaying the stream up to it")
+        return 0, 0
+    stream.resume_at = position
+    args.ignore_data_skip = True  # the Trainer would otherwise replay the batches before the checkpoint
+    log(f"streaming: continuing at block {position['block']:,} of the stream without reading what came before it")
+    return position["step"], position["block"]
 
 
 def should_offer_continuation(args: argparse.Namespace) -> bool:

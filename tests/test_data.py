@@ -13,12 +13,6 @@ def config(tmp_path, **kw) -> DataConfig:
     return DataConfig(**{"path": CORPUS, "block_size": 64, "cache_dir": str(tmp_path / "cache"), **kw})
 
 
-def test_pack_into_blocks_keeps_order_and_drops_only_the_tail():
-    batch = {"input_ids": [[1, 2, 3, 0], [4, 5, 0], [6, 7, 8, 9, 0]]}
-    assert data.pack_into_blocks(batch, 4) == {"input_ids": [[1, 2, 3, 0], [4, 5, 0, 6], [7, 8, 9, 0]]}
-    assert data.pack_into_blocks(batch, 5) == {"input_ids": [[1, 2, 3, 0, 4], [5, 0, 6, 7, 8]]}
-
-
 def test_eos_is_appended_after_every_document(tmp_path, tokenizer):
     lines = [json.dumps({"text": t}) for t in ["Hello there.", "General Kenobi!", "", "You are a bold one."] * 40]
     (tmp_path / "docs.jsonl").write_text("\n".join(lines))
@@ -138,3 +132,34 @@ def test_python_data_py_prints_the_numbers(tmp_path, capsys):
     assert code == 0
     assert "1 documents, 341,095 tokens -> 1,265 train / 67 validation blocks of 256" in out
     assert "tokens/s" in out
+
+
+def test_streamed_blocks_resume_exactly_where_a_checkpoint_stood(tmp_path, tokenizer, monkeypatch):
+    """Seeking the stream from a remembered position gives the very blocks an unbroken run trains on next:
+    inside a window, at a window's edge and across the end of a pass, after a JSON round trip."""
+    monkeypatch.setattr(data.StreamedBlocks, "WINDOW", 7)
+    monkeypatch.setattr(data.PackedReader, "DOCUMENTS_PER_BATCH", 5)
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(open(CORPUS).read()[:30_000])
+    cfg = config(tmp_path, path=str(corpus), streaming=True, sample_by="paragraph", max_validation_blocks=3)
+    splits, _ = data.prepare_datasets(cfg, tokenizer)
+    documents, text_column = data.load_documents(data.find_corpus(cfg.path), cfg, streaming=True)
+    whole_pass = len(data.PackedReader(documents, splits["train"].tokenize, text_column, 64).take(10**6)) - 3
+    wanted = {5, 7, 13, 14, whole_pass - 1, whole_pass, whole_pass + 1, 2 * whole_pass + 4}
+    stream, blocks, positions = splits["train"], [], {}
+    for block in stream:
+        blocks.append(block["input_ids"])
+        if len(blocks) in wanted:
+            positions[len(blocks)] = json.loads(json.dumps(stream.position_of(len(blocks))))
+        if len(blocks) == max(wanted) + 20:
+            break
+    validation = {tuple(b) for b in splits["validation"]["input_ids"]}
+    assert not validation & {tuple(b) for b in blocks} and len(blocks[0]) == 64
+    assert blocks[:whole_pass] != blocks[whole_pass : 2 * whole_pass]  # each pass in another order
+    assert sorted(blocks[:whole_pass]) == sorted(blocks[whole_pass : 2 * whole_pass])  # of the same blocks
+    assert positions.keys() == wanted
+    for n, position in positions.items():
+        resumed, _ = data.prepare_datasets(cfg, tokenizer)
+        resumed["train"].resume_at = position
+        again = [b["input_ids"] for _, b in zip(range(15), resumed["train"], strict=False)]
+        assert again == blocks[n : n + 15], n

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, tiny_overrides
+from conftest import CORPUS, ROOT, tiny_overrides
 from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.slow
@@ -90,3 +90,30 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, cache_
     checkpoints = list(out.glob("checkpoint-*"))
     assert [p.name for p in checkpoints] == [f"checkpoint-{stopped.group(1)}"]
     assert train.checkpoint_step(checkpoints[0]) == int(stopped.group(1))
+
+
+def test_two_process_streamed_run_resumes_by_seeking(tmp_path, cache_dir):
+    """Streaming with 2 processes: the main process reads the stream and records its position; resuming
+    from checkpoint-4 seeks there and gives the losses of the unbroken run."""
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(open(CORPUS).read()[:8_000])
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=8, save_steps=4, eval_steps=4, per_device_train_batch_size=2)
+    overrides += [
+        f"data.path={corpus}",
+        "data.streaming=true",
+        "data.sample_by=paragraph",
+        "data.max_validation_blocks=3",
+    ]
+    straight = torchrun(2, *overrides, cwd=tmp_path)
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    expected = losses(out)
+    shutil.rmtree(out / "checkpoint-8")
+    shutil.rmtree(out / "final")
+    resumed = torchrun(2, "--resume", *overrides, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "streaming: continuing at block 16 of the stream without reading what came before it" in resumed.stdout
+    got = losses(out)
+    assert [s for s, _ in got] == list(range(1, 9))
+    for (s1, l1), (s2, l2) in zip(expected, got, strict=True):
+        assert s1 == s2 and l1 == pytest.approx(l2, abs=1e-5)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, tiny_overrides
+from conftest import CORPUS, ROOT, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 import train
@@ -183,3 +183,35 @@ def test_no_prompt_without_a_terminal(trained_run):
     args = train.parse_args(["training.max_steps=1"])
     assert not train.should_offer_continuation(args)  # pytest's stdin is not a terminal
     assert not train.should_offer_continuation(train.parse_args(["--no-prompt"]))
+
+
+@pytest.mark.parametrize("seek", [True, False], ids=["seek", "replay"])
+def test_streamed_run_resumes_exactly(tmp_path, cache_dir, capsys, monkeypatch, seek):
+    """A streamed run interrupted at step 5 and resumed trains on the same blocks as an unbroken one: by
+    seeking the stream to the checkpoint's position, or, without one, by replaying the stream."""
+    import data
+
+    monkeypatch.setattr(data.StreamedBlocks, "WINDOW", 7)  # windows and passes end inside the run
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(open(CORPUS).read()[:8_000])  # about 30 blocks: the run wraps
+    stream = [f"data.path={corpus}", "data.streaming=true", "data.sample_by=paragraph", "data.max_validation_blocks=3"]
+    settings = dict(max_steps=10, save_steps=100, eval_steps=5)
+    straight = tmp_path / "straight"
+    assert train.main(tiny_overrides(straight, cache_dir, **settings) + stream) == 0
+
+    broken = tmp_path / "broken"
+    overrides = tiny_overrides(broken, cache_dir, **settings) + stream
+    assert train.main(overrides, extra_callbacks=[InterruptAt(5)]) == train.EXIT_INTERRUPTED
+    position = broken / "checkpoint-5" / "stream_position.json"
+    assert json.loads(position.read_text())["block"] == 5 * 4
+    if not seek:
+        position.unlink()
+    capsys.readouterr()
+    assert train.main(["--resume", *overrides]) == 0
+    out = capsys.readouterr().out
+    if seek:
+        assert "streaming: continuing at block 20 of the stream without reading what came before it" in out
+    else:
+        assert "checkpoint-5 holds no stream position; replaying the stream up to it" in out
+    for (s1, loss1, _), (s2, loss2, _) in zip(losses_and_lrs(straight), losses_and_lrs(broken), strict=True):
+        assert s1 == s2 and loss1 == pytest.approx(loss2, abs=1e-5)

@@ -416,11 +416,12 @@ class PackedReader:
         state, total, left = self.batches[0]
         return {"documents": state, "skip_tokens": total - left, "blocks_read": self.blocks_read}
 
-    def take(self, n: int) -> list[list[int]]:
-        """The next n blocks (fewer at the end of the stream)."""
+    def take(self, n: int) -> list[np.ndarray]:
+        """The next n blocks (fewer at the end of the stream), as int32 arrays: a window of 1,000 blocks of
+        2,048 tokens takes 8 MB, not the 70 MB of Python lists."""
         blocks = []
         while len(blocks) < n and self._fill():
-            blocks.append(self.buffer[: self.block_size])
+            blocks.append(np.array(self.buffer[: self.block_size], dtype=np.int32))
             del self.buffer[: self.block_size]
             self._used(self.block_size)
             self.blocks_read += 1
@@ -460,7 +461,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
             from_the_beginning, start = start is None, None
             if reader.blocks_read < self.held_out:
                 reader.take(self.held_out - reader.blocks_read)
-            passed_blocks = 0
+            windows_read = 0
             while True:
                 window_start = reader.position()
                 blocks = reader.take(self.WINDOW)
@@ -474,8 +475,8 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
                 order = np.random.default_rng([self.seed, number]).permutation(len(blocks))
                 for index in order[offset:]:
                     yield {"input_ids": blocks[index]}
-                first_block, number, offset, passed_blocks = first_block + len(blocks), number + 1, 0, passed_blocks + 1
-            if from_the_beginning and not passed_blocks:
+                first_block, number, offset, windows_read = first_block + len(blocks), number + 1, 0, windows_read + 1
+            if from_the_beginning and not windows_read:
                 raise RecipeError(
                     f"the stream has no training blocks after the {self.held_out} held-out ones; use more text, "
                     "a smaller data.block_size or data.max_validation_blocks"
@@ -497,7 +498,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
     """Blocks are full length, so no padding and no attention mask; the model shifts the labels itself."""
-    input_ids = torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)
+    input_ids = torch.from_numpy(np.array([e["input_ids"] for e in examples], dtype=np.int64))
     return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 

@@ -115,7 +115,7 @@ def test_streaming_holds_out_the_first_blocks(tmp_path, tokenizer):
     splits, stats = data.prepare_datasets(cfg, tokenizer)
     validation = [tuple(b) for b in splits["validation"]["input_ids"]]
     assert stats.validation_blocks == 4 and len(validation) == 4
-    train = [tuple(b["input_ids"]) for _, b in zip(range(50), splits["train"], strict=False)]
+    train = [tuple(b["input_ids"].tolist()) for _, b in zip(range(50), splits["train"], strict=False)]
     assert all(len(b) == 64 for b in train) and not set(train) & set(validation)
 
 
@@ -148,7 +148,7 @@ def test_streamed_blocks_resume_exactly_where_a_checkpoint_stood(tmp_path, token
     wanted = {5, 7, 13, 14, whole_pass - 1, whole_pass, whole_pass + 1, 2 * whole_pass + 4}
     stream, blocks, positions = splits["train"], [], {}
     for block in stream:
-        blocks.append(block["input_ids"])
+        blocks.append(block["input_ids"].tolist())
         if len(blocks) in wanted:
             positions[len(blocks)] = json.loads(json.dumps(stream.position_of(len(blocks))))
         if len(blocks) == max(wanted) + 20:
@@ -161,5 +161,5 @@ def test_streamed_blocks_resume_exactly_where_a_checkpoint_stood(tmp_path, token
     for n, position in positions.items():
         resumed, _ = data.prepare_datasets(cfg, tokenizer)
         resumed["train"].resume_at = position
-        again = [b["input_ids"] for _, b in zip(range(15), resumed["train"], strict=False)]
+        again = [b["input_ids"].tolist() for _, b in zip(range(15), resumed["train"], strict=False)]
         assert again == blocks[n : n + 15], n

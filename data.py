@@ -369,6 +369,12 @@ def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer):
     validation = datasets.Dataset.from_dict({"input_ids": reader.take(cfg.max_validation_blocks)})
     if len(validation) == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no full block of {cfg.block_size} tokens")
+    if len(validation) < cfg.max_validation_blocks:
+        raise RecipeError(
+            f"the corpus '{cfg.path}' holds only {len(validation)} blocks of {cfg.block_size} tokens, all of them "
+            f"held out for validation (data.max_validation_blocks={cfg.max_validation_blocks}); use more text, a "
+            "smaller data.block_size or data.max_validation_blocks"
+        )
     stats = CorpusStats(
         documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
     )

@@ -163,3 +163,11 @@ def test_streamed_blocks_resume_exactly_where_a_checkpoint_stood(tmp_path, token
         resumed["train"].resume_at = position
         again = [b["input_ids"].tolist() for _, b in zip(range(15), resumed["train"], strict=False)]
         assert again == blocks[n : n + 15], n
+
+
+def test_streamed_corpus_too_small_for_the_held_out_blocks_is_one_line(tmp_path, tokenizer):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(open(CORPUS).read()[:3_000])
+    cfg = config(tmp_path, path=str(corpus), streaming=True, sample_by="paragraph", max_validation_blocks=100)
+    with pytest.raises(RecipeError, match=r"holds only \d+ blocks of 64 tokens, all of them held out"):
+        data.prepare_datasets(cfg, tokenizer)

@@ -27,7 +27,7 @@ from transformers import TrainerCallback, set_seed
 import train
 from callbacks import flops_per_token, peak_bf16_flops
 from config import RecipeError, load_config
-from data import collate_blocks, load_tokenizer, prepare_datasets
+from data import collator_for, load_tokenizer, prepare_datasets
 
 
 @dataclass
@@ -85,7 +85,7 @@ def peak_memory(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def bench_recipe(cfg, blocks, warmup: int, steps: int) -> Measurement:
+def bench_recipe(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
     with tempfile.TemporaryDirectory() as out:
         args = train.training_arguments(
             cfg,
@@ -102,13 +102,14 @@ def bench_recipe(cfg, blocks, warmup: int, steps: int) -> Measurement:
         timer = StepTimer()
         reset_memory(args.device)
         trainer = train.RecipeTrainer(
-            model=model, args=args, train_dataset=blocks, data_collator=collate_blocks, callbacks=[timer]
+            model=model, args=args, train_dataset=blocks, data_collator=collate, callbacks=[timer]
         )
         trainer.train()
-        return measurement(f"recipe (Trainer): {switches(args, model)}", timer.seconds[warmup:], args, model, cfg)
+        name = f"recipe (Trainer): {switches(cfg, args, model)}"
+        return measurement(name, timer.seconds[warmup:], args, model, cfg)
 
 
-def switches(args, model) -> str:
+def switches(cfg, args, model) -> str:
     """The fast-path settings of a run, for the table."""
     parts = [
         model.config._attn_implementation,
@@ -117,6 +118,8 @@ def switches(args, model) -> str:
     ]
     if args.torch_compile:
         parts.append("compile")
+    if cfg.data.document_aware:
+        parts.append("document-aware")
     if args.use_liger_kernel:
         off = sorted(k for k, v in (args.liger_kernel_config or {}).items() if v is False)
         parts.append(f"liger (without {', '.join(off)})" if off else "liger")
@@ -127,8 +130,7 @@ def build(cfg, args):
     config = train.build_llama_config(cfg)
     set_seed(args.seed)
     model = train.build_model(cfg, config, train.choose_attn_implementation(cfg.attn_implementation))
-    if args.gradient_checkpointing:
-        model.config.use_cache = False
+    model.config.use_cache = False  # as in train.py
     return model
 
 
@@ -146,7 +148,7 @@ def measurement(name: str, seconds: list[float], args, model, cfg) -> Measuremen
     )
 
 
-def bench_baseline(cfg, blocks, warmup: int, steps: int) -> Measurement:
+def bench_baseline(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
     """The same model and settings (checkpointing, Liger, torch.compile, autocast) in a plain PyTorch loop:
     the floor the Trainer should be close to."""
     args = train.training_arguments(cfg, output_dir=tempfile.gettempdir(), report_to="none")
@@ -181,17 +183,18 @@ def bench_baseline(cfg, blocks, warmup: int, steps: int) -> Measurement:
         synchronize(device)
         start = time.perf_counter()
         for _ in range(accum):
-            batch = collate_blocks([blocks[(index + i) % len(blocks)] for i in range(micro)])
+            batch = collate([blocks[(index + i) % len(blocks)] for i in range(micro)])
             index += micro
             with autocast:
-                loss = forward(input_ids=batch["input_ids"].to(device), labels=batch["labels"].to(device)).loss
+                loss = forward(**{k: v.to(device) for k, v in batch.items()}).loss
             (loss / accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         seconds.append(time.perf_counter() - start)
-    return measurement(f"baseline (plain PyTorch loop): {switches(args, model)}", seconds[warmup:], args, model, cfg)
+    name = f"baseline (plain PyTorch loop): {switches(cfg, args, model)}"
+    return measurement(name, seconds[warmup:], args, model, cfg)
 
 
 def bench_data(cfg, tokenizer) -> list[str]:
@@ -276,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         needed = (args.warmup + args.steps) * train_cfg.get("per_device_train_batch_size", 8)
         needed *= train_cfg.get("gradient_accumulation_steps", 1)
         blocks = splits["train"].select(range(min(needed, len(splits["train"]))))
-        results = [bench_recipe(cfg, blocks, args.warmup, args.steps)]
+        collate = collator_for(cfg.data, tokenizer)
+        results = [bench_recipe(cfg, blocks, collate, args.warmup, args.steps)]
         if args.vs_baseline:
-            results.append(bench_baseline(cfg, blocks, args.warmup, args.steps))
+            results.append(bench_baseline(cfg, blocks, collate, args.warmup, args.steps))
         data_lines = [] if args.no_data else bench_data(cfg, tokenizer)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -46,6 +46,7 @@ class DataConfig:
     seed: int = 42
     num_proc: int | None = None
     cache_dir: str | None = None
+    document_aware: bool = False
 
 
 @dataclass

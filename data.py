@@ -508,6 +508,30 @@ def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": input_ids.clone()}
 
 
+class DocumentAwareCollator:
+    """Blocks whose documents stay apart: position ids restart after each EOS, which transformers turns
+    into attention that stops at document boundaries (varlen kernels under flash-attention-2, a block
+    diagonal mask otherwise), and the first token of a document is not predicted from the one before."""
+
+    def __init__(self, eos_token_id: int):
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        batch = collate_blocks(examples)
+        input_ids = batch["input_ids"]
+        starts = torch.zeros_like(input_ids, dtype=torch.bool)
+        starts[:, 0] = True
+        starts[:, 1:] = input_ids[:, :-1] == self.eos_token_id
+        index = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+        batch["position_ids"] = index - torch.where(starts, index, 0).cummax(dim=1).values
+        batch["labels"][:, 1:][starts[:, 1:]] = -100
+        return batch
+
+
+def collator_for(cfg: DataConfig, tokenizer):
+    return DocumentAwareCollator(tokenizer.eos_token_id) if cfg.document_aware else collate_blocks
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 

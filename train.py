@@ -34,7 +34,7 @@ from callbacks import (
     ThroughputMonitor,
 )
 from config import RecipeConfig, RecipeError, first_line, load_config
-from data import StreamedBlocks, collate_blocks, load_tokenizer, prepare_datasets
+from data import StreamedBlocks, collator_for, load_tokenizer, prepare_datasets
 
 EXIT_INTERRUPTED = 130
 RECIPE_CONFIG_NAME = "recipe_config.yaml"
@@ -378,7 +378,7 @@ def save_final_model(trainer: Trainer, output_dir: str, cfg: RecipeConfig) -> Pa
     final = Path(output_dir) / "final"
     tmp = Path(output_dir) / ".final.tmp"
     model = trainer.model
-    model.config.use_cache = True  # off while training with gradient checkpointing; on for generation
+    model.config.use_cache = True  # off while training; on for generation
     if trainer.args.should_save:
         shutil.rmtree(tmp, ignore_errors=True)
     if trainer.is_fsdp_enabled and "FULL_STATE_DICT" not in str(trainer.accelerator.state.fsdp_plugin.state_dict_type):
@@ -417,8 +417,9 @@ def run_training(
     attn = choose_attn_implementation(cfg.attn_implementation)
     set_seed(args.seed)  # the same seed gives the same initial weights
     model = build_model(cfg, config, attn, from_weights=plan is None)
-    if args.gradient_checkpointing:
-        model.config.use_cache = False
+    # no KV cache while training: it would only hold tensors, and it turns off the packed-document masks of
+    # data.document_aware; generation turns it back on
+    model.config.use_cache = False
     log(parameter_breakdown(model))
     log(describe_batch(args, cfg.data.block_size))
     if plan is not None:
@@ -446,7 +447,7 @@ def run_training(
         train_dataset=splits["train"],
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
-        data_collator=collate_blocks,
+        data_collator=collator_for(cfg.data, tokenizer),
         callbacks=callbacks,
     )
     trainer.throughput = throughput

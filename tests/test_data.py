@@ -171,3 +171,33 @@ def test_streamed_corpus_too_small_for_the_held_out_blocks_is_one_line(tmp_path,
     cfg = config(tmp_path, path=str(corpus), streaming=True, sample_by="paragraph", max_validation_blocks=100)
     with pytest.raises(RecipeError, match=r"holds only \d+ blocks of 64 tokens, all of them held out"):
         data.prepare_datasets(cfg, tokenizer)
+
+
+def test_document_aware_collator_restarts_positions_and_keeps_documents_apart(tokenizer):
+    import torch
+    from conftest import TINY_MODEL
+    from transformers import AutoModelForCausalLM
+
+    from config import load_config
+    from train import build_llama_config
+
+    eos = tokenizer.eos_token_id
+    collate = data.DocumentAwareCollator(eos)
+    batch = collate([{"input_ids": [5, 6, eos, 7, 8, 9, eos, 10]}, {"input_ids": [1, 2, 3, 4, 5, 6, 7, 8]}])
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 0], list(range(8))]
+    assert batch["labels"].tolist() == [[5, 6, eos, -100, 8, 9, eos, -100], [1, 2, 3, 4, 5, 6, 7, 8]]
+
+    # the model sees each packed document exactly as if it were alone
+    cfg = load_config(None, TINY_MODEL)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(build_llama_config(cfg), attn_implementation="sdpa").eval()
+    model.config.use_cache = False  # as the recipe trains: with a KV cache transformers ignores packing
+    first = tokenizer("To be, or not to be")["input_ids"] + [eos]
+    second = tokenizer("that is the question")["input_ids"]
+    packed = collate([{"input_ids": first + second}])
+    with torch.no_grad():
+        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits[0]
+        alone = [model(input_ids=torch.tensor([ids])).logits[0] for ids in (first, second)]
+        mixed = model(input_ids=packed["input_ids"]).logits[0]
+    assert torch.allclose(together, torch.cat(alone), atol=1e-5)
+    assert not torch.allclose(mixed[len(first) :], alone[1], atol=1e-3)  # plain packing does mix them

@@ -215,3 +215,11 @@ def test_streamed_run_resumes_exactly(tmp_path, cache_dir, capsys, monkeypatch, 
         assert "checkpoint-5 holds no stream position; replaying the stream up to it" in out
     for (s1, loss1, _), (s2, loss2, _) in zip(losses_and_lrs(straight), losses_and_lrs(broken), strict=True):
         assert s1 == s2 and loss1 == pytest.approx(loss2, abs=1e-5)
+
+
+def test_document_aware_training_runs(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=2, save_steps=2, eval_steps=2) + ["data.document_aware=true"]
+    assert train.main([*overrides, "samples.every_n_steps=0"]) == 0
+    assert all(math.isfinite(h["loss"]) for h in history(out) if "loss" in h)
+    assert any("eval_loss" in h for h in history(out))

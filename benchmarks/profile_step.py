@@ -59,6 +59,8 @@ def kernel_table(fn, rows):
 
 
 def main():
+    if not torch.cuda.is_available():
+        sys.exit("error: profile_step.py profiles CUDA kernels and needs a GPU; on CPU use bench.py")
     cfg = load_config()
     config = train.build_llama_config(cfg)
     torch.manual_seed(0)

@@ -62,12 +62,15 @@ class CorpusStats:
         return self.tokens / self.tokenize_seconds
 
     def summary(self) -> str:
-        def fmt(n):
-            return "?" if n is None else f"{n:,}"
+        if self.tokens is None:  # streaming: nothing is counted ahead
+            return (
+                f"data: streaming; the first {self.validation_blocks:,} blocks of {self.block_size} are held out for "
+                "validation, training blocks are read, tokenized and packed on the fly"
+            )
 
         line = (
-            f"data: {fmt(self.documents)} documents, {fmt(self.tokens)} tokens -> "
-            f"{fmt(self.train_blocks)} train / {fmt(self.validation_blocks)} validation blocks of {self.block_size}"
+            f"data: {self.documents:,} documents, {self.tokens:,} tokens -> "
+            f"{self.train_blocks:,} train / {self.validation_blocks:,} validation blocks of {self.block_size}"
         )
         if self.from_cache:
             return f"{line} (loaded from cache {self.cache_path})"

@@ -20,14 +20,13 @@ from __future__ import annotations
 import copy
 import glob
 import hashlib
-import itertools
 import json
 import os
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 
 import datasets
@@ -406,7 +405,7 @@ class PackedReader:
         """Read document batches until a block's worth of tokens is buffered; False when the stream ends."""
         while len(self.buffer) < self.block_size:
             state = copy.deepcopy(self.documents.state_dict())
-            texts = [row[self.text_column] for row in itertools.islice(self.iterator, self.DOCUMENTS_PER_BATCH)]
+            texts = [row[self.text_column] for row in islice(self.iterator, self.DOCUMENTS_PER_BATCH)]
             if not texts:
                 return False
             tokens = list(chain.from_iterable(self.tokenize({self.text_column: texts})["input_ids"]))

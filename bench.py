@@ -129,7 +129,9 @@ def switches(cfg, args, model) -> str:
 def build(cfg, args):
     config = train.build_llama_config(cfg)
     set_seed(args.seed)
-    model = train.build_model(cfg, config, train.choose_attn_implementation(cfg.attn_implementation))
+    model = train.build_model(
+        cfg, config, train.choose_attn_implementation(cfg.attn_implementation, cfg.data.document_aware)
+    )
     model.config.use_cache = False  # as in train.py
     return model
 

@@ -196,8 +196,8 @@ class GracefulInterruptCallback(TrainerCallback):
 
 
 class StreamPositionCallback(TrainerCallback):
-    """Streaming: next to each checkpoint, where training stands in the stream (`stream_position.json`),
-    so that --resume seeks the stream there instead of reading it again from the start."""
+    """Streaming: next to each checkpoint, where each process stands in its part of the stream
+    (`stream_position.json`), so that --resume seeks the streams there instead of reading them again."""
 
     FILE = "stream_position.json"
 
@@ -205,17 +205,23 @@ class StreamPositionCallback(TrainerCallback):
         self.stream, self.start_step, self.start_block = stream, start_step, start_block
 
     def on_save(self, args, state, control, **kwargs):
-        if not args.should_save:
-            return
-        per_step = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps  # blocks of this process
         block = self.start_block + (state.global_step - self.start_step) * per_step
-        position = self.stream.position_of(block)
-        if position is None:  # not remembered (e.g. read in a dataloader worker): --resume replays the stream
+        positions = gather_from_all_processes(self.stream.position_of(block))
+        if not args.should_save or None in positions:  # not remembered: --resume replays the stream
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         tmp = folder / f".{self.FILE}.tmp"
-        tmp.write_text(json.dumps({**position, "step": state.global_step}))
+        tmp.write_text(json.dumps({"step": state.global_step, "processes": positions}))
         os.replace(tmp, folder / self.FILE)
+
+
+def gather_from_all_processes(obj) -> list:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gathered = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+    return [obj]
 
 
 # Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins).

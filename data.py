@@ -316,13 +316,14 @@ def load_cached(path: Path) -> tuple[datasets.DatasetDict, CorpusStats] | None:
 # --- the whole preparation -----------------------------------------------------------------------
 
 
-def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True):
-    """Return ({"train", "validation"} datasets of blocks, CorpusStats)."""
+def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: int = 0, world_size: int = 1):
+    """Return ({"train", "validation"} datasets of blocks, CorpusStats). `rank` and `world_size` matter only
+    when streaming, where each training process reads its own part of the corpus."""
     if tokenizer.eos_token_id is None:
         raise RecipeError("the tokenizer has no EOS token, which separates documents; use a tokenizer with one")
     source = find_corpus(cfg.path)
     if cfg.streaming:
-        return prepare_streaming(source, cfg, tokenizer)
+        return prepare_streaming(source, cfg, tokenizer, rank, world_size)
     path = cache_path_for(source, cfg, tokenizer)
     if use_cache and (cached := load_cached(path)):
         return cached
@@ -356,31 +357,52 @@ def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True):
     return splits, stats
 
 
-def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer):
-    """Stream documents, tokenize and pack on the fly; the first blocks are held out for validation."""
-    documents, text_column = load_documents(source, cfg, streaming=True)
-    train = StreamedBlocks(
-        lambda: load_documents(source, cfg, streaming=True)[0],
-        tokenize_function(tokenizer, text_column),
-        text_column,
-        cfg.block_size,
-        held_out=cfg.max_validation_blocks,
-        seed=cfg.seed,
-    )
-    reader = PackedReader(documents, train.tokenize, text_column, cfg.block_size)
+def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1):
+    """Stream documents, tokenize and pack on the fly. Each of `world_size` processes reads its own part of
+    the documents (`open_stream`); the first blocks of process 0's part are held out for validation."""
+    text_column = load_documents(source, cfg, streaming=True)[1]
+    tokenize = tokenize_function(tokenizer, text_column)
+    reader = PackedReader(open_stream(source, cfg, 0, world_size), tokenize, text_column, cfg.block_size)
     validation = datasets.Dataset.from_dict({"input_ids": reader.take(cfg.max_validation_blocks)})
     if len(validation) == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no full block of {cfg.block_size} tokens")
-    if len(validation) < cfg.max_validation_blocks:
+    if len(validation) < cfg.max_validation_blocks or not reader.take(1):
         raise RecipeError(
-            f"the corpus '{cfg.path}' holds only {len(validation)} blocks of {cfg.block_size} tokens, all of them "
-            f"held out for validation (data.max_validation_blocks={cfg.max_validation_blocks}); use more text, a "
-            "smaller data.block_size or data.max_validation_blocks"
+            f"the corpus '{cfg.path}' holds only {reader.blocks_read} blocks of {cfg.block_size} tokens"
+            f"{' for process 0' if world_size > 1 else ''}, all of them held out for validation "
+            f"(data.max_validation_blocks={cfg.max_validation_blocks}); use more text, a smaller data.block_size "
+            "or data.max_validation_blocks"
         )
+    for other in range(1, world_size):  # every process checks them all, so that all stop, or none
+        if not PackedReader(open_stream(source, cfg, other, world_size), tokenize, text_column, cfg.block_size).take(1):
+            raise RecipeError(
+                f"process {other} of {world_size} gets no block of {cfg.block_size} tokens from the stream, which is "
+                "split between the processes by document (or by file, where the files divide evenly); use more text "
+                "(more documents), fewer processes, or pre-tokenize with data.streaming=false"
+            )
+    train = StreamedBlocks(
+        lambda: open_stream(source, cfg, rank, world_size),
+        tokenize,
+        text_column,
+        cfg.block_size,
+        held_out=cfg.max_validation_blocks if rank == 0 else 0,
+        seed=cfg.seed,
+    )
     stats = CorpusStats(
         documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
     )
     return {"train": train, "validation": validation}, stats
+
+
+def open_stream(source: CorpusSource, cfg: DataConfig, rank: int, world_size: int):
+    """The documents process `rank` reads: with several processes, `split_dataset_by_node` gives each whole
+    files where their number divides evenly, and otherwise every world_size-th document."""
+    documents = load_documents(source, cfg, streaming=True)[0]
+    if world_size == 1:
+        return documents
+    from datasets.distributed import split_dataset_by_node
+
+    return split_dataset_by_node(documents, rank=rank, world_size=world_size)
 
 
 class PackedReader:

@@ -23,7 +23,10 @@ from pathlib import Path
 
 import torch
 import yaml
+from accelerate.data_loader import prepare_data_loader
+from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, LlamaConfig, Trainer, TrainingArguments, set_seed
+from transformers.masking_utils import causal_mask_function, sdpa_mask
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from callbacks import (
@@ -99,16 +102,49 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def choose_attn_implementation(requested: str) -> str:
-    if requested != "flash_attention_2":
-        return requested
-    from transformers.utils import is_flash_attn_2_available
+def choose_attn_implementation(requested: str, document_aware: bool = False) -> str:
+    """flash_attention_2 where it can run, else SDPA; SDPA over blocks that keep no documents apart is the
+    recipe's causal SDPA (`register_causal_sdpa`)."""
+    if requested == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
 
-    if torch.cuda.is_available() and is_flash_attn_2_available():
-        return requested
-    why = "no CUDA GPU" if not torch.cuda.is_available() else "flash-attn is not installed"
-    log(f"attention: flash_attention_2 unavailable ({why}), using sdpa")
-    return "sdpa"
+        if not (torch.cuda.is_available() and is_flash_attn_2_available()):
+            why = "no CUDA GPU" if not torch.cuda.is_available() else "flash-attn is not installed"
+            log(f"attention: flash_attention_2 unavailable ({why}), using sdpa")
+            requested = "sdpa"
+    if requested == "sdpa" and not document_aware:
+        return register_causal_sdpa()
+    return requested
+
+
+CAUSAL_SDPA = "sdpa_causal"
+
+
+def causal_sdpa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
+                     attention_mask=None, local_size=None, **kwargs):  # fmt: skip
+    """No mask at all for a batch without padding (no attention_mask) and without a cache offset, so SDPA runs
+    with is_causal=True on its flash kernels; anything else gets transformers' own SDPA mask.
+
+    transformers decides this itself in eager mode, but under torch.compile it cannot: whether the position
+    ids pack several documents is a question about tensor values, so it builds the full seq x seq mask, and
+    SDPA with an explicit mask is several times slower. The recipe knows the answer: without
+    data.document_aware its batches never carry position ids."""
+    if attention_mask is None and local_size is None and q_length == kv_length:
+        return None
+    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function or causal_mask_function,
+                     attention_mask, local_size, **kwargs)  # fmt: skip
+
+
+def register_causal_sdpa() -> str:
+    """SDPA attention with `causal_sdpa_mask`, under its own name so that plain "sdpa" keeps its behaviour;
+    the name is not saved with the model (config.json records no attention implementation)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
+    AttentionMaskInterface.register(CAUSAL_SDPA, causal_sdpa_mask)
+    return CAUSAL_SDPA
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -366,6 +402,21 @@ class RecipeTrainer(Trainer):
             logs.update(self.throughput.measure())
         super().log(logs, start_time)
 
+    def get_train_dataloader(self):
+        """A stream read by several processes is already split between them (data.open_stream): each one
+        batches its own blocks, where accelerate would read the stream on one process and send the batches."""
+        if not (isinstance(self.train_dataset, StreamedBlocks) and self.args.world_size > 1):
+            return super().get_train_dataloader()
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return prepare_data_loader(
+            loader, self.args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
+        )
+
 
 def write_recipe_config(cfg: RecipeConfig, folder: str | Path) -> None:
     """The resolved config (YAML + overrides) next to the results: push.py puts it in the model card."""
@@ -414,7 +465,7 @@ def run_training(
 ) -> int:
     """Build model and Trainer, train (or resume), save. Returns the process exit code."""
     config = build_llama_config(cfg, tokenizer)
-    attn = choose_attn_implementation(cfg.attn_implementation)
+    attn = choose_attn_implementation(cfg.attn_implementation, cfg.data.document_aware)
     set_seed(args.seed)  # the same seed gives the same initial weights
     model = build_model(cfg, config, attn, from_weights=plan is None)
     # no KV cache while training: it would only hold tensors, and it turns off the packed-document masks of
@@ -467,16 +518,24 @@ def run_training(
 
 
 def seek_stream(stream: StreamedBlocks, checkpoint: Path, args: TrainingArguments) -> tuple[int, int]:
-    """Resume a streamed run where its checkpoint stood in the stream; (step, block) of that position."""
+    """Resume a streamed run where its checkpoint stood in this process's stream; (step, block) there."""
     try:
-        position = json.loads((checkpoint / StreamPositionCallback.FILE).read_text())
-    except (OSError, ValueError):
+        saved = json.loads((checkpoint / StreamPositionCallback.FILE).read_text())
+        position = saved["processes"][args.process_index]
+        if len(saved["processes"]) != args.world_size:
+            log(
+                f"streaming: {checkpoint.name} was written by {len(saved['processes'])} process(es) and this run has "
+                f"{args.world_size}, which split the stream differently; replaying the stream up to it"
+            )
+            return 0, 0
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
         log(f"streaming: {checkpoint.name} holds no stream position; replaying the stream up to it")
         return 0, 0
     stream.resume_at = position
     args.ignore_data_skip = True  # the Trainer would otherwise replay the batches before the checkpoint
-    log(f"streaming: continuing at block {position['block']:,} of the stream without reading what came before it")
-    return position["step"], position["block"]
+    each = " in each process's part" if args.world_size > 1 else ""
+    log(f"streaming: continuing at block {position['block']:,} of the stream{each} without reading what came before it")
+    return saved["step"], position["block"]
 
 
 def should_offer_continuation(args: argparse.Namespace) -> bool:
@@ -509,7 +568,9 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
         plan = plan_resume(cfg, args.resume) if args.resume else refuse_to_overwrite(cfg)
         training_args = arguments_for(cfg, plan)
         with training_args.main_process_first(desc="preparing data"):
-            splits, stats = prepare_datasets(cfg.data, tokenizer)
+            splits, stats = prepare_datasets(
+                cfg.data, tokenizer, rank=training_args.process_index, world_size=training_args.world_size
+            )
         log(stats.summary())
         code = run_training(cfg, training_args, tokenizer, splits, plan, extra_callbacks)
         if code == 0 and should_offer_continuation(args) and (plan := ask_for_extra_phase(cfg)):

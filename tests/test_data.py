@@ -1,6 +1,7 @@
 """Corpus -> blocks: EOS between documents, full blocks, a validation split that shares no token, a cache."""
 
 import json
+import re
 
 import pytest
 from conftest import CORPUS
@@ -201,3 +202,36 @@ def test_document_aware_collator_restarts_positions_and_keeps_documents_apart(to
         mixed = model(input_ids=packed["input_ids"]).logits[0]
     assert torch.allclose(together, torch.cat(alone), atol=1e-5)
     assert not torch.allclose(mixed[len(first) :], alone[1], atol=1e-3)  # plain packing does mix them
+
+
+@pytest.mark.parametrize("files", [1, 2])
+def test_streaming_processes_read_their_own_documents(tmp_path, tokenizer, files):
+    """Two processes: each reads its own documents (every other one of one file, or a file each), both hold
+    out the same validation blocks, and only the document the last held-out block cuts goes on in training."""
+    text = open(CORPUS).read()
+    paths = [tmp_path / f"part{f}.jsonl" for f in range(files)]
+    for f, path in enumerate(paths):
+        per_file = 120 // files
+        docs = [f"doc{f * per_file + i}x {text[i * 300 : i * 300 + 300]}" for i in range(per_file)]
+        path.write_text("\n".join(json.dumps({"text": d}) for d in docs))
+    cfg = config(tmp_path, path=[str(p) for p in paths], streaming=True, max_validation_blocks=3)
+    splits = [data.prepare_datasets(cfg, tokenizer, rank=r, world_size=2)[0] for r in (0, 1)]
+    assert splits[0]["validation"]["input_ids"] == splits[1]["validation"]["input_ids"]
+
+    def documents_in(blocks) -> set[int]:  # the doc<n>x markers each block holds whole
+        return {int(n) for b in blocks for n in re.findall(r"(?:^|>)doc(\d+)x ", tokenizer.decode(b))}
+
+    held_out = documents_in(splits[0]["validation"]["input_ids"])
+    read = [documents_in(b["input_ids"].tolist() for _, b in zip(range(60), s["train"], strict=False)) for s in splits]
+    if files == 1:  # every other document
+        assert all(d % 2 == 0 for d in read[0] | held_out) and all(d % 2 == 1 for d in read[1])
+    else:  # a file each
+        assert all(d < 60 for d in read[0] | held_out) and all(d >= 60 for d in read[1])
+    assert len(read[0]) > 10 and len(read[1]) > 10
+    assert max(held_out) <= min(read[0])  # at most the document cut by the last held-out block is in both
+
+
+def test_a_process_left_without_documents_is_one_line(tmp_path, tokenizer):
+    cfg = config(tmp_path, streaming=True, max_validation_blocks=3)  # one file, one document
+    with pytest.raises(RecipeError, match="process 1 of 2 gets no block of 64 tokens from the stream"):
+        data.prepare_datasets(cfg, tokenizer, rank=0, world_size=2)

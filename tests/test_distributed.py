@@ -93,8 +93,8 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, cache_
 
 
 def test_two_process_streamed_run_resumes_by_seeking(tmp_path, cache_dir):
-    """Streaming with 2 processes: the main process reads the stream and records its position; resuming
-    from checkpoint-4 seeks there and gives the losses of the unbroken run."""
+    """Streaming with 2 processes: each reads its own part of the stream and records its position; resuming
+    from checkpoint-4 seeks both there and gives the losses of the unbroken run."""
     corpus = tmp_path / "small.txt"
     corpus.write_text(open(CORPUS).read()[:8_000])
     out = tmp_path / "run"
@@ -108,11 +108,14 @@ def test_two_process_streamed_run_resumes_by_seeking(tmp_path, cache_dir):
     straight = torchrun(2, *overrides, cwd=tmp_path)
     assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
     expected = losses(out)
+    saved = json.loads((out / "checkpoint-4" / "stream_position.json").read_text())
+    assert saved["step"] == 4 and [p["block"] for p in saved["processes"]] == [8, 8]  # 4 steps x 2 blocks each
+    assert saved["processes"][0]["start"] != saved["processes"][1]["start"]  # two streams, not one
     shutil.rmtree(out / "checkpoint-8")
     shutil.rmtree(out / "final")
     resumed = torchrun(2, "--resume", *overrides, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "streaming: continuing at block 16 of the stream without reading what came before it" in resumed.stdout
+    assert "streaming: continuing at block 8 of the stream in each process's part without reading" in resumed.stdout
     got = losses(out)
     assert [s for s, _ in got] == list(range(1, 9))
     for (s1, l1), (s2, l2) in zip(expected, got, strict=True):

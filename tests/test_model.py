@@ -3,10 +3,11 @@
 import copy
 
 import torch
+from conftest import TINY_MODEL as TINY
 from transformers import AutoModelForCausalLM
 
 from config import load_config
-from train import build_llama_config, choose_attn_implementation, parameter_breakdown
+from train import CAUSAL_SDPA, build_llama_config, build_model, choose_attn_implementation, parameter_breakdown
 
 
 def build_on_meta(cfg):
@@ -65,9 +66,64 @@ def test_head_is_tied_and_config_matches_smollm2():
 def test_flash_attention_falls_back_to_sdpa_without_flash_attn(capsys):
     if torch.cuda.is_available():
         return  # the fallback is for machines without a GPU or without flash-attn
-    assert choose_attn_implementation("flash_attention_2") == "sdpa"
+    assert choose_attn_implementation("flash_attention_2") == CAUSAL_SDPA
     assert "using sdpa" in capsys.readouterr().out
+    assert choose_attn_implementation("flash_attention_2", document_aware=True) == "sdpa"
     assert choose_attn_implementation("eager") == "eager"
+
+
+def sdpa_calls_when_compiled(model, **inputs) -> list[dict]:
+    """The arguments of every SDPA call in the graph torch.compile captures (a backend that only looks)."""
+    calls = []
+
+    def inspect(graph_module, example_inputs):
+        for node in graph_module.graph.nodes:
+            if node.op == "call_function" and "scaled_dot_product_attention" in str(node.target):
+                calls.append(dict(node.kwargs))
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    out = torch.compile(model, backend=inspect)(**inputs)
+    return calls, out
+
+
+def test_compiled_training_keeps_causal_sdpa_without_a_mask():
+    """Under torch.compile transformers builds a seq x seq mask for plain "sdpa" (it cannot tell whether position
+    ids pack documents); the recipe's causal SDPA keeps is_causal=True, and gives the same logits and loss."""
+    cfg = load_config(None, TINY)
+    config = build_llama_config(cfg)
+    ids = torch.randint(0, 1000, (2, 32))
+    results = {}
+    for attn in ("sdpa", choose_attn_implementation("sdpa")):
+        torch.manual_seed(0)
+        model = build_model(cfg, config, attn)
+        model.config.use_cache = False
+        results[attn] = sdpa_calls_when_compiled(model, input_ids=ids, labels=ids)
+    plain_calls, plain = results["sdpa"]
+    causal_calls, causal = results[CAUSAL_SDPA]
+    assert len(plain_calls) == len(causal_calls) == 2  # one per layer
+    assert all(call["attn_mask"] is not None and not call["is_causal"] for call in plain_calls)
+    assert all(call["attn_mask"] is None and call["is_causal"] for call in causal_calls)
+    torch.testing.assert_close(causal.logits, plain.logits)
+    torch.testing.assert_close(causal.loss, plain.loss)
+
+
+def test_causal_sdpa_still_masks_padding_and_generates_like_sdpa(tokenizer):
+    """With an attention mask (generation, padded batches) the recipe's SDPA is transformers' own."""
+    cfg = load_config(None, TINY)
+    models = {}
+    for attn in ("sdpa", choose_attn_implementation("sdpa")):
+        torch.manual_seed(0)
+        models[attn] = build_model(cfg, build_llama_config(cfg), attn).eval()
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(["ROMEO:", "To be, or not to be"], return_tensors="pt", padding=True)
+    outputs = [
+        model.generate(**batch, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        for model in models.values()
+    ]
+    assert torch.equal(outputs[0], outputs[1])
 
 
 def test_building_the_model_leaves_the_config_untouched():

@@ -1,15 +1,20 @@
-"""Where the time of one training micro-batch goes on a GPU: the real model, 8 x 2048 tokens, bf16 autocast.
+"""Where the time of one training micro-batch goes: the real model, forward + backward, bf16 autocast on a GPU.
 
-    python benchmarks/profile_step.py
+    python benchmarks/profile_step.py                           # GPU: 8 x 2048 tokens, with CUDA kernel tables
+    python benchmarks/profile_step.py --batch 1 --seq 1024      # also runs on CPU (fp32, compiled rows only)
 
-Times forward + backward eagerly (the whole model, the backbone without the LM head and loss, and SDPA held
-to one backend), then compiled with torch.compile, and prints the CUDA kernels that take the most time for
-each. The figures of BENCHMARKS.md's profile section come from this script.
+On a GPU it times the micro-batch eagerly (the whole model, the backbone without the LM head and loss, and
+SDPA held to one backend) and prints the CUDA kernels that take the most time. On both it then times it
+compiled with torch.compile twice, in the same process: with transformers' "sdpa" (which builds an explicit
+seq x seq causal mask under compile) and with the recipe's causal SDPA (no mask, `is_causal=True`). The
+figures of BENCHMARKS.md's profile section come from this script.
 """
 
+import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,11 +26,9 @@ import train  # noqa: E402
 from callbacks import flops_per_token, peak_bf16_flops  # noqa: E402
 from config import load_config  # noqa: E402
 
-BATCH, SEQ = 8, 2048
-
 
 def forward_backward(model, ids, backbone_only=False):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=ids.is_cuda):
         if backbone_only:
             loss = model.model(input_ids=ids).last_hidden_state.float().pow(2).mean()
         else:
@@ -33,22 +36,34 @@ def forward_backward(model, ids, backbone_only=False):
     loss.backward()
 
 
-def report(name, fn, flops, peak, repeats=6):
-    for _ in range(3):
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def report(name, fn, ids, flops, peak, repeats):
+    start = time.perf_counter()
+    fn()  # compiles, for the compiled rows
+    synchronize(ids.device)
+    first = time.perf_counter() - start
+    for _ in range(2):
         fn()
-    torch.cuda.synchronize()
+    synchronize(ids.device)
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        synchronize(ids.device)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
-    tokens = BATCH * SEQ / median
-    memory = torch.cuda.max_memory_allocated() / 2**30
-    print(f"{name}: {median * 1000:.1f} ms per micro-batch, {tokens:,.0f} tokens/s, MFU {tokens * flops / peak:.1%}, "
-          f"peak {memory:.1f} GB", flush=True)  # fmt: skip
-    torch.cuda.reset_peak_memory_stats()
+    tokens = ids.numel() / median
+    line = f"{name}: {median * 1000:.1f} ms per micro-batch, {tokens:,.0f} tokens/s"
+    if peak:
+        line += f", MFU {tokens * flops / peak:.1%}"
+    if ids.is_cuda:
+        line += f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GB"
+        torch.cuda.reset_peak_memory_stats()
+    print(f"{line} (first call {first:.1f} s)", flush=True)
 
 
 def kernel_table(fn, rows):
@@ -58,28 +73,48 @@ def kernel_table(fn, rows):
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=70))
 
 
+def build(cfg, config, attn, device):
+    torch.manual_seed(0)
+    model = train.build_model(cfg, config, attn).to(device).train()
+    model.config.use_cache = False
+    return model
+
+
 def main():
-    if not torch.cuda.is_available():
-        sys.exit("error: profile_step.py profiles CUDA kernels and needs a GPU; on CPU use bench.py")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=6)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config()
     config = train.build_llama_config(cfg)
-    torch.manual_seed(0)
-    model = train.build_model(cfg, config, "sdpa").cuda().train()
-    model.config.use_cache = False
-    ids = torch.randint(0, config.vocab_size, (BATCH, SEQ), device="cuda")
-    n_params = sum(p.numel() for p in model.parameters())
-    flops = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, SEQ)
-    peak = peak_bf16_flops(torch.device("cuda")) or 989e12
-    report("eager", lambda: forward_backward(model, ids), flops, peak)
-    report("eager, backbone only (no LM head, no loss)", lambda: forward_backward(model, ids, True), flops, peak)
-    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
-        with sdpa_kernel(backend):
-            report(f"eager, SDPA held to {backend.name}", lambda: forward_backward(model, ids), flops, peak)
-    kernel_table(lambda: forward_backward(model, ids), rows=22)
-    model.zero_grad(set_to_none=True)
-    compiled = torch.compile(model)
-    report("torch.compile (whole model)", lambda: forward_backward(compiled, ids), flops, peak)
-    kernel_table(lambda: forward_backward(compiled, ids), rows=16)
+    ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), device=device)
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in train.build_model(cfg, config, "sdpa").parameters())
+    flops = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, args.seq)
+    peak = peak_bf16_flops(device)
+    print(f"{device.type}: micro-batch {args.batch} x {args.seq}, median of {args.repeats}", flush=True)
+
+    if device.type == "cuda":
+        model = build(cfg, config, "sdpa", device)
+        report("eager", lambda: forward_backward(model, ids), ids, flops, peak, args.repeats)
+        report("eager, backbone only (no LM head, no loss)", lambda: forward_backward(model, ids, True), ids, flops,
+               peak, args.repeats)  # fmt: skip
+        for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+            with sdpa_kernel(backend):
+                report(f"eager, SDPA held to {backend.name}", lambda: forward_backward(model, ids), ids, flops, peak,
+                       args.repeats)  # fmt: skip
+        kernel_table(lambda: forward_backward(model, ids), rows=22)
+        del model
+
+    for attn, label in (("sdpa", "transformers' sdpa: explicit causal mask"),
+                        (train.choose_attn_implementation("sdpa"), "the recipe's causal SDPA: no mask")):  # fmt: skip
+        torch._dynamo.reset()
+        step = partial(forward_backward, torch.compile(build(cfg, config, attn, device)), ids)
+        report(f"torch.compile (whole model), {label}", step, ids, flops, peak, args.repeats)
+        if device.type == "cuda":
+            kernel_table(step, rows=16)
 
 
 if __name__ == "__main__":

@@ -197,18 +197,17 @@ class GracefulInterruptCallback(TrainerCallback):
 
 class StreamPositionCallback(TrainerCallback):
     """Streaming: next to each checkpoint, where each process stands in its part of the stream
-    (`stream_position.json`), so that --resume seeks the streams there instead of reading them again."""
+    (`stream_position.json`), so that --resume seeks the streams there instead of reading them again.
+    RecipeTrainer hands it `latest`, the position after the last batch trained on."""
 
     FILE = "stream_position.json"
 
-    def __init__(self, stream, start_step: int = 0, start_block: int = 0):
-        self.stream, self.start_step, self.start_block = stream, start_step, start_block
+    def __init__(self):
+        self.latest: dict | None = None
 
     def on_save(self, args, state, control, **kwargs):
-        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps  # blocks of this process
-        block = self.start_block + (state.global_step - self.start_step) * per_step
-        positions = gather_from_all_processes(self.stream.position_of(block))
-        if not args.should_save or None in positions:  # not remembered: --resume replays the stream
+        positions = gather_from_all_processes(self.latest)
+        if not args.should_save or None in positions:  # nothing trained yet: --resume replays the stream
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         tmp = folder / f".{self.FILE}.tmp"

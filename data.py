@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 
@@ -381,7 +382,7 @@ def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer, rank: in
                 "(more documents), fewer processes, or pre-tokenize with data.streaming=false"
             )
     train = StreamedBlocks(
-        lambda: open_stream(source, cfg, rank, world_size),
+        partial(open_stream, source, cfg, rank, world_size),
         tokenize,
         text_column,
         cfg.block_size,
@@ -470,8 +471,9 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
     """The training blocks of a streamed corpus. Each pass over the stream skips the held-out blocks and
     shuffles the rest in windows of WINDOW blocks, each window in an order seeded by its number; passes
     repeat without end (training stops at max_steps). Where each window starts in the stream is remembered,
-    so a checkpoint can hold the position of any block (`position_of`) and a resumed run seeks the stream
-    there (`resume_at`) instead of reading and tokenizing everything before it again."""
+    so each block comes with the position after it (`position_of`): a checkpoint holds the position after
+    the last block trained on, and a resumed run seeks the stream there (`resume_at`) instead of reading
+    and tokenizing everything before it again."""
 
     WINDOW = 1000  # blocks: 2M tokens at block_size 2048, the memory a shuffle buffer would take
 
@@ -503,8 +505,9 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
                 for old in [k for k in self.windows if k < number - 3]:
                     del self.windows[old]
                 order = np.random.default_rng([self.seed, number]).permutation(len(blocks))
-                for index in order[offset:]:
-                    yield {"input_ids": blocks[index]}
+                for block, index in enumerate(order[offset:], start=first_block + offset):
+                    # the position after this block travels with it, through dataloader workers too
+                    yield {"input_ids": blocks[index], "stream_position": self.position_of(block + 1)}
                 first_block, number, offset, windows_read = first_block + len(blocks), number + 1, 0, windows_read + 1
             if from_the_beginning and not windows_read:
                 raise RecipeError(
@@ -527,9 +530,13 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
 
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
-    """Blocks are full length, so no padding and no attention mask; the model shifts the labels itself."""
+    """Blocks are full length, so no padding and no attention mask; the model shifts the labels itself.
+    Streamed blocks carry their stream position: the batch keeps its last one (RecipeTrainer takes it out)."""
     input_ids = torch.from_numpy(np.array([e["input_ids"] for e in examples], dtype=np.int64))
-    return {"input_ids": input_ids, "labels": input_ids.clone()}
+    batch = {"input_ids": input_ids, "labels": input_ids.clone()}
+    if "stream_position" in examples[-1]:
+        batch["stream_position"] = examples[-1]["stream_position"]
+    return batch
 
 
 class DocumentAwareCollator:

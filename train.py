@@ -231,8 +231,11 @@ def training_arguments(cfg: RecipeConfig, **changes) -> TrainingArguments:
     checkpointing = kwargs.get("activation_checkpointing", kwargs.get("gradient_checkpointing"))
     if checkpointing and not kwargs.get("activation_checkpointing_kwargs", kwargs.get("gradient_checkpointing_kwargs")):
         kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
-    if cfg.data.streaming and kwargs.get("dataloader_num_workers"):
-        raise RecipeError("data.streaming reads the stream in the main process: set training.dataloader_num_workers=0")
+    if cfg.data.streaming and (kwargs.get("dataloader_num_workers") or 0) > 1:
+        raise RecipeError(
+            "data.streaming reads each process's stream in one place: set training.dataloader_num_workers to 1 "
+            "(a worker reads ahead while the model trains) or 0"
+        )
     if "wandb" in (kwargs.get("report_to") or []) or kwargs.get("report_to") in ("wandb", "all"):
         configure_wandb(kwargs["output_dir"])
     try:
@@ -394,6 +397,13 @@ class RecipeTrainer(Trainer):
     """The Trainer, logging perplexity next to each evaluation loss and throughput next to each train loss."""
 
     throughput: ThroughputMonitor | None = None
+    stream_position: StreamPositionCallback | None = None
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        position = inputs.pop("stream_position", None)  # streamed batches: where the stream stands after them
+        if position is not None and self.stream_position is not None:
+            self.stream_position.latest = position
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "eval_loss" in logs:
@@ -403,15 +413,18 @@ class RecipeTrainer(Trainer):
         super().log(logs, start_time)
 
     def get_train_dataloader(self):
-        """A stream read by several processes is already split between them (data.open_stream): each one
-        batches its own blocks, where accelerate would read the stream on one process and send the batches."""
-        if not (isinstance(self.train_dataset, StreamedBlocks) and self.args.world_size > 1):
+        """A stream is read by each process for itself (data.open_stream splits it between them), in the
+        main process or in one dataloader worker; accelerate would read it on one process and send batches."""
+        if not isinstance(self.train_dataset, StreamedBlocks):
             return super().get_train_dataloader()
+        workers = self.args.dataloader_num_workers
         loader = DataLoader(
             self.train_dataset,
             batch_size=self._train_batch_size,
             collate_fn=self.data_collator,
+            num_workers=workers,
             pin_memory=self.args.dataloader_pin_memory,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
         )
         return prepare_data_loader(
             loader, self.args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
@@ -478,7 +491,9 @@ def run_training(
         log(plan.describe())
 
     stream = splits["train"] if isinstance(splits["train"], StreamedBlocks) else None
-    stream_start = seek_stream(stream, plan.checkpoint, args) if stream is not None and plan else (0, 0)
+    if stream is not None and plan is not None:
+        seek_stream(stream, plan.checkpoint, args)
+    stream_position = StreamPositionCallback() if stream is not None else None
 
     if args.should_save:
         write_recipe_config(cfg, args.output_dir)
@@ -489,7 +504,7 @@ def run_training(
         ResumedRunCallback(constant_lr=plan.constant_lr if plan else None),
         SampleGenerationCallback(tokenizer, cfg.samples, args.output_dir, interrupted=lambda: interrupt.requested),
         interrupt,
-        *([StreamPositionCallback(stream, *stream_start)] if stream is not None else []),
+        *([stream_position] if stream_position is not None else []),
         *extra_callbacks,
     ]
     trainer = RecipeTrainer(
@@ -501,7 +516,9 @@ def run_training(
         data_collator=collator_for(cfg.data, tokenizer),
         callbacks=callbacks,
     )
-    trainer.throughput = throughput
+    trainer.throughput, trainer.stream_position = throughput, stream_position
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and not trainer.is_fsdp_enabled:
+        log("FSDP: accelerate does not shard on CPU; the processes train as plain data parallel (DDP over gloo)")
     result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
     if interrupt.stopped_at is not None:
         log(
@@ -517,8 +534,8 @@ def run_training(
     return 0
 
 
-def seek_stream(stream: StreamedBlocks, checkpoint: Path, args: TrainingArguments) -> tuple[int, int]:
-    """Resume a streamed run where its checkpoint stood in this process's stream; (step, block) there."""
+def seek_stream(stream: StreamedBlocks, checkpoint: Path, args: TrainingArguments) -> None:
+    """Resume a streamed run where its checkpoint stood in this process's stream, or say why it replays."""
     try:
         saved = json.loads((checkpoint / StreamPositionCallback.FILE).read_text())
         position = saved["processes"][args.process_index]
@@ -527,15 +544,14 @@ def seek_stream(stream: StreamedBlocks, checkpoint: Path, args: TrainingArgument
                 f"streaming: {checkpoint.name} was written by {len(saved['processes'])} process(es) and this run has "
                 f"{args.world_size}, which split the stream differently; replaying the stream up to it"
             )
-            return 0, 0
+            return
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         log(f"streaming: {checkpoint.name} holds no stream position; replaying the stream up to it")
-        return 0, 0
+        return
     stream.resume_at = position
     args.ignore_data_skip = True  # the Trainer would otherwise replay the batches before the checkpoint
     each = " in each process's part" if args.world_size > 1 else ""
     log(f"streaming: continuing at block {position['block']:,} of the stream{each} without reading what came before it")
-    return saved["step"], position["block"]
 
 
 def should_offer_continuation(args: argparse.Namespace) -> bool:

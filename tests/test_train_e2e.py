@@ -15,6 +15,7 @@ from conftest import CORPUS, ROOT, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 import train
+from config import RecipeError, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -185,17 +186,20 @@ def test_no_prompt_without_a_terminal(trained_run):
     assert not train.should_offer_continuation(train.parse_args(["--no-prompt"]))
 
 
-@pytest.mark.parametrize("seek", [True, False], ids=["seek", "replay"])
-def test_streamed_run_resumes_exactly(tmp_path, cache_dir, capsys, monkeypatch, seek):
+@pytest.mark.parametrize(
+    "seek, workers", [(True, 0), (False, 0), (True, 1)], ids=["seek", "replay", "seek-with-a-dataloader-worker"]
+)
+def test_streamed_run_resumes_exactly(tmp_path, cache_dir, capsys, monkeypatch, seek, workers):
     """A streamed run interrupted at step 5 and resumed trains on the same blocks as an unbroken one: by
-    seeking the stream to the checkpoint's position, or, without one, by replaying the stream."""
+    seeking the stream to the checkpoint's position, or, without one, by replaying the stream; with the
+    stream read in the main process or in a dataloader worker."""
     import data
 
     monkeypatch.setattr(data.StreamedBlocks, "WINDOW", 7)  # windows and passes end inside the run
     corpus = tmp_path / "small.txt"
     corpus.write_text(open(CORPUS).read()[:8_000])  # about 30 blocks: the run wraps
     stream = [f"data.path={corpus}", "data.streaming=true", "data.sample_by=paragraph", "data.max_validation_blocks=3"]
-    settings = dict(max_steps=10, save_steps=100, eval_steps=5)
+    settings = dict(max_steps=10, save_steps=100, eval_steps=5, dataloader_num_workers=workers)
     straight = tmp_path / "straight"
     assert train.main(tiny_overrides(straight, cache_dir, **settings) + stream) == 0
 
@@ -223,3 +227,9 @@ def test_document_aware_training_runs(tmp_path, cache_dir):
     assert train.main([*overrides, "samples.every_n_steps=0"]) == 0
     assert all(math.isfinite(h["loss"]) for h in history(out) if "loss" in h)
     assert any("eval_loss" in h for h in history(out))
+
+
+def test_streaming_with_several_dataloader_workers_is_one_line(tmp_path, cache_dir):
+    cfg = load_config(None, tiny_overrides(tmp_path, cache_dir, dataloader_num_workers=2) + ["data.streaming=true"])
+    with pytest.raises(RecipeError, match="set training.dataloader_num_workers to 1"):
+        train.training_arguments(cfg)

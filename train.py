@@ -16,9 +16,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import zipfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -413,10 +415,18 @@ class RecipeTrainer(Trainer):
         super().log(logs, start_time)
 
     def get_train_dataloader(self):
+        if isinstance(self.train_dataset, StreamedBlocks):
+            loader = self.streamed_dataloader()
+        else:
+            loader = super().get_train_dataloader()
+        if self.args.dataloader_num_workers:
+            torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
+            torch_loader.worker_init_fn = partial(start_worker_without_signals, torch_loader.worker_init_fn)
+        return loader
+
+    def streamed_dataloader(self):
         """A stream is read by each process for itself (data.open_stream splits it between them), in the
         main process or in one dataloader worker; accelerate would read it on one process and send batches."""
-        if not isinstance(self.train_dataset, StreamedBlocks):
-            return super().get_train_dataloader()
         workers = self.args.dataloader_num_workers
         loader = DataLoader(
             self.train_dataset,
@@ -429,6 +439,15 @@ class RecipeTrainer(Trainer):
         return prepare_data_loader(
             loader, self.args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
         )
+
+
+def start_worker_without_signals(init_worker, worker_id: int) -> None:
+    """Ctrl-C or SIGTERM sent to the whole process group would kill the dataloader workers first, and torch
+    then fails the training step at once; the workers ignore them and the main process stops cleanly."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if init_worker is not None:
+        init_worker(worker_id)
 
 
 def write_recipe_config(cfg: RecipeConfig, folder: str | Path) -> None:

@@ -126,22 +126,36 @@ def test_crash_recovery_is_exact_and_interruption_saves_a_checkpoint(tmp_path, c
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_sigterm_from_outside_saves_and_exits(tmp_path, cache_dir):
+@pytest.mark.parametrize(
+    "workers, streamed, to_group",
+    [(0, False, None), (1, True, signal.SIGTERM), (2, False, signal.SIGTERM)],
+    ids=["sigterm", "sigterm-to-the-group-streamed-with-a-worker", "sigterm-to-the-group-with-two-workers"],
+)
+def test_sigterm_from_outside_saves_and_exits(tmp_path, cache_dir, workers, streamed, to_group):
+    """SIGTERM to the process (a scheduler), or a signal to the whole process group (a terminal's Ctrl-C, some
+    schedulers): dataloader workers must not die first, which would fail the step before the checkpoint."""
     out = tmp_path / "run"
     overrides = tiny_overrides(out, cache_dir, max_steps=100000, save_steps=100000, eval_steps=100000)
+    overrides += [f"training.dataloader_num_workers={workers}"]
+    if streamed:
+        overrides += ["data.streaming=true", "data.max_validation_blocks=3"]
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *overrides, "samples.every_n_steps=0"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if "'loss'" in line and "'epoch'" in line:
             break  # training has started
-    proc.send_signal(signal.SIGTERM)
+    if to_group:
+        os.killpg(proc.pid, to_group)
+    else:
+        proc.send_signal(signal.SIGTERM)
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == train.EXIT_INTERRUPTED, "".join(lines) + rest
     checkpoints = list(out.glob("checkpoint-*"))

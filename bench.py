@@ -219,30 +219,32 @@ def bench_data(cfg, tokenizer) -> list[str]:
     ]
 
 
-def bench_stream_seek(cfg, tokenizer, blocks: int) -> list[str]:
-    """Streaming: read `blocks` training blocks, then resume at that block as a checkpoint would, by seeking."""
+def bench_stream_seek(cfg, tokenizer, blocks: int, processes: int = 1) -> list[str]:
+    """Streaming: read `blocks` training blocks as process 0 of `processes` would, then resume at that block
+    as a checkpoint would, by seeking."""
     import resource
 
     data_cfg = replace(cfg.data, streaming=True)
-    splits, _ = prepare_datasets(data_cfg, tokenizer)
-    stream, read = splits["train"], 0
+    splits, _ = prepare_datasets(data_cfg, tokenizer, rank=0, world_size=processes)
+    read, position = 0, None
     start = time.perf_counter()
-    for read, _ in enumerate(stream, start=1):
+    for read, block in enumerate(splits["train"], start=1):
         if read == blocks:
+            position = block["stream_position"]
             break
     reading = time.perf_counter() - start
-    if read < blocks:
+    if position is None:
         raise RecipeError(f"the stream ended after {read} blocks; ask for fewer with --stream-seek")
-    position = stream.position_of(blocks)
-    resumed, _ = prepare_datasets(data_cfg, tokenizer)
+    resumed, _ = prepare_datasets(data_cfg, tokenizer, rank=0, world_size=processes)
     resumed["train"].resume_at = position
     start = time.perf_counter()
     next(iter(resumed["train"]))
     seeking = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     tokens = blocks * cfg.data.block_size
+    whose = f" of process 0's part of {processes}" if processes > 1 else ""
     return [
-        f"streaming: {blocks:,} blocks ({tokens:,} tokens) read, tokenized and packed in {reading:.1f} s "
+        f"streaming: {blocks:,} blocks{whose} ({tokens:,} tokens) read, tokenized and packed in {reading:.1f} s "
         f"({tokens / reading:,.0f} tokens/s); resuming at block {blocks:,} by seeking: {seeking:.2f} s to the "
         f"first block; peak RSS of the process {peak:,.0f} MB"
     ]
@@ -264,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-data", action="store_true", help="skip the data preparation timings")
     parser.add_argument("--data-only", action="store_true", help="only the data preparation timings")
     parser.add_argument("--stream-seek", type=int, metavar="N", help="only: stream N blocks, then seek back to block N")
+    parser.add_argument("--stream-processes", type=int, default=1, metavar="W",
+                        help="with --stream-seek: read as process 0 of W, each reading its own part")  # fmt: skip
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     try:
@@ -271,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.samples.every_n_steps = 0
         tokenizer = load_tokenizer(cfg.tokenizer)
         if args.stream_seek:
-            print("\n".join(bench_stream_seek(cfg, tokenizer, args.stream_seek)))
+            print("\n".join(bench_stream_seek(cfg, tokenizer, args.stream_seek, args.stream_processes)))
             return 0
         if args.data_only:
             print("\n".join(bench_data(cfg, tokenizer)))

@@ -378,8 +378,8 @@ def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer, rank: in
         if not PackedReader(open_stream(source, cfg, other, world_size), tokenize, text_column, cfg.block_size).take(1):
             raise RecipeError(
                 f"process {other} of {world_size} gets no block of {cfg.block_size} tokens from the stream, which is "
-                "split between the processes by document (or by file, where the files divide evenly); use more text "
-                "(more documents), fewer processes, or pre-tokenize with data.streaming=false"
+                "split between the processes by document (or by file, where the files divide evenly); for plain text "
+                "set data.sample_by=paragraph or line, or use more documents, fewer processes, or data.streaming=false"
             )
     train = StreamedBlocks(
         partial(open_stream, source, cfg, rank, world_size),

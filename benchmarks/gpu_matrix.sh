@@ -2,7 +2,8 @@
 # The GPU table of BENCHMARKS.md: bench.py once per fast-path switch, the real model at micro-batch 8 x 2048
 # tokens, gradient accumulation 4, bf16. One process per row, so that compilation and kernel patches do not leak.
 #   bash benchmarks/gpu_matrix.sh tokenizer=... data.path=...   (extra arguments go to every row)
-# Full output goes to $LOG (default bench_gpu.log); the table rows are printed.
+# Full output goes to $LOG (default bench_gpu.log); the table rows are printed. SDPA rows run the recipe's
+# causal SDPA (sdpa_causal), except with data.document_aware, which keeps transformers' sdpa and its masks.
 set -u
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -25,3 +26,4 @@ row training.activation_checkpointing=false training.torch_compile=true
 row training.activation_checkpointing=false training.use_liger_kernel=true
 row training.activation_checkpointing=false training.torch_compile=true training.use_liger_kernel=true $FLCE_ONLY
 row training.activation_checkpointing=true training.torch_compile=true
+row training.activation_checkpointing=false training.torch_compile=true data.document_aware=true

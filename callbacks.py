@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from transformers import GenerationConfig, TrainerCallback
 
 from config import SamplesConfig
@@ -206,21 +207,13 @@ class StreamPositionCallback(TrainerCallback):
         self.latest: dict | None = None
 
     def on_save(self, args, state, control, **kwargs):
-        positions = gather_from_all_processes(self.latest)
+        positions = gather_object([self.latest])  # every process's position, in rank order
         if not args.should_save or None in positions:  # nothing trained yet: --resume replays the stream
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         tmp = folder / f".{self.FILE}.tmp"
         tmp.write_text(json.dumps({"step": state.global_step, "processes": positions}))
         os.replace(tmp, folder / self.FILE)
-
-
-def gather_from_all_processes(obj) -> list:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, obj)
-        return gathered
-    return [obj]
 
 
 # Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins).

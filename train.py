@@ -536,7 +536,8 @@ def run_training(
         callbacks=callbacks,
     )
     trainer.throughput, trainer.stream_position = throughput, stream_position
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") and not trainer.is_fsdp_enabled:
+    fsdp_requested = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    if fsdp_requested and not trainer.is_fsdp_enabled and not torch.cuda.is_available():
         log("FSDP: accelerate does not shard on CPU; the processes train as plain data parallel (DDP over gloo)")
     result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
     if interrupt.stopped_at is not None:
@@ -557,14 +558,14 @@ def seek_stream(stream: StreamedBlocks, checkpoint: Path, args: TrainingArgument
     """Resume a streamed run where its checkpoint stood in this process's stream, or say why it replays."""
     try:
         saved = json.loads((checkpoint / StreamPositionCallback.FILE).read_text())
-        position = saved["processes"][args.process_index]
         if len(saved["processes"]) != args.world_size:
             log(
                 f"streaming: {checkpoint.name} was written by {len(saved['processes'])} process(es) and this run has "
                 f"{args.world_size}, which split the stream differently; replaying the stream up to it"
             )
             return
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        position = saved["processes"][args.process_index]
+    except (OSError, ValueError, KeyError, TypeError):
         log(f"streaming: {checkpoint.name} holds no stream position; replaying the stream up to it")
         return
     stream.resume_at = position

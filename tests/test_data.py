@@ -1,5 +1,6 @@
 """Corpus -> blocks: EOS between documents, full blocks, a validation split that shares no token, a cache."""
 
+import copy
 import json
 import re
 
@@ -235,3 +236,21 @@ def test_a_process_left_without_documents_is_one_line(tmp_path, tokenizer):
     cfg = config(tmp_path, streaming=True, max_validation_blocks=3)  # one file, one document
     with pytest.raises(RecipeError, match="process 1 of 2 gets no block of 64 tokens from the stream"):
         data.prepare_datasets(cfg, tokenizer, rank=0, world_size=2)
+
+
+def test_fast_batch_encoding_gives_the_ids_of_the_tokenizer(tokenizer):
+    texts = [
+        open(CORPUS).read()[:5_000],
+        "  leading spaces, tabs\t and\nnewlines ",
+        "naïve café 東京 🙂",
+        "a<|endoftext|>b",
+        "",
+    ]
+    expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert data.batch_encoder(tokenizer)(texts) == expected
+    tokenize = data.tokenize_function(tokenizer, "text")
+    eos = tokenizer.eos_token_id
+    assert tokenize({"text": texts + [None]})["input_ids"] == [ids + [eos] for ids in expected[:4]]
+    truncating = copy.deepcopy(tokenizer)
+    truncating.backend_tokenizer.enable_truncation(8)  # as a tokenizer.json may set it: never cut documents
+    assert data.batch_encoder(truncating)(texts) == expected

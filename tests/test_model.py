@@ -171,3 +171,16 @@ def test_final_model_has_weights_under_sharded_fsdp(tmp_path, cache_dir, monkeyp
     reloaded = AutoModelForCausalLM.from_pretrained(final)
     for name, tensor in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
+
+
+def test_init_from_loads_saved_weights_with_the_recipes_attention(tmp_path):
+    """init_from (continued pretraining) loads weights through from_pretrained with the recipe's causal SDPA."""
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    saved = build_model(cfg, build_llama_config(cfg), "sdpa")
+    saved.save_pretrained(tmp_path / "weights")
+    cfg = load_config(None, [*TINY, f"init_from={tmp_path / 'weights'}"])
+    model = build_model(cfg, build_llama_config(cfg), choose_attn_implementation("sdpa"))
+    assert model.config._attn_implementation == CAUSAL_SDPA
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name

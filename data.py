@@ -510,7 +510,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
                 self.windows[number] = {"start": window_start, "first_block": first_block, "size": len(blocks)}
                 next_start = reader.position() if len(blocks) == self.WINDOW else None
                 self.windows[number + 1] = {"start": next_start, "first_block": first_block + len(blocks), "size": None}
-                for old in [k for k in self.windows if k < number - 3]:
+                for old in [k for k in self.windows if k < number]:  # positions are taken as blocks are yielded
                     del self.windows[old]
                 order = np.random.default_rng([self.seed, number]).permutation(len(blocks))
                 for block, index in enumerate(order[offset:], start=first_block + offset):

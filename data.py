@@ -369,9 +369,9 @@ def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: i
 def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1):
     """Stream documents, tokenize and pack on the fly. Each of `world_size` processes reads its own part of
     the documents (`open_stream`); the first blocks of process 0's part are held out for validation."""
-    text_column = load_documents(source, cfg, streaming=True)[1]
+    documents, text_column = load_documents(source, cfg, streaming=True)
     tokenize = tokenize_function(tokenizer, text_column)
-    reader = PackedReader(open_stream(source, cfg, 0, world_size), tokenize, text_column, cfg.block_size)
+    reader = PackedReader(part_of(documents, 0, world_size), tokenize, text_column, cfg.block_size)
     validation = datasets.Dataset.from_dict({"input_ids": reader.take(cfg.max_validation_blocks)})
     if len(validation) == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no full block of {cfg.block_size} tokens")
@@ -404,9 +404,13 @@ def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer, rank: in
 
 
 def open_stream(source: CorpusSource, cfg: DataConfig, rank: int, world_size: int):
-    """The documents process `rank` reads: with several processes, `split_dataset_by_node` gives each whole
-    files where their number divides evenly, and otherwise every world_size-th document."""
-    documents = load_documents(source, cfg, streaming=True)[0]
+    """The documents process `rank` reads, from a newly opened stream."""
+    return part_of(load_documents(source, cfg, streaming=True)[0], rank, world_size)
+
+
+def part_of(documents, rank: int, world_size: int):
+    """With several processes, `split_dataset_by_node` gives each whole files where their number divides
+    evenly, and otherwise every world_size-th document."""
     if world_size == 1:
         return documents
     from datasets.distributed import split_dataset_by_node

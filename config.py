@@ -77,6 +77,7 @@ class HubConfig:
 
 @dataclass
 class RecipeConfig:
+    name: str = "SmolLM2-135M"
     model: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = "HuggingFaceTB/cosmo2-tokenizer"
     data: DataConfig = field(default_factory=DataConfig)
@@ -363,7 +364,7 @@ def build_config(raw: dict) -> RecipeConfig:
         sub_cls = type(getattr(cfg, name))
         values = _section(name, raw.get(name), recipe_key_types(sub_cls))
         setattr(cfg, name, sub_cls(**values))
-    for name in ("tokenizer", "attn_implementation", "init_from"):
+    for name in ("name", "tokenizer", "attn_implementation", "init_from"):
         if name in raw:
             setattr(cfg, name, _resolve(name, raw[name], top_types[name]))
     validate(cfg)

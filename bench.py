@@ -24,10 +24,11 @@ from dataclasses import dataclass, replace
 import torch
 from transformers import TrainerCallback, set_seed
 
-import train
-from callbacks import flops_per_token, peak_bf16_flops
+import arguments
+import model as modeling
 from config import RecipeError, load_config
 from data import collator_for, load_tokenizer, prepare_datasets
+from trainer import RecipeTrainer
 
 
 @dataclass
@@ -87,8 +88,9 @@ def peak_memory(device: torch.device) -> float | None:
 
 def bench_recipe(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
     with tempfile.TemporaryDirectory() as out:
-        args = train.training_arguments(
+        args = arguments.build_training_arguments(
             cfg,
+            quiet=True,
             output_dir=out,
             max_steps=warmup + steps,
             eval_strategy="no",
@@ -101,7 +103,7 @@ def bench_recipe(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
         model = build(cfg, args)
         timer = StepTimer()
         reset_memory(args.device)
-        trainer = train.RecipeTrainer(
+        trainer = RecipeTrainer(
             model=model, args=args, train_dataset=blocks, data_collator=collate, callbacks=[timer]
         )
         trainer.train()
@@ -127,13 +129,10 @@ def switches(cfg, args, model) -> str:
 
 
 def build(cfg, args):
-    config = train.build_llama_config(cfg)
+    """The model exactly as train.py builds it."""
     set_seed(args.seed)
-    model = train.build_model(
-        cfg, config, train.choose_attn_implementation(cfg.attn_implementation, cfg.data.document_aware)
-    )
-    model.config.use_cache = False  # as in train.py
-    return model
+    attn = modeling.choose_attn_implementation(cfg.attn_implementation, cfg.data.document_aware)
+    return modeling.build_model(cfg, modeling.build_llama_config(cfg), attn)
 
 
 def measurement(name: str, seconds: list[float], args, model, cfg) -> Measurement:
@@ -144,8 +143,8 @@ def measurement(name: str, seconds: list[float], args, model, cfg) -> Measuremen
         name=name,
         step_seconds=seconds,
         tokens_per_step=tokens * cfg.data.block_size,
-        flops_per_token=flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, cfg.data.block_size),
-        peak_flops=peak_bf16_flops(args.device) if args.bf16 else None,
+        flops_per_token=modeling.flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, cfg.data.block_size),
+        peak_flops=modeling.peak_bf16_flops(args.device) if args.bf16 else None,
         peak_memory_gb=peak_memory(args.device),
     )
 
@@ -153,7 +152,7 @@ def measurement(name: str, seconds: list[float], args, model, cfg) -> Measuremen
 def bench_baseline(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
     """The same model and settings (checkpointing, Liger, torch.compile, autocast) in a plain PyTorch loop:
     the floor the Trainer should be close to."""
-    args = train.training_arguments(cfg, output_dir=tempfile.gettempdir(), report_to="none")
+    args = arguments.build_training_arguments(cfg, output_dir=tempfile.gettempdir(), report_to="none", quiet=True)
     device = args.device
     model = build(cfg, args).to(device)
     if args.gradient_checkpointing:

@@ -1,9 +1,15 @@
 """Trainer callbacks of the recipe.
 
-- `SampleGenerationCallback`: text samples every N steps (console, samples.jsonl, wandb table).
+- `SampleGenerationCallback`: text samples every N steps (console, samples.jsonl, wandb table), generated
+  after that step's checkpoint is saved, and cut short by a stop signal.
 - `ResumedRunCallback`: after a checkpoint is loaded, put back the configured log/eval/save intervals and,
   for the extra phase of `--resume`, hold the learning rate at a constant value.
-- `GracefulInterruptCallback`: Ctrl-C / SIGTERM saves a checkpoint of the current step, then stops.
+- `GracefulInterruptCallback`: Ctrl-C / SIGTERM saves a checkpoint and stops, within seconds of the step,
+  evaluation or sample generation it arrives in; a second one exits at once.
+- `RunRecordCallback`: what a checkpoint must say about its run: samples trained on and fingerprints (inside
+  trainer_state.json), the config and the training phases (files beside it), and whether the disk has room.
+- `ConsoleLogCallback`: one line per logging step, with units and an ETA, instead of a dict of strings.
+- `ThroughputMonitor`: tokens/s, MFU and peak memory of each logging window.
 """
 
 from __future__ import annotations
@@ -17,19 +23,25 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
-from transformers import GenerationConfig, TrainerCallback
+from transformers import GenerationConfig, StoppingCriteria, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
-from config import SamplesConfig
+from checkpoints import RUN_RECORD, bytes_in, warn_if_disk_is_short, write_run_files
+from config import SamplesConfig, log
+from model import flops_per_token, peak_bf16_flops
+from trainer import StopEvaluation
+
+# --- samples -------------------------------------------------------------------------------------
 
 
 def generation_config_for(samples: SamplesConfig, tokenizer) -> GenerationConfig:
+    sampling = samples.do_sample and samples.temperature > 0
     return GenerationConfig(
         max_new_tokens=samples.max_new_tokens,
-        do_sample=samples.do_sample,
-        temperature=samples.temperature if samples.do_sample else None,
-        top_p=samples.top_p if samples.do_sample else None,
-        top_k=samples.top_k if samples.do_sample else None,
+        do_sample=sampling,
+        temperature=samples.temperature if sampling else None,
+        top_p=samples.top_p if sampling else None,
+        top_k=samples.top_k if sampling else None,
         pad_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -37,9 +49,20 @@ def generation_config_for(samples: SamplesConfig, tokenizer) -> GenerationConfig
     )
 
 
+class StopWhen(StoppingCriteria):
+    """Ends generation as soon as `should_stop()` turns true (a stop signal arrived)."""
+
+    def __init__(self, should_stop):
+        self.should_stop = should_stop
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
-def generate_samples(model, tokenizer, samples: SamplesConfig, bf16: bool = False) -> list[tuple[str, str]]:
-    """Complete each prompt with a fixed seed; leaves the model's mode and the global RNG as they were."""
+def generate_samples(model, tokenizer, samples: SamplesConfig, bf16: bool = False, should_stop=lambda: False):
+    """Complete each prompt, seeded (`samples.seed`; None: fresh randomness); leaves the model's mode and the
+    global RNG as they were. Returns [] if `should_stop()` turned true on the way."""
     was_training = model.training
     device = next(model.parameters()).device
     generation_config = generation_config_for(samples, tokenizer)
@@ -49,10 +72,15 @@ def generate_samples(model, tokenizer, samples: SamplesConfig, bf16: bool = Fals
     model.eval()
     try:
         with torch.random.fork_rng(devices=cuda_devices), autocast:
-            torch.manual_seed(samples.seed)
+            if samples.seed is not None:
+                torch.manual_seed(samples.seed)
             for prompt in samples.prompts:
                 inputs = tokenizer(prompt, return_tensors="pt").to(device)
-                output = model.generate(**inputs, generation_config=generation_config)
+                output = model.generate(
+                    **inputs, generation_config=generation_config, stopping_criteria=[StopWhen(should_stop)]
+                )
+                if should_stop():
+                    return []
                 completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
                 results.append((prompt, completion))
     finally:
@@ -66,7 +94,8 @@ def uses_fsdp(args) -> bool:
 
 
 class SampleGenerationCallback(TrainerCallback):
-    """Every `samples.every_n_steps` optimizer steps and at the end, generate from each prompt."""
+    """Every `samples.every_n_steps` optimizer steps and at the end, generate from each prompt. On a step that
+    also saves, the samples come after the checkpoint, so a stop signal during them loses nothing."""
 
     def __init__(self, tokenizer, samples: SamplesConfig, output_dir: str, interrupted=lambda: False):
         self.tokenizer = tokenizer
@@ -76,37 +105,51 @@ class SampleGenerationCallback(TrainerCallback):
         self.last_step = None
         self.rows: list[list] = []
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
+    def due(self, state) -> bool:
         every = self.samples.every_n_steps
-        if every and state.global_step % every == 0:
+        return bool(every) and state.global_step % every == 0 and state.global_step != self.last_step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.due(state) and not control.should_save:
+            self.sample(args, state, model)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        if self.due(state):
             self.sample(args, state, model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.samples.every_n_steps and state.global_step != self.last_step and not self.interrupted():
+        if self.samples.every_n_steps and state.global_step != self.last_step:
             self.sample(args, state, model)
 
     def sample(self, args, state, model) -> None:
         self.last_step = state.global_step
-        if not self.samples.prompts or not state.is_world_process_zero or model is None:
+        if self.interrupted() or not self.samples.prompts or not state.is_world_process_zero or model is None:
             return
         if uses_fsdp(args):
             return  # sharded weights: generation would need every rank; use generate.py on the checkpoint
-        results = generate_samples(model, self.tokenizer, self.samples, bf16=args.bf16)
+        results = generate_samples(model, self.tokenizer, self.samples, bf16=args.bf16, should_stop=self.interrupted)
+        if not results:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             for prompt, completion in results:
-                print(f"step {state.global_step} | {prompt} -> {completion!r}", flush=True)
+                log(f"sample at step {state.global_step} | {prompt}{completion}".replace("\n", "\n    "))
                 f.write(json.dumps({"step": state.global_step, "prompt": prompt, "completion": completion}) + "\n")
                 self.rows.append([state.global_step, prompt, completion])
-        self.log_wandb_table(args)
+        self.log_wandb_table(args, state.global_step)
 
-    def log_wandb_table(self, args) -> None:
+    def log_wandb_table(self, args, step: int) -> None:
         if "wandb" not in (args.report_to or []):
             return
         wandb = sys.modules.get("wandb")
         if wandb is None or wandb.run is None:
             return
-        wandb.run.log({"samples": wandb.Table(columns=["step", "prompt", "completion"], data=list(self.rows))})
+        table = wandb.Table(columns=["step", "prompt", "completion"], data=list(self.rows))
+        # the Trainer's wandb charts use train/global_step as their x-axis: give the table the step it belongs to
+        wandb.run.log({"samples": table, "train/global_step": step})
+
+
+# --- resume --------------------------------------------------------------------------------------
 
 
 class ResumedRunCallback(TrainerCallback):
@@ -140,9 +183,13 @@ def _constant_factor(_step: int) -> float:
     return 1.0
 
 
+# --- stopping ------------------------------------------------------------------------------------
+
+
 class GracefulInterruptCallback(TrainerCallback):
-    """First Ctrl-C or SIGTERM: finish the current optimizer step, save a checkpoint, stop.
-    A second signal exits at once."""
+    """First Ctrl-C or SIGTERM: say at once what will happen, then save a checkpoint after the current step
+    (an evaluation or sample generation in progress is cut short) and stop. A second signal exits at once.
+    The handlers stay installed until `restore_handlers()`, so that the final save is covered too."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -150,13 +197,21 @@ class GracefulInterruptCallback(TrainerCallback):
         self.requested = False
         self.stopped_at: int | None = None
         self._previous = {}
+        self.step, self.step_started, self.step_seconds = 0, None, None
+        self.saving_final = False
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def install(self) -> None:
         for sig in self.SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 pass
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.install()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step, self.step_started = state.global_step + 1, time.perf_counter()
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -164,19 +219,37 @@ class GracefulInterruptCallback(TrainerCallback):
             print("\nsecond interrupt: exiting now without saving", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.requested = True
-        print(
-            f"\n{signal.Signals(signum).name} received: saving a checkpoint after this step "
-            "(interrupt again to exit at once)",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"\n{signal.Signals(signum).name}: {self.what_happens_now()}", file=sys.stderr, flush=True)
+
+    def what_happens_now(self) -> str:
+        again = "Ctrl-C again to quit without saving"
+        if self.saving_final:
+            return f"training is done; finishing the save of final/ first (seconds); {again} it"
+        if self.step_started is None:
+            return f"stopping; {again}"
+        left = ""
+        if self.step_seconds:
+            remaining = max(0.0, self.step_seconds - (time.perf_counter() - self.step_started))
+            left = f" (about {format_duration(remaining)})"
+        return f"stopping after step {self.step}{left} and saving a checkpoint; {again}"
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.step_started is not None:
+            self.step_seconds = time.perf_counter() - self.step_started
         if self._any_rank_requested(args):
             self.requested = True
-            self.stopped_at = state.global_step
             control.should_save = True
+            control.should_evaluate = False
             control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.requested:  # also when the signal came during this step's evaluation or samples
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self._any_rank_requested(args):
+            raise StopEvaluation
 
     def _any_rank_requested(self, args) -> bool:
         # every rank must stop at the same step, or the checkpoint's collectives would hang
@@ -186,9 +259,6 @@ class GracefulInterruptCallback(TrainerCallback):
             return bool(flag.item())
         return self.requested
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.restore_handlers()
-
     def restore_handlers(self):
         for sig, handler in self._previous.items():
             with contextlib.suppress(ValueError):
@@ -196,56 +266,89 @@ class GracefulInterruptCallback(TrainerCallback):
         self._previous = {}
 
 
-class StreamPositionCallback(TrainerCallback):
-    """Streaming: next to each checkpoint, where each process stands in its part of the stream
-    (`stream_position.json`), so that --resume seeks the streams there instead of reading them again.
-    RecipeTrainer hands it `latest`, the position after the last batch trained on."""
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
-    FILE = "stream_position.json"
 
-    def __init__(self):
-        self.latest: dict | None = None
+# --- the run's record ----------------------------------------------------------------------------
+
+
+class RunRecordCallback(TrainerCallback, ExportableState):
+    """Counts the samples trained on and keeps fingerprints of the tokenizer and the corpus; the Trainer
+    stores both inside each checkpoint's trainer_state.json (so they are as complete as the checkpoint).
+    Beside each checkpoint it writes the config and the phases; before each save it checks the disk."""
+
+    def __init__(self, cfg, phases: list[dict], fingerprints: dict, samples_seen: int, checkpoint_bytes: int):
+        self.cfg, self.phases, self.fingerprints = cfg, phases, fingerprints
+        self.samples_seen, self.checkpoint_bytes = samples_seen, checkpoint_bytes
+
+    def state(self) -> dict:
+        return {"args": {}, "attributes": {"samples_seen": self.samples_seen, **self.fingerprints}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.stateful_callbacks.setdefault(RUN_RECORD, self.state())  # a checkpoint from before this record
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.samples_seen += args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        if control.should_save and args.should_save:
+            warn_if_disk_is_short(args.output_dir, self.checkpoint_bytes)
 
     def on_save(self, args, state, control, **kwargs):
-        positions = gather_object([self.latest])  # every process's position, in rank order
-        if not args.should_save or None in positions:  # nothing trained yet: --resume replays the stream
+        if args.should_save:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            write_run_files(self.cfg, self.phases, folder)
+            self.checkpoint_bytes = bytes_in(folder)
+
+
+# --- the console ---------------------------------------------------------------------------------
+
+
+class ConsoleLogCallback(TrainerCallback):
+    """One line per log, e.g. `step 20/60 | loss 7.38 | lr 1.0e-03 | 2,345 tok/s | eta 0:40`, written
+    through tqdm so that it never collides with the progress bar."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.first_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        tmp = folder / f".{self.FILE}.tmp"
-        tmp.write_text(json.dumps({"step": state.global_step, "processes": positions}))
-        os.replace(tmp, folder / self.FILE)
+        line = self.format(state, logs)
+        if line:
+            log(line)
 
-
-# Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins).
-PEAK_BF16_FLOPS = [
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("GH200", 989e12),
-    ("B200", 2250e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("A10G", 125e12),
-    ("A10", 125e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-]
-
-
-def peak_bf16_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
+    def format(self, state, logs: dict) -> str | None:
+        step = f"step {state.global_step}/{state.max_steps}"
+        if "loss" in logs:
+            parts = [step, f"loss {logs['loss']:.4g}", f"lr {logs.get('learning_rate', 0):.1e}"]
+            if "grad_norm" in logs:
+                parts.append(f"grad norm {logs['grad_norm']:.3g}")
+            if "tokens_per_second" in logs:
+                parts.append(f"{logs['tokens_per_second']:,.0f} tok/s")
+            if "mfu" in logs:
+                parts.append(f"MFU {logs['mfu']:.1%}")
+            if "peak_memory_gb" in logs:
+                parts.append(f"{logs['peak_memory_gb']:.1f} GB")
+            done = state.global_step - self.first_step
+            if done > 0:
+                eta = (time.perf_counter() - self.start) / done * (state.max_steps - state.global_step)
+                parts.append(f"eta {format_duration(eta)}")
+            return " | ".join(parts)
+        if "eval_loss" in logs:
+            return f"{step} | eval loss {logs['eval_loss']:.4g} | eval ppl {logs.get('eval_perplexity', 0):,.1f}"
+        if "train_runtime" in logs:
+            return (
+                f"{step} | done in {format_duration(logs['train_runtime'])} | "
+                f"average train loss {logs.get('train_loss', float('nan')):.4g}"
+            )
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS if key in name), None)
 
 
-def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> int:
-    """Training FLOPs per token: 6N for the matmuls with the weights (forward 2N, backward 4N; a tied
-    embedding counts once, as the LM head), plus 12·L·d·T for attention scores and values (PaLM, app. B)."""
-    return 6 * n_params + 12 * n_layers * hidden * seq_len
+# --- throughput ----------------------------------------------------------------------------------
 
 
 class ThroughputMonitor(TrainerCallback):

@@ -13,17 +13,28 @@ import difflib
 import enum
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "config_smollm2_135M.yaml"
+ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG = ROOT / "config_smollm2_135M.yaml"
 
 
 class RecipeError(Exception):
     """A mistake the user can fix: printed as one line, then the program exits non-zero."""
+
+
+def log(message: str) -> None:
+    """One line on the console of the main process (accelerate's PartialState knows which one that is),
+    written through tqdm so that it never lands inside a progress bar."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    if PartialState().is_main_process:
+        tqdm.write(message)
 
 
 def first_line(error: BaseException) -> str:
@@ -32,68 +43,71 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+# The dataclasses say which keys exist and what type each takes; their values, comments included, live in the
+# YAML alone (a YAML that `extends:` another takes the keys it does not set from it).
+
+
 @dataclass
 class DataConfig:
-    path: str | list[str] = "input.txt"
-    text_column: str = "text"
-    dataset_config: str | None = None
-    split: str = "train"
-    sample_by: str = "document"
-    streaming: bool = False
-    block_size: int = 2048
-    validation_fraction: float = 0.05
-    max_validation_blocks: int = 256
-    seed: int = 42
-    num_proc: int | None = None
-    cache_dir: str | None = None
-    document_aware: bool = False
+    path: str | list[str]
+    text_column: str
+    dataset_config: str | None
+    split: str
+    sample_by: Literal["document", "paragraph", "line"]
+    streaming: bool
+    block_size: int
+    validation_fraction: float
+    max_validation_blocks: int
+    seed: int
+    num_proc: int | None
+    cache_dir: str | None
+    document_aware: bool
 
 
 @dataclass
 class SamplesConfig:
-    every_n_steps: int = 500
-    prompts: list[str] = field(default_factory=list)
-    max_new_tokens: int = 64
-    do_sample: bool = True
-    temperature: float = 0.8
-    top_p: float = 0.9
-    top_k: int = 50
-    seed: int = 42
+    every_n_steps: int
+    prompts: list[str]
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
 
 
 @dataclass
 class ResumeConfig:
-    extra_steps: int = 50
-    lr_factor: float = 0.1
+    extra_steps: int
+    lr_factor: float
 
 
 @dataclass
 class HubConfig:
-    repo_id: str | None = None
-    private: bool = False
-    license: str = "apache-2.0"
-    dataset: str | None = None
+    repo_id: str | None
+    private: bool
+    license: str
+    dataset: str | None
 
 
 @dataclass
 class RecipeConfig:
-    name: str = "SmolLM2-135M"
-    model: dict[str, Any] = field(default_factory=dict)
-    tokenizer: str = "HuggingFaceTB/cosmo2-tokenizer"
-    data: DataConfig = field(default_factory=DataConfig)
-    training: dict[str, Any] = field(default_factory=dict)
-    attn_implementation: str = "flash_attention_2"
-    samples: SamplesConfig = field(default_factory=SamplesConfig)
-    resume: ResumeConfig = field(default_factory=ResumeConfig)
-    init_from: str | None = None
-    hub: HubConfig = field(default_factory=HubConfig)
+    name: str
+    model: dict[str, Any]
+    tokenizer: str
+    data: DataConfig
+    training: dict[str, Any]
+    attn_implementation: Literal["flash_attention_2", "sdpa", "eager"]
+    samples: SamplesConfig
+    resume: ResumeConfig
+    init_from: str | None
+    hub: HubConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
-SAMPLE_BY = ("document", "paragraph", "line")
+SECTIONS = {"data": DataConfig, "samples": SamplesConfig, "resume": ResumeConfig, "hub": HubConfig}
 # Accepted by LlamaConfig although not one of its dataclass fields (it becomes rope_parameters).
 EXTRA_MODEL_KEYS: dict[str, Any] = {"rope_theta": float}
 
@@ -132,7 +146,17 @@ def inspect_empty() -> Any:
 def training_key_types() -> dict[str, Any]:
     from transformers import TrainingArguments
 
-    return {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+    types_ = {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+    return {**types_, **TRAINING_EXTENSIONS}
+
+
+# Recipe extensions of TrainingArguments keys, resolved by arguments.py before TrainingArguments is built:
+# `auto` picks for the hardware, and the schedule kwargs may be given per schedule name.
+TRAINING_EXTENSIONS: dict[str, Any] = {
+    "torch_compile": bool | Literal["auto"],
+    "activation_checkpointing": bool | Literal["auto"],
+    "lr_scheduler_kwargs": dict | str | None,
+}
 
 
 def recipe_key_types(cls: type) -> dict[str, Any]:
@@ -322,7 +346,8 @@ def _is_dict_type(annotation: Any) -> bool:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """The YAML at `path`, merged over the YAML it `extends:` (a path relative to it), if any."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"config file not found: {path}; pass an existing YAML with --config PATH")
@@ -336,12 +361,36 @@ def read_yaml(path: str | Path) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"config file {path} must hold sections (model:, data:, training:, ...)")
-    return raw
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in _seen:
+        raise RecipeError(f"config file {path} extends {base}, which extends it again: remove the loop")
+    return merge(read_yaml(base_path, (*_seen, base_path)), raw)
 
 
-def _section(name: str, raw: Any, key_types: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict, changes: dict) -> dict:
+    """`changes` over `base`, section by section; a schedule's kwargs and the prompts are replaced whole."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("lr_scheduler_kwargs",):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def missing_key_error(key: str) -> RecipeError:
+    return RecipeError(
+        f"the config has no '{key}': add it, or start the YAML with `extends: config_smollm2_135M.yaml` "
+        "to take every key you do not set from the default"
+    )
+
+
+def _section(name: str, raw: Any, key_types: dict[str, Any], required: typing.Iterable[str] = ()) -> dict[str, Any]:
     if raw is None:
-        return {}
+        raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"config section '{name}' must be a mapping of keys to values")
     out = {}
@@ -349,6 +398,9 @@ def _section(name: str, raw: Any, key_types: dict[str, Any]) -> dict[str, Any]:
         if key not in key_types:
             raise unknown_key_error(f"{name}.", str(key), key_types)
         out[key] = _resolve(f"{name}.{key}", value, key_types[key])
+    for key in required:
+        if key not in out:
+            raise missing_key_error(f"{name}.{key}")
     return out
 
 
@@ -357,40 +409,64 @@ def build_config(raw: dict) -> RecipeConfig:
     for key in raw:
         if key not in top_types:
             raise unknown_key_error("", str(key), top_types)
-    cfg = RecipeConfig()
-    cfg.model = _section("model", raw.get("model"), model_key_types())
-    cfg.training = _section("training", raw.get("training"), training_key_types())
-    for name in ("data", "samples", "resume", "hub"):
-        sub_cls = type(getattr(cfg, name))
-        values = _section(name, raw.get(name), recipe_key_types(sub_cls))
-        setattr(cfg, name, sub_cls(**values))
-    for name in ("name", "tokenizer", "attn_implementation", "init_from"):
-        if name in raw:
-            setattr(cfg, name, _resolve(name, raw[name], top_types[name]))
+    values: dict[str, Any] = {
+        "model": _section("model", raw.get("model"), model_key_types()),
+        "training": _section("training", raw.get("training"), training_key_types(), required=("output_dir",)),
+    }
+    for name, cls in SECTIONS.items():
+        fields = recipe_key_types(cls)
+        values[name] = cls(**_section(name, raw.get(name), fields, required=fields))
+    for name in top_types.keys() - values.keys():
+        if name not in raw:
+            raise missing_key_error(name)
+        values[name] = _resolve(name, raw[name], top_types[name])
+    cfg = RecipeConfig(**values)
     validate(cfg)
     return cfg
 
 
+def positive(where: str, value: Any) -> None:
+    if value is None or value < 1:
+        raise RecipeError(f"{where} must be at least 1, got {value}")
+
+
 def validate(cfg: RecipeConfig) -> None:
-    if cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
+    """Checks between keys, and bounds no type says; the libraries check the rest in check_before_work."""
+    data, samples, training = cfg.data, cfg.samples, cfg.training
+    if data.block_size < 2:
+        raise RecipeError(f"data.block_size must be at least 2, got {data.block_size}")
+    max_positions = cfg.model.get("max_position_embeddings")
+    if max_positions and data.block_size > max_positions:
         raise RecipeError(
-            f"attn_implementation: '{cfg.attn_implementation}' is not one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            f"data.block_size {data.block_size} is longer than model.max_position_embeddings {max_positions}: "
+            f"use data.block_size<={max_positions}"
         )
-    if cfg.data.sample_by not in SAMPLE_BY:
-        raise RecipeError(f"data.sample_by: '{cfg.data.sample_by}' is not one of {', '.join(SAMPLE_BY)}")
-    if cfg.data.block_size < 2:
-        raise RecipeError(f"data.block_size must be at least 2, got {cfg.data.block_size}")
-    if not 0 < cfg.data.validation_fraction < 1:
-        raise RecipeError(f"data.validation_fraction must be between 0 and 1, got {cfg.data.validation_fraction}")
-    if cfg.samples.every_n_steps < 0:
+    if not 0 < data.validation_fraction < 1:
+        raise RecipeError(f"data.validation_fraction must be between 0 and 1, got {data.validation_fraction}")
+    positive("data.max_validation_blocks", data.max_validation_blocks)
+    for key in ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if key in training or key == "max_steps":
+            positive(f"training.{key}", training.get(key))
+    if samples.every_n_steps < 0:
         raise RecipeError("samples.every_n_steps must be >= 0 (0 turns samples off)")
-    if cfg.resume.extra_steps < 1:
-        raise RecipeError(f"resume.extra_steps must be at least 1, got {cfg.resume.extra_steps}")
-    if not cfg.training.get("output_dir"):
-        raise RecipeError("training.output_dir is not set: add it to the YAML or pass training.output_dir=PATH")
-    max_steps = cfg.training.get("max_steps", -1)
-    if max_steps is None or max_steps <= 0:
-        raise RecipeError("training.max_steps must be a positive number of optimizer steps")
+    check_sampling("samples.", samples.max_new_tokens, samples.temperature, samples.top_p, samples.top_k)
+    positive("resume.extra_steps", cfg.resume.extra_steps)
+    if not cfg.resume.lr_factor > 0:
+        raise RecipeError(f"resume.lr_factor must be above 0, got {cfg.resume.lr_factor}")
+
+
+MAX_NEW_TOKENS = 4096  # samples longer than this would hold a run (and a stop signal) for minutes
+
+
+def check_sampling(prefix: str, max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise RecipeError(f"{prefix}max_new_tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {max_new_tokens}")
+    if temperature < 0:
+        raise RecipeError(f"{prefix}temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise RecipeError(f"{prefix}top_p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise RecipeError(f"{prefix}top_k must be >= 0 (0 = off), got {top_k}")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RecipeConfig:
@@ -399,4 +475,19 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     for text in overrides:
         keys, value, raw_text = parse_override(text)
         apply_override(raw, keys, value, raw_text)
-    return build_config(raw)
+    return find_shipped_files(build_config(raw))
+
+
+def find_shipped_files(cfg: RecipeConfig) -> RecipeConfig:
+    """Relative paths that do not exist here but in the recipe's folder (the shipped `assets/`) point there,
+    so that the default config works from any working directory."""
+
+    def shipped(path: str) -> str:
+        if Path(path).is_absolute() or Path(path).exists() or not (ROOT / path).exists():
+            return path
+        return str(ROOT / path)
+
+    cfg.tokenizer = shipped(cfg.tokenizer)
+    if isinstance(cfg.data.path, str):
+        cfg.data.path = shipped(cfg.data.path)
+    return cfg

@@ -1,4 +1,4 @@
-"""Shared test settings: tiny overrides of the real YAML, the offline tokenizer and corpus in ../shared."""
+"""Shared test settings: tiny overrides of the real YAML, with the tokenizer and corpus the repo ships."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-TOKENIZER = str(SHARED / "cosmo2-tokenizer")
-CORPUS = str(SHARED / "data" / "tinyshakespeare.txt")
+TOKENIZER = str(ROOT / "assets" / "cosmo2-tokenizer")
+CORPUS = str(ROOT / "assets" / "tinyshakespeare.txt")
 
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")

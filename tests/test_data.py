@@ -3,16 +3,18 @@
 import copy
 import json
 import re
+from dataclasses import replace
 
 import pytest
-from conftest import CORPUS
+from conftest import CORPUS, TOKENIZER
 
 import data
-from config import DataConfig, RecipeError
+from config import DataConfig, RecipeError, load_config
 
 
 def config(tmp_path, **kw) -> DataConfig:
-    return DataConfig(**{"path": CORPUS, "block_size": 64, "cache_dir": str(tmp_path / "cache"), **kw})
+    """The YAML's data section, with the test corpus, short blocks and a cache of the test's own."""
+    return replace(load_config().data, **{"path": CORPUS, "block_size": 64, "cache_dir": str(tmp_path / "cache"), **kw})
 
 
 def test_eos_is_appended_after_every_document(tmp_path, tokenizer):
@@ -124,7 +126,7 @@ def test_streaming_holds_out_the_first_blocks(tmp_path, tokenizer):
 def test_python_data_py_prints_the_numbers(tmp_path, capsys):
     code = data.main(
         [
-            f"tokenizer={CORPUS.replace('data/tinyshakespeare.txt', 'cosmo2-tokenizer')}",
+            f"tokenizer={TOKENIZER}",
             f"data.path={CORPUS}",
             "data.block_size=256",
             f"data.cache_dir={tmp_path}",
@@ -181,7 +183,7 @@ def test_document_aware_collator_restarts_positions_and_keeps_documents_apart(to
     from transformers import AutoModelForCausalLM
 
     from config import load_config
-    from train import build_llama_config
+    from model import build_llama_config
 
     eos = tokenizer.eos_token_id
     collate = data.DocumentAwareCollator(eos)

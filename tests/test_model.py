@@ -7,7 +7,7 @@ from conftest import TINY_MODEL as TINY
 from transformers import AutoModelForCausalLM
 
 from config import load_config
-from train import CAUSAL_SDPA, build_llama_config, build_model, choose_attn_implementation, parameter_breakdown
+from model import CAUSAL_SDPA, build_llama_config, build_model, choose_attn_implementation, parameter_breakdown
 
 
 def build_on_meta(cfg):
@@ -127,8 +127,6 @@ def test_causal_sdpa_still_masks_padding_and_generates_like_sdpa(tokenizer):
 
 
 def test_building_the_model_leaves_the_config_untouched():
-    from train import build_model
-
     cfg = load_config(
         None,
         [
@@ -147,30 +145,32 @@ def test_building_the_model_leaves_the_config_untouched():
 
 
 def test_flops_per_token_counts_weights_and_attention():
-    from callbacks import flops_per_token
+    from model import flops_per_token
 
     # 6N + 12·L·d·T for SmolLM2-135M at 2,048 tokens
     assert flops_per_token(134_515_008, 30, 576, 2048) == 6 * 134_515_008 + 12 * 30 * 576 * 2048 == 1_231_763_328
 
 
-def test_final_model_has_weights_under_sharded_fsdp(tmp_path, cache_dir, monkeypatch):
-    """Trainer.save_model writes no weights when FSDP saves sharded state dicts (checked on an H100 with
-    accelerate/fsdp.yaml); the recipe gathers them itself so final/ always loads."""
+def test_final_model_is_saved_from_the_gathered_state_dict(tmp_path, cache_dir, monkeypatch):
+    """Trainer.save_model writes no weights when FSDP saves sharded state dicts (seen on an H100 with
+    accelerate/fsdp.yaml): final/ is written from accelerate's gathered state dict, whatever the sharding."""
     from conftest import tiny_overrides
 
-    import train
+    import arguments
+    import checkpoints
+    from trainer import RecipeTrainer
 
     cfg = load_config(None, tiny_overrides(tmp_path / "run", cache_dir))
-    args = train.training_arguments(cfg, eval_strategy="no")
-    model = train.build_model(cfg, build_llama_config(cfg), "sdpa")
-    trainer = train.RecipeTrainer(model=model, args=args)
-    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
-    plugin = type("Plugin", (), {"state_dict_type": "StateDictType.SHARDED_STATE_DICT"})()
-    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", plugin, raising=False)
-    final = train.save_final_model(trainer, args.output_dir, cfg)
-    reloaded = AutoModelForCausalLM.from_pretrained(final)
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(reloaded.state_dict()[name], tensor), name
+    args = arguments.build_training_arguments(cfg, eval_strategy="no", quiet=True)
+    model = build_model(cfg, build_llama_config(cfg), "sdpa")
+    trainer = RecipeTrainer(model=model, args=args)
+    gathered = {k: v.clone() + 1 for k, v in model.state_dict().items()}  # what the other ranks would add
+    monkeypatch.setattr(trainer.accelerator, "get_state_dict", lambda m: gathered)
+    final = checkpoints.save_final_model(trainer, args.output_dir, cfg, phases=[])
+    reloaded = AutoModelForCausalLM.from_pretrained(final).state_dict()
+    for name, tensor in gathered.items():
+        assert torch.equal(reloaded[name], tensor), name
+    assert not list((tmp_path / "run").glob(".final*"))  # the temporary folder was renamed
 
 
 def test_init_from_loads_saved_weights_with_the_recipes_attention(tmp_path):

@@ -15,6 +15,8 @@ from conftest import CORPUS, ROOT, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 import train
+from arguments import build_training_arguments
+from checkpoints import checkpoint_step
 from config import RecipeError, load_config
 
 pytestmark = pytest.mark.slow
@@ -159,7 +161,7 @@ def test_sigterm_from_outside_saves_and_exits(tmp_path, cache_dir, workers, stre
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == train.EXIT_INTERRUPTED, "".join(lines) + rest
     checkpoints = list(out.glob("checkpoint-*"))
-    assert len(checkpoints) == 1 and train.checkpoint_step(checkpoints[0]) is not None
+    assert len(checkpoints) == 1 and checkpoint_step(checkpoints[0]) is not None
     assert "continue with: python train.py --resume" in rest
 
 
@@ -196,8 +198,8 @@ def test_interactive_terminal_is_offered_the_extra_phase(tmp_path, cache_dir):
 
 def test_no_prompt_without_a_terminal(trained_run):
     args = train.parse_args(["training.max_steps=1"])
-    assert not train.should_offer_continuation(args)  # pytest's stdin is not a terminal
-    assert not train.should_offer_continuation(train.parse_args(["--no-prompt"]))
+    assert not train.should_offer_extra_phase(args)  # pytest's stdin is not a terminal
+    assert not train.should_offer_extra_phase(train.parse_args(["--no-prompt"]))
 
 
 @pytest.mark.parametrize(
@@ -246,7 +248,7 @@ def test_document_aware_training_runs(tmp_path, cache_dir):
 def test_streaming_with_several_dataloader_workers_is_one_line(tmp_path, cache_dir):
     cfg = load_config(None, tiny_overrides(tmp_path, cache_dir, dataloader_num_workers=2) + ["data.streaming=true"])
     with pytest.raises(RecipeError, match="set training.dataloader_num_workers to 1"):
-        train.training_arguments(cfg)
+        build_training_arguments(cfg)
 
 
 def test_compiled_training_runs_end_to_end(tmp_path, cache_dir):

@@ -1,0 +1,233 @@
+"""The `training:` section -> `TrainingArguments`, with the choices the YAML leaves to the hardware.
+
+One job per function: the precision (bf16 where the hardware has it), the speed switches (`auto` for
+torch.compile and activation checkpointing), the learning-rate schedule's own kwargs, wandb that never
+prompts, and a check that builds the optimizer and the scheduler before any data work.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import torch
+from transformers import SchedulerType, TrainingArguments, get_scheduler
+
+from config import RecipeConfig, RecipeError, first_line, log
+
+MEMORY_MARGIN = 0.8  # activation checkpointing goes off when the estimated peak fits in this share of memory
+
+
+def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int | None = None, quiet=False,
+                             **changes) -> TrainingArguments:  # fmt: skip
+    """TrainingArguments from the YAML's `training:` (and `changes`), with precision, speed and schedule
+    resolved for this machine. `quiet` leaves out the lines that say what was chosen."""
+    kwargs = {**copy.deepcopy(cfg.training), **changes}
+    say = (lambda _: None) if quiet else log
+    say(choose_precision(kwargs))
+    say(choose_speed(kwargs, model_config, n_params, cfg.data.block_size))
+    kwargs["lr_scheduler_kwargs"] = schedule_kwargs(kwargs)
+    if cfg.data.streaming and (kwargs.get("dataloader_num_workers") or 0) > 1:
+        raise RecipeError(
+            "data.streaming reads each process's stream in one place: set training.dataloader_num_workers to 1 "
+            "(a worker reads ahead while the model trains) or 0"
+        )
+    if reports_to_wandb(kwargs.get("report_to")):
+        configure_wandb(kwargs["output_dir"], say)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError, ImportError) as e:
+        raise RecipeError(f"training arguments: {first_line(e)}") from None
+
+
+# --- precision -----------------------------------------------------------------------------------
+
+
+def choose_precision(training: dict) -> str:
+    """The same YAML runs on GPU and CPU: without CUDA, train on the CPU, in bf16 only where the CPU has it."""
+    if torch.cuda.is_available():
+        return f"precision: {'bf16 autocast on CUDA' if training.get('bf16') else 'fp32 on CUDA'}"
+    training["use_cpu"] = True
+    if not training.get("bf16"):
+        return "precision: fp32 on CPU (training.bf16 is false)"
+    native = cpu_bf16_support()
+    if native is None:
+        training["bf16"] = False
+        return "precision: fp32 on CPU (this CPU has no native bf16, where bf16 would be several times slower)"
+    return f"precision: bf16 autocast on CPU (this CPU has {native})"
+
+
+def cpu_bf16_support() -> str | None:
+    """The CPU feature that makes bf16 fast ("AMX", "AVX512-BF16"), or None."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "AMX" if "AMX" in torch.backends.cpu.get_cpu_capability() else None
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX512-BF16" if "avx512_bf16" in flags else None
+
+
+# --- speed ---------------------------------------------------------------------------------------
+
+# Liger kernels that fail to compile inside torch.compile (a Triton CompilationError on an H100, BENCHMARKS.md)
+LIGER_KERNELS_UNDER_COMPILE = ("rope", "rms_norm", "swiglu")
+
+
+def choose_speed(training: dict, model_config=None, n_params: int | None = None, seq_len: int = 2048) -> str:
+    """Resolve `auto`: torch.compile on with CUDA and off on CPU; activation checkpointing off when the
+    estimated peak memory fits the device with a margin. An explicit true/false is kept as it is."""
+    cuda = torch.cuda.is_available()
+    compile_ = training.get("torch_compile", False)
+    if compile_ == "auto":
+        compile_ = training["torch_compile"] = cuda
+        why_compile = "" if cuda else " (CPU: compiling costs more than it saves here)"
+    else:
+        why_compile = " (set in the config)"
+    checkpointing = training.get("activation_checkpointing", training.get("gradient_checkpointing", False))
+    why_checkpointing = " (set in the config)"
+    if checkpointing == "auto":
+        peak = available = None
+        if model_config is not None and n_params is not None:
+            from model import estimate_peak_memory
+
+            micro = training.get("per_device_train_batch_size", 8)
+            peak = estimate_peak_memory(model_config, n_params, micro, seq_len, checkpointing=False)
+            available = device_memory()
+        checkpointing = peak is None or available is None or peak > MEMORY_MARGIN * available
+        training["activation_checkpointing"] = checkpointing
+        if peak is not None and available is not None:
+            why_checkpointing = f" (estimated peak {peak / 1e9:.1f} GB of {available / 1e9:.0f} GB without it)"
+    if checkpointing and not training.get("activation_checkpointing_kwargs", training.get("gradient_checkpointing_kwargs")):
+        training["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    line = (
+        f"speed: torch.compile {'on' if compile_ else 'off'}{why_compile}, "
+        f"activation checkpointing {'on' if checkpointing else 'off'}{why_checkpointing}"
+    )
+    if training.get("use_liger_kernel"):
+        line += ", " + choose_liger_kernels(training, compile_)
+    return line
+
+
+def choose_liger_kernels(training: dict, compiled: bool) -> str:
+    if not compiled:
+        return "Liger kernels on"
+    kernels = dict(training.get("liger_kernel_config") or {})
+    turned_off = [k for k in LIGER_KERNELS_UNDER_COMPILE if kernels.get(k, True)]
+    for kernel in turned_off:
+        kernels[kernel] = False
+    training["liger_kernel_config"] = kernels
+    if not turned_off:
+        return "Liger kernels on (as configured)"
+    return f"Liger's fused linear cross-entropy on ({', '.join(turned_off)} kernels off: they fail under torch.compile)"
+
+
+def device_memory() -> int | None:
+    """Bytes of memory training can use: the GPU's, or the machine's."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# --- the learning-rate schedule ------------------------------------------------------------------
+
+
+def schedule_kwargs(training: dict) -> dict:
+    """The kwargs of the chosen schedule. The YAML may give them per schedule name (only the chosen one's
+    are used, so switching `lr_scheduler_type` never passes another schedule's kwargs); a `num_decay_steps`
+    below 1 is, like `warmup_steps`, a share of max_steps."""
+    given = training.get("lr_scheduler_kwargs") or {}
+    if isinstance(given, str):
+        raise RecipeError("training.lr_scheduler_kwargs must be a mapping, e.g. {num_decay_steps: 0.2}")
+    schedule = str(training.get("lr_scheduler_type", "linear"))
+    schedule = getattr(schedule, "value", schedule)
+    names = {s.value for s in SchedulerType}
+    if given and all(key in names for key in given):
+        given = given.get(schedule) or {}
+    kwargs = dict(given)
+    decay = kwargs.get("num_decay_steps")
+    if isinstance(decay, (int, float)) and 0 < decay < 1:
+        kwargs["num_decay_steps"] = max(1, round(training["max_steps"] * decay))
+    return kwargs
+
+
+def check_optimizer_and_schedule(args: TrainingArguments) -> None:
+    """Build the optimizer and the schedule the Trainer will build, on one parameter: a bad optimizer
+    setting or schedule kwarg fails here, in one line, before any data work."""
+    from transformers import Trainer
+
+    parameter = torch.nn.Parameter(torch.zeros(2, 2))
+    try:
+        optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+        optimizer = optimizer_cls([parameter], **optimizer_kwargs)
+    except Exception as e:
+        raise RecipeError(f"training.optim '{args.optim}': {first_line(e)}") from None
+    try:
+        get_scheduler(
+            args.lr_scheduler_type,
+            optimizer,
+            num_warmup_steps=args.get_warmup_steps(args.max_steps),
+            num_training_steps=args.max_steps,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        )
+    except Exception as e:
+        kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        raise RecipeError(
+            f"training.lr_scheduler_kwargs do not fit the '{kind}' schedule: {first_line(e)}; "
+            "give that schedule's own kwargs under training.lr_scheduler_kwargs." + str(kind)
+        ) from None
+
+
+# --- wandb ---------------------------------------------------------------------------------------
+
+
+def reports_to_wandb(report_to) -> bool:
+    return report_to in ("wandb", "all") or (isinstance(report_to, list) and "wandb" in report_to)
+
+
+def configure_wandb(output_dir: str, say=log) -> None:
+    """Never let wandb stop, prompt or fill the console: without an API key, log offline and say where in one
+    line. The folder itself is made when training starts (`make_wandb_dir`), so a failed check writes nothing."""
+    os.environ.setdefault("WANDB_PROJECT", "smollm2-recipe")
+    os.environ.setdefault("WANDB_DIR", str(Path(output_dir).resolve()))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if os.environ.get("WANDB_MODE") == "disabled":
+        return
+    if os.environ.get("WANDB_MODE") == "offline" or not wandb_api_key_available():
+        os.environ["WANDB_MODE"] = "offline"
+        say(
+            f"wandb: offline (no API key), logging to {os.environ['WANDB_DIR']}/wandb; upload later with: "
+            f"wandb sync {os.environ['WANDB_DIR']}/wandb/offline-run-*"
+        )
+    else:
+        say(f"wandb: logging to project {os.environ['WANDB_PROJECT']}")
+
+
+def make_wandb_dir() -> None:
+    if os.environ.get("WANDB_DIR"):
+        Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def wandb_api_key_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def describe_batch(args: TrainingArguments, block_size: int) -> str:
+    n = args.world_size
+    micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    sequences = n * micro * accum
+    return (
+        f"batch: {n} process{'es' if n > 1 else ''} x {micro} sequences x {accum} accumulation = "
+        f"{sequences:,} sequences = {sequences * block_size:,} tokens per step"
+    )

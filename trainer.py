@@ -1,0 +1,98 @@
+"""The recipe's Trainer: the HF `Trainer` with a data order that resumes by samples, evaluation that gives way
+to a stop signal, and perplexity and throughput next to the losses it logs.
+
+The training blocks are read in a seeded order, a new permutation each pass (`BlockOrder`). Where a resumed
+run starts in that order is counted in samples, not in batches, so a run resumed with another batch size,
+accumulation or number of processes still trains every block of a pass exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from functools import partial
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+
+class BlockOrder(torch.utils.data.Sampler):
+    """Indices of `n` blocks, every block once a pass, each pass in the order seeded by (seed, pass), passes
+    without end (training stops at max_steps); the first `start` indices of that sequence are skipped."""
+
+    def __init__(self, n: int, seed: int, start: int = 0):
+        self.n, self.seed, self.start = n, seed, start
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.n)
+        while True:
+            yield from np.random.default_rng([self.seed, epoch]).permutation(self.n)[offset:].tolist()
+            epoch, offset = epoch + 1, 0
+
+
+class StopEvaluation(Exception):
+    """Raised from a callback's on_prediction_step when a stop signal arrives during evaluation."""
+
+
+class RecipeTrainer(Trainer):
+    """`start_sample`: where in the block order training starts (the samples a resumed checkpoint trained on).
+    `stream_position`: the streaming module's callback that receives each streamed batch's position."""
+
+    def __init__(self, *args, start_sample: int = 0, throughput=None, stream_position=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_sample, self.throughput, self.stream_position = start_sample, throughput, stream_position
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        position = inputs.pop("stream_position", None)  # streamed batches: where the stream stands after them
+        if position is not None and self.stream_position is not None:
+            self.stream_position.latest = position
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        if "loss" in logs and self.throughput is not None:
+            logs.update(self.throughput.measure())
+        super().log(logs, start_time)
+
+    def evaluate(self, *args, **kwargs):
+        """An evaluation cut short by a stop signal logs nothing; the checkpoint is saved right after it."""
+        try:
+            return super().evaluate(*args, **kwargs)
+        except StopEvaluation:
+            self.control.should_save = True
+            self.control.should_training_stop = True
+            return {}
+
+    def get_train_dataloader(self):
+        from streaming import StreamedBlocks, streamed_dataloader
+
+        if isinstance(self.train_dataset, StreamedBlocks):
+            loader = streamed_dataloader(self.train_dataset, self.args, self.data_collator)
+        else:
+            loader = self.accelerator.prepare(
+                DataLoader(
+                    self.train_dataset,
+                    batch_size=self.args.train_batch_size,
+                    sampler=BlockOrder(len(self.train_dataset), self.args.data_seed or self.args.seed, self.start_sample),
+                    collate_fn=self.data_collator,
+                    num_workers=self.args.dataloader_num_workers,
+                    pin_memory=self.args.dataloader_pin_memory,
+                    prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers else None,
+                )
+            )
+        if self.args.dataloader_num_workers:
+            torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
+            torch_loader.worker_init_fn = partial(start_worker_without_signals, torch_loader.worker_init_fn)
+        return loader
+
+
+def start_worker_without_signals(init_worker, worker_id: int) -> None:
+    """Ctrl-C or SIGTERM sent to the whole process group would kill the dataloader workers first, and torch
+    then fails the training step at once; the workers ignore them and the main process stops cleanly."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if init_worker is not None:
+        init_worker(worker_id)

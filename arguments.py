@@ -98,7 +98,7 @@ def choose_speed(training: dict, model_config=None, n_params: int | None = None,
         checkpointing = peak is None or available is None or peak > MEMORY_MARGIN * available
         training["activation_checkpointing"] = checkpointing
         if peak is not None and available is not None:
-            why_checkpointing = f" (estimated peak {peak / 1e9:.1f} GB of {available / 1e9:.0f} GB without it)"
+            why_checkpointing = f" (estimated peak {peak / 2**30:.1f} GiB of {available / 2**30:.0f} GiB without it)"
     if checkpointing and not training.get("activation_checkpointing_kwargs", training.get("gradient_checkpointing_kwargs")):
         training["activation_checkpointing_kwargs"] = {"use_reentrant": False}
     line = (

@@ -232,7 +232,7 @@ def check_what_changed(plan: ResumePlan, cfg: RecipeConfig, fingerprints: dict, 
                 continue  # the extra phase sets its own
             if key.startswith(FREE_KEYS) or key in BATCH_KEYS:
                 log(f"resume: {key} changed from {old!r} to {new!r}")
-            elif key in ("tokenizer", "data.path") and fingerprints.get(key) == plan.record.get(key):
+            elif key in ("tokenizer", "data.path") and fingerprints.get(key) and fingerprints[key] == plan.record.get(key):
                 log(f"resume: {key} moved from {old!r} to {new!r}; its contents are the same")
             else:
                 blocking.append(f"{key} {old!r} -> {new!r}")
@@ -284,8 +284,10 @@ class RunLock:
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / LOCK_NAME
         self.held = False
+        self.made_folder = False
 
     def acquire(self) -> RunLock:
+        self.made_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _ in range(2):
@@ -331,9 +333,13 @@ class RunLock:
         return f"PID {holder['pid']} on {holder['host']}" if holder else "an unreadable lock"
 
     def release(self) -> None:
+        """Remove the lock, and the folder too if the lock made it and the run wrote nothing into it."""
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+            if self.made_folder:
+                with contextlib.suppress(OSError):
+                    self.path.parent.rmdir()  # only if empty
 
     def __enter__(self) -> RunLock:
         return self.acquire()

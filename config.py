@@ -37,6 +37,34 @@ def log(message: str) -> None:
         tqdm.write(message)
 
 
+def hub_is_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub's host answers a name lookup in a few seconds. Offline, huggingface_hub
+    would retry for about a minute before failing; the recipe asks for local files only instead."""
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)).hostname or "huggingface.co"
+    answer: list[bool] = []
+
+    def lookup():
+        try:
+            socket.getaddrinfo(host, 443)
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=lookup, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
+
+
 def first_line(error: BaseException) -> str:
     """The first line of a library's error message (or its type), to quote inside a one-line error."""
     lines = str(error).strip().splitlines()
@@ -230,8 +258,10 @@ def coerce(value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool):
             raise _Mismatch
-        if isinstance(value, (int, float)):
-            return float(value)
+        if isinstance(value, int):
+            return value  # an int is a float's value too, and stays printable as one (save_steps: 500)
+        if isinstance(value, float):
+            return value
         if isinstance(value, str):
             try:
                 return float(value)
@@ -259,10 +289,24 @@ def _exact_match(value: Any, annotation: Any) -> bool:
     return isinstance(annotation, type) and type(value) is annotation
 
 
+def choices_of(annotation: Any) -> list[str] | None:
+    """The allowed values of a Literal (or of bool | Literal[...]), as the YAML writes them."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+        literals = [m for m in members if typing.get_origin(m) is typing.Literal]
+        if literals and all(m is bool or m in literals for m in members):
+            return (["true", "false"] if bool in members else []) + [str(v) for m in literals for v in typing.get_args(m)]
+    return None
+
+
 def check_value(where: str, value: Any, annotation: Any) -> Any:
     try:
         return coerce(value, annotation)
     except _Mismatch:
+        if choices := choices_of(annotation):
+            raise RecipeError(f"{where}: {value!r} is not one of {', '.join(choices)}") from None
         raise RecipeError(
             f"{where}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__}); "
             f"fix the value in the YAML or the override"

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from config import DataConfig, RecipeError, first_line, load_config
+from config import DataConfig, RecipeError, first_line, hub_is_reachable, load_config
 
 CACHE_FORMAT_VERSION = 1
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -578,12 +578,15 @@ def collator_for(cfg: DataConfig, tokenizer):
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    local = Path(name_or_path).expanduser().exists()
+    offline = not local and not hub_is_reachable()
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
     except Exception as e:
+        where = "the Hub cannot be reached and it is not in the local cache" if offline else type(e).__name__
         raise RecipeError(
-            f"could not load tokenizer '{name_or_path}' ({type(e).__name__}); "
-            "offline, set tokenizer=PATH to a local copy (e.g. ../shared/cosmo2-tokenizer)"
+            f"could not load tokenizer '{name_or_path}' ({where}); set tokenizer=PATH to a local copy "
+            "(the recipe ships one: tokenizer=assets/cosmo2-tokenizer)"
         ) from None
 
 

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.masking_utils import causal_mask_function, sdpa_mask
 
-from config import RecipeConfig, RecipeError, first_line, log
+from config import RecipeConfig, RecipeError, first_line, hub_is_reachable, log
 
 # --- config and model ----------------------------------------------------------------------------
 
@@ -53,9 +53,12 @@ def build_meta_model(config: LlamaConfig):
 
 
 def load_init_weights(name_or_path: str, config: LlamaConfig, attn_implementation: str):
+    from pathlib import Path
+
+    offline = not Path(name_or_path).expanduser().exists() and not hub_is_reachable()
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, attn_implementation=attn_implementation, dtype=torch.float32
+            name_or_path, attn_implementation=attn_implementation, dtype=torch.float32, local_files_only=offline
         )
     except Exception as e:
         raise RecipeError(f"could not load init_from weights '{name_or_path}' ({type(e).__name__}): {e}") from None
@@ -195,12 +198,13 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> 
 def estimate_peak_memory(config: LlamaConfig, n_params: int, micro_batch: int, seq_len: int, checkpointing: bool) -> int:
     """Bytes a training step needs at its peak, in bf16 autocast with AdamW: fp32 weights, gradients and two
     optimizer moments (16 bytes a parameter), the activations kept for the backward pass (SDPA keeps no
-    seq x seq scores), and the logits with their fp32 loss and gradient. On an H100 this gave 24.5 GB
-    for the 135M model at 8 x 2,048 without checkpointing, where 25.4 GB was measured (BENCHMARKS.md)."""
+    seq x seq scores), and the logits with their fp32 loss and gradient. For the 135M model at 8 x 2,048 it
+    gives 25.1 GiB without checkpointing and 12.0 GiB with it, where an H100 measured 25.4 and 12.3
+    (eager; BENCHMARKS.md)."""
     tokens = micro_batch * seq_len
     hidden, ffn = config.hidden_size, config.intermediate_size
-    per_layer = 2 * (10 * hidden + 4 * ffn) + 8 * hidden  # bf16 projections and MLP, fp32 norm inputs
+    per_layer = 2 * (12 * hidden + 4 * ffn) + 8 * hidden  # bf16 projections and MLP, fp32 norm inputs
     layers = config.num_hidden_layers
     activations = tokens * (2 * hidden * layers + per_layer) if checkpointing else tokens * per_layer * layers
-    logits = tokens * config.vocab_size * 10  # bf16 logits, fp32 copy for the loss, fp32 gradient
+    logits = tokens * config.vocab_size * 12  # bf16 logits and their gradient, fp32 copy for the loss and its gradient
     return 16 * n_params + activations + logits

@@ -19,8 +19,9 @@ def test_default_config_is_smollm2_135m():
     assert cfg.model["vocab_size"] == 49152
     assert cfg.model["tie_word_embeddings"] is True
     assert cfg.model["rope_theta"] == 100000.0
-    assert cfg.tokenizer == "HuggingFaceTB/cosmo2-tokenizer"
-    assert cfg.data.path == "input.txt" and cfg.data.block_size == 2048
+    assert cfg.tokenizer == "assets/cosmo2-tokenizer"  # the shipped copy of HuggingFaceTB/cosmo2-tokenizer
+    assert cfg.data.path == "assets/tinyshakespeare.txt"
+    assert cfg.data.block_size == 2048
     t = cfg.training
     assert (t["max_steps"], t["per_device_train_batch_size"], t["gradient_accumulation_steps"]) == (5000, 8, 4)
     assert t["learning_rate"] == 3.0e-4 and isinstance(t["learning_rate"], float)
@@ -42,7 +43,7 @@ def test_overrides_keep_the_type_of_the_field():
             "training.eval_strategy=no",  # PyYAML reads this as False
             "data.block_size=128",
             "samples.prompts=[a, b]",
-            "training.lr_scheduler_kwargs.num_decay_steps=0.1",
+            "training.lr_scheduler_kwargs.warmup_stable_decay.num_decay_steps=0.1",
             "init_from=some/model",
             f"tokenizer={TOKENIZER}",
         ],
@@ -52,8 +53,8 @@ def test_overrides_keep_the_type_of_the_field():
     assert cfg.training["eval_strategy"] == "no"
     assert cfg.data.block_size == 128
     assert cfg.samples.prompts == ["a", "b"]
-    assert cfg.training["lr_scheduler_kwargs"]["num_decay_steps"] == 0.1
-    assert cfg.training["lr_scheduler_kwargs"]["decay_type"] == "linear"  # the rest of the dict stays
+    wsd = cfg.training["lr_scheduler_kwargs"]["warmup_stable_decay"]
+    assert wsd["num_decay_steps"] == 0.1 and wsd["decay_type"] == "linear"  # the rest of the dict stays
     assert cfg.init_from == "some/model"
     assert cfg.tokenizer == TOKENIZER
 
@@ -69,6 +70,8 @@ def test_overrides_keep_the_type_of_the_field():
         ("data.block_size=1.5", "data.block_size: expected int"),
         ("samples.do_sample=maybe", "samples.do_sample: expected bool"),
         ("attn_implementation=flash", "attn_implementation: 'flash' is not one of"),
+        ("data.sample_by=word", "data.sample_by: 'word' is not one of document, paragraph, line"),
+        ("training.torch_compile=sometimes", "training.torch_compile: 'sometimes' is not one of true, false, auto"),
         ("max_steps", "write it as section.key=value"),
     ],
 )

@@ -1,20 +1,25 @@
-"""push.py builds a checked repo folder, uploads it to the Hub API (a local stand-in here), and fails clearly."""
+"""push.py builds a checked repo folder whose model card is true for every run, uploads it to the Hub API (a
+local stand-in here), and fails on any bad flag in one line with nothing written."""
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+import yaml
+from conftest import ROOT, TOKENIZER, tiny_overrides
 from hub_stub import HubStub
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import push
 
-pytestmark = pytest.mark.slow
 TOKEN = "hf_stubtoken1234567890"
 
 
@@ -34,6 +39,315 @@ def hub(monkeypatch):
     stub.close()
 
 
+# --- a run folder written by hand: a main phase of 60 steps and a resume phase to step 110 ---------------
+
+PHASES = {
+    "phases": [
+        {"name": "main", "first_step": 1, "last_step": 60, "lr_scheduler_type": "warmup_stable_decay",
+         "learning_rate": 0.003, "warmup_steps": 10},
+        {"name": "resume", "first_step": 61, "last_step": 110, "lr_scheduler_type": "constant",
+         "learning_rate": 0.0003},
+    ]
+}  # fmt: skip
+
+
+def logged_lr(step: int) -> float:
+    """What the Trainer logs for the two phases: warmup to 3e-3, stable, linear decay over the last 12 steps of
+    the main phase, then 3e-4 held constant."""
+    if step > 60:
+        return 0.0003
+    if step <= 10:
+        return 0.003 * step / 10
+    return 0.003 * min(1.0, (60 - step) / 12)
+
+
+def trainer_state(global_step: int) -> dict:
+    history = []
+    for step in range(1, global_step + 1):
+        if step == 1 or step % 10 == 0:
+            history.append({"step": step, "loss": 10 - step / 20, "learning_rate": logged_lr(step),
+                            "tokens_per_second": 2000.0, "tokens_per_second_per_device": 1000.0})  # fmt: skip
+        if step % 20 == 0:
+            history.append({"step": step, "eval_loss": 10.2 - step / 25})
+    return {"global_step": global_step, "max_steps": 110, "train_batch_size": 4, "num_input_tokens_seen": 0,
+            "log_history": history}  # fmt: skip
+
+
+RECIPE = {
+    "name": "SmolLM2-360M",
+    "tokenizer": TOKENIZER,
+    "data": {"path": "../shared/data/tinyshakespeare.txt", "block_size": 64},
+    "training": {"max_steps": 60, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
+                 "learning_rate": 0.003, "lr_scheduler_type": "warmup_stable_decay", "warmup_steps": 10.0,
+                 "weight_decay": 0.01, "bf16": False},
+    "init_from": None,
+    "hub": {"license": "apache-2.0", "dataset": None},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory, tokenizer) -> Path:
+    """A saved tiny model (random weights) with the recipe's tokenizer, and nothing else: no training record."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("weights") / "published"
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=0,
+                         eos_token_id=0)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_run(root: Path, weights: Path, global_step: int = 110, phases: dict | None = PHASES) -> Path:
+    """A run folder as train.py leaves it after the main run and --resume: final/ and the run's files above it."""
+    run = root / "run"
+    shutil.copytree(weights, run / "final")
+    (run / "trainer_state.json").write_text(json.dumps(trainer_state(global_step)))
+    (run / "recipe_config.yaml").write_text(yaml.safe_dump(RECIPE))
+    if phases is not None:
+        (run / "training_phases.json").write_text(json.dumps(phases))
+    samples = [{"step": s, "prompt": "ROMEO:", "completion": f" at step {s}"} for s in (50, 100)]
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    return run
+
+
+def push_dry_run(source: Path, out: Path) -> str:
+    assert push.main(["--checkpoint", str(source), "--repo-id", "me/tiny", "--dry-run", "--out", str(out)]) == 0
+    return (out / "README.md").read_text()
+
+
+def section(card: str, title: str) -> str:
+    return card.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def phase_rows(card: str) -> list[dict]:
+    rows = []
+    for line in section(card, "Training phases").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or cells[0] in ("phase", "---"):
+            continue
+        first, last = (int(x.replace(",", "")) for x in cells[1].split("–"))
+        rows.append({"name": cells[0], "first": first, "last": last, "steps": int(cells[2].replace(",", "")),
+                     "schedule": cells[3].strip("`"), "lr": float(cells[4]), "warmup": cells[5]})  # fmt: skip
+    return rows
+
+
+def assert_phases_match_trainer_state(rows: list[dict], state: dict) -> None:
+    """Each phase's steps are contiguous and end at global_step; its lr is what the Trainer logged in it."""
+    assert rows and rows[0]["first"] == 1 and rows[-1]["last"] == state["global_step"]
+    for row, following in zip(rows, rows[1:] + [None], strict=True):
+        assert row["steps"] == row["last"] - row["first"] + 1
+        if following:
+            assert following["first"] == row["last"] + 1
+        logged = [h["learning_rate"] for h in state["log_history"]
+                  if "learning_rate" in h and row["first"] <= h["step"] <= row["last"]]  # fmt: skip
+        assert logged, row
+        if row["schedule"] == "constant":
+            assert logged == pytest.approx([row["lr"]] * len(logged))
+        else:
+            assert max(logged) == pytest.approx(row["lr"])
+
+
+@pytest.mark.parametrize("with_phases_file", [True, False], ids=["training_phases.json", "derived from the log"])
+def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, tmp_path, with_phases_file):
+    run = write_run(tmp_path, tiny_weights, phases=PHASES if with_phases_file else None)
+    card = push_dry_run(run / "final", tmp_path / "pushed")
+    rows = phase_rows(card)
+    assert [(r["name"], r["first"], r["last"], r["schedule"]) for r in rows] == [
+        ("main", 1, 60, "warmup_stable_decay"), ("resume", 61, 110, "constant"),
+    ]  # fmt: skip
+    assert rows[0]["warmup"] == "10"  # an integer, not 10.0
+    assert_phases_match_trainer_state(rows, trainer_state(110))
+    intro = card.split("\n## ", 1)[0]
+    # 110 steps x 4 sequences x 2 accumulation x 2 processes (tokens/s total / per device) x 64 tokens
+    assert "110 optimizer steps in 2 phases, 112,640 tokens" in intro
+    assert "[SmolLM2-360M](https://huggingface.co/HuggingFaceTB/SmolLM2-360M)" in intro and "135M" not in card
+    assert "`tinyshakespeare.txt`" in intro and "../shared" not in card and "datasets:" not in card
+    assert "max_steps" not in card and "10.0" not in card
+    assert "| `gradient_accumulation_steps` | `2` |" in section(card, "Settings")
+    assert ("No training_phases.json" in card) is not with_phases_file
+    assert "## Samples at step 100" in card and "ROMEO: at step 100" in card
+    assert (tmp_path / "pushed" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_card_of_an_interrupted_phase_says_where_it_stopped(tiny_weights, tmp_path):
+    run = write_run(tmp_path, tiny_weights, global_step=80)
+    card = push_dry_run(run / "final", tmp_path / "pushed")
+    rows = phase_rows(card)
+    assert [(r["name"], r["first"], r["last"]) for r in rows] == [("main", 1, 60), ("resume", 61, 80)]
+    assert_phases_match_trainer_state(rows, trainer_state(80))
+    assert "planned to step 110 and stopped at 80" in card and "80 optimizer steps" in card
+
+
+@pytest.mark.parametrize(
+    "phases, global_step, expected",
+    [
+        (PHASES, 40, [("main", 1, 40, 60)]),  # a checkpoint inside the main phase, the run's file above it
+        (PHASES, None, [("main", 1, 60, 60), ("resume", 61, 110, 110)]),  # no trainer_state.json: as planned
+        (None, 40, [("main", 1, 40, 60)]),
+        (None, 110, [("main", 1, 60, 60), ("resume", 61, 110, None)]),
+    ],
+)
+def test_training_phases_end_where_trainer_state_says(phases, global_step, expected):
+    record = push.RunRecord(
+        recipe=RECIPE,
+        state=trainer_state(global_step) if global_step else None,
+        phases=phases["phases"] if phases else None,
+        samples_file=None,
+    )
+    found = push.training_phases(record)
+    assert [(p.name, p.first_step, p.last_step, p.planned_last_step) for p in found] == expected
+
+
+def test_loss_curve_marks_each_phase_and_shows_the_learning_rate():
+    state = trainer_state(110)
+    record = push.RunRecord(recipe=RECIPE, state=state, phases=PHASES["phases"], samples_file=None)
+    figure = push.draw_loss_curve(state["log_history"], push.training_phases(record))
+    loss_axis, lr_axis = figure.axes
+    boundaries = [line.get_xdata()[0] for line in loss_axis.get_lines() if line.get_linestyle() == ":"]
+    assert boundaries == [60.5]
+    assert [t.get_text().strip() for t in loss_axis.texts] == ["main", "resume"]
+    assert lr_axis.get_ylabel() == "learning rate"
+    assert max(lr_axis.get_lines()[0].get_ydata()) == pytest.approx(0.003)
+
+
+@pytest.mark.parametrize(
+    "path, hub_dataset, expected",
+    [
+        ("../shared/data/tinyshakespeare.txt", None, "`tinyshakespeare.txt`"),
+        ("/home/me/corpus/", None, "`corpus`"),
+        (["a/b.txt", "c/d.txt"], None, "`b.txt`, `d.txt`"),
+        ("karpathy/tiny_shakespeare", None, "[karpathy/tiny_shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare)"),
+        ("input.txt", "me/corpus", "[me/corpus](https://huggingface.co/datasets/me/corpus)"),
+    ],
+)  # fmt: skip
+def test_dataset_is_a_hub_id_or_a_file_name_never_a_local_path(path, hub_dataset, expected):
+    assert push.dataset_description(path, hub_dataset) == expected
+
+
+def test_settings_print_integers_as_integers():
+    assert [push.plain(v) for v in (10.0, 0.0003, 1e-08, 4, True, {"num_decay_steps": 12.0})] == [
+        "10", "0.0003", "1e-08", "4", "True", "num_decay_steps=12",
+    ]  # fmt: skip
+
+
+def test_card_of_weights_the_recipe_did_not_train_says_only_what_is_known(tiny_weights, tmp_path):
+    card = push_dry_run(tiny_weights, tmp_path / "pushed")
+    header, body = card.split("---")[1], card.split("---", 2)[2]
+    assert "base_model" not in header and "datasets" not in header and "smollm2-recipe" not in header
+    assert "| parameters | 3,219,776 |" in body and "| layers | 2 |" in body
+    claims = body.replace("No record of its training", "")
+    for claim in (r"\btrained\b", "optimizer steps", "input.txt", "Training phases", "Settings", "learning_rate",
+                  "SmolLM2-135M", "Samples"):  # fmt: skip
+        assert not re.search(claim, claims), claim
+    assert not (tmp_path / "pushed" / "loss_curve.png").exists()
+
+
+def test_card_of_continued_pretraining_names_its_base_model(tiny_weights, tmp_path):
+    folder = tmp_path / "final"
+    shutil.copytree(tiny_weights, folder)
+    recipe = {**RECIPE, "init_from": "HuggingFaceTB/SmolLM2-135M", "name": "SmolLM2-135M"}
+    (folder / "recipe_config.yaml").write_text(yaml.safe_dump(recipe))
+    card = push_dry_run(folder, tmp_path / "pushed")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M" in card.split("---")[1]
+    assert "continued from `HuggingFaceTB/SmolLM2-135M`" in card
+    assert "How many steps ran was not recorded" in card and "The steps are the planned ones" in card
+
+
+# --- flags: each mistake is one line, exit 2, nothing written ------------------------------------
+
+
+@pytest.fixture
+def fake_model(tmp_path) -> Path:
+    """Enough of a model folder for the checks that run before any loading."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("somebody's file")
+    return folder
+
+
+FLAG_ERRORS = [
+    (["--repo-id", "a/b/c"], "error: --repo-id 'a/b/c' is not a Hub repo id"),
+    (["--repo-id", "noslash"], "error: --repo-id 'noslash' is not a Hub repo id"),
+    (["--repo-id", "me/has space"], "error: --repo-id 'me/has space' is not a Hub repo id"),
+    (["--repo-id", "/name"], "error: --repo-id '/name' is not a Hub repo id"),
+    ([], "error: no repo id: pass --repo-id"),
+    (["--space", "me/demo"], "error: --space needs the model's repo"),
+    (["--repo-id", "me/x", "--space", "demo"], "error: --space 'demo' is not a Hub repo id"),
+    (["--repo-id", "me/x", "--space"], "error: argument --space: expected one argument"),
+    (["--repo-id", "me/x", "--checkpoint", "{tmp}/a-file"], "error: --checkpoint {tmp}/a-file is a file"),
+    (["--repo-id", "me/x", "--checkpoint", "{tmp}/nope"], "error: no such checkpoint"),
+    (["--repo-id", "me/x", "--checkpoint", "{tmp}/full"], "error: {tmp}/full holds no model"),
+    (["--repo-id", "me/x", "--out", "{tmp}/full"], "error: --out {tmp}/full already holds files"),
+    (["--repo-id", "me/x", "--out", "{tmp}/a-file"], "error: --out {tmp}/a-file is a file"),
+    (["--repo-id", "me/x", "--out", "{tmp}/a-file/sub"], "error: --out {tmp}/a-file/sub: "),
+    (["--repo-id", "me/x", "--out", "/proc/pushed"], "error: --out /proc/pushed cannot be written"),
+    (["--repo-id", "a/b/c", "--out", "{tmp}/new/sub"], "error: --repo-id 'a/b/c'"),
+    (["--repo-id", "me/x", "--out", "{tmp}/new/sub"], "error: could not build the repo folder from"),  # no weights
+    (["--repo-id", "me/x", "--dtype", "int8"], "error: argument --dtype: invalid choice: 'int8'"),
+    (["--repo-id", "me/x", "--bogus"], "error: unrecognized arguments: --bogus"),
+    (["--repo-id", "me/x", "training.max_stepz=3"], "error: unknown config key 'training.max_stepz'"),
+    (["--repo-id", "me/x", "--config", "{tmp}/missing.yaml"], "error: config file not found"),
+]
+
+
+@pytest.mark.parametrize("flags, expected", FLAG_ERRORS, ids=[" ".join(f) or "(none)" for f, _ in FLAG_ERRORS])
+def test_bad_flag_is_one_line_exit_2_and_nothing_written(fake_model, tmp_path, capsys, flags, expected):
+    argv = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    argv += [] if "--checkpoint" in argv else ["--checkpoint", str(fake_model)]
+    argv += [] if "--out" in argv else ["--out", str(tmp_path / "pushed")]
+    before = sorted(tmp_path.rglob("*"))
+    assert push.main([*argv, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(expected.replace("{tmp}", str(tmp_path))), err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_without_checkpoint_the_newest_run_final_is_used(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = push.load_config(None, ["training.output_dir=runs/not-trained"])
+    with pytest.raises(push.RecipeError, match=r"no trained model: looked in runs/not-trained/final and runs/\*/final"):
+        push.find_source(None, cfg)
+    for age, name in [(200, "older"), (100, "newer"), (0, "no-model")]:
+        final = tmp_path / "runs" / name / "final"
+        final.mkdir(parents=True)
+        if name != "no-model":
+            (final / "config.json").write_text("{}")
+            (final / "model.safetensors").write_bytes(b"")
+        os.utime(final, (time.time() - age, time.time() - age))
+    assert push.find_source(None, cfg) == Path("runs/newer/final")
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == [
+        "no --checkpoint and no runs/not-trained/final: using runs/newer/final, the newest of 2 in runs/*/final"
+    ]
+
+
+# --- end to end, with a trained model ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_card_after_a_real_resume_matches_trainer_state(tiny_run, cache_dir, tmp_path):
+    import train
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    overrides = tiny_overrides(run, cache_dir, max_steps=4, save_steps=2, eval_steps=2) + ["samples.every_n_steps=2"]
+    assert train.main(["--resume", *overrides, "resume.extra_steps=3"]) == 0
+    card = push_dry_run(run / "final", tmp_path / "pushed")
+    state = json.loads((run / "trainer_state.json").read_text())
+    rows = phase_rows(card)
+    assert [r["name"] for r in rows] == ["main", "resume"] and state["global_step"] == 7
+    assert_phases_match_trainer_state(rows, state)
+    assert "7 optimizer steps in 2 phases, 1,792 tokens" in card  # 7 x 4 sequences x 64 tokens, one process
+
+
+@pytest.mark.slow
 def test_dry_run_builds_a_bf16_folder_that_round_trips(tiny_run, tmp_path, capsys):
     out = tmp_path / "pushed"
     code = push.main(["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny-smollm2", "--dry-run",
@@ -54,6 +368,7 @@ def test_dry_run_builds_a_bf16_folder_that_round_trips(tiny_run, tmp_path, capsy
     assert a.argmax(-1).eq(b.argmax(-1)).float().mean() > 0.9
 
 
+@pytest.mark.slow
 def test_model_card_has_metadata_results_curve_and_samples(tiny_run, tmp_path):
     out = tmp_path / "pushed"
     assert push.main(["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny", "--dry-run",
@@ -67,10 +382,11 @@ def test_model_card_has_metadata_results_curve_and_samples(tiny_run, tmp_path):
     assert "| training throughput (tokens/s, last logged) |" in card
     assert "![loss curve](loss_curve.png)" in card and (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Samples at step 4" in card and "ROMEO:" in card
-    assert "| `learning_rate` | `0.003` |" in card
+    assert "| main | 1–4 | 4 | `warmup_stable_decay` | 0.003 | 2 |" in card  # tiny_run: 4 steps, warmup 2
     assert 'from_pretrained("me/tiny")' in card
 
 
+@pytest.mark.slow
 def test_checkpoint_folder_can_be_pushed(tiny_run, tmp_path):
     out = tmp_path / "pushed"
     assert push.main(["--checkpoint", str(tiny_run / "checkpoint-2"), "--repo-id", "me/tiny", "--dry-run",
@@ -78,6 +394,7 @@ def test_checkpoint_folder_can_be_pushed(tiny_run, tmp_path):
     assert "## Samples at step 2" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_upload_sends_the_folder_to_the_hub_api(tiny_run, hub, tmp_path, capsys):
     code = push.main(["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny-smollm2", "--private",
                       "--revision", "v1", "--space", "me/tiny-demo"])  # fmt: skip
@@ -102,6 +419,7 @@ def test_upload_sends_the_folder_to_the_hub_api(tiny_run, hub, tmp_path, capsys)
     assert TOKEN.encode() not in repo["files"]["README.md"]
 
 
+@pytest.mark.slow
 def test_hub_refusal_is_one_line(tiny_run, hub, capsys):
     assert push.main(["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/forbidden"]) == 2
     err = capsys.readouterr().err
@@ -111,6 +429,7 @@ def test_hub_refusal_is_one_line(tiny_run, hub, capsys):
     assert "model:me/forbidden" not in hub.repos
 
 
+@pytest.mark.slow
 def test_no_token_is_one_line_and_non_zero(tiny_run, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_TOKEN"}
     env["HF_HOME"] = str(tmp_path / "empty-hf-home")
@@ -124,6 +443,7 @@ def test_no_token_is_one_line_and_non_zero(tiny_run, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_and_failed_reload_check(tiny_run, tmp_path, capsys):
     assert push.main(["--checkpoint", str(tmp_path / "nope"), "--repo-id", "me/x", "--dry-run"]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
@@ -134,6 +454,7 @@ def test_missing_checkpoint_and_failed_reload_check(tiny_run, tmp_path, capsys):
         push.check_folder(broken)
 
 
+@pytest.mark.slow
 def test_generate_py_streams_a_continuation(tiny_run):
     result = subprocess.run(
         [sys.executable, str(ROOT / "generate.py"), str(tiny_run / "final"), "--max-new-tokens", "20"],

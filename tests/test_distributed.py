@@ -74,7 +74,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, cache_
         lines = []
         for line in proc.stdout:
             lines.append(line)
-            if "'loss'" in line:
+            if " | loss " in line:
                 break  # both ranks are training
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
         rank1 = next(p for p in workers if p.environ().get("RANK") == "1")

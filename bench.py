@@ -90,6 +90,7 @@ def bench_recipe(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
     with tempfile.TemporaryDirectory() as out:
         args = arguments.build_training_arguments(
             cfg,
+            *model_size(cfg),
             quiet=True,
             output_dir=out,
             max_steps=warmup + steps,
@@ -128,6 +129,12 @@ def switches(cfg, args, model) -> str:
     return ", ".join(parts)
 
 
+def model_size(cfg) -> tuple:
+    """The model config and parameter count, which `auto` switches are chosen from, as in train.py."""
+    config = modeling.build_llama_config(cfg)
+    return config, sum(p.numel() for p in modeling.build_meta_model(config).parameters())
+
+
 def build(cfg, args):
     """The model exactly as train.py builds it."""
     set_seed(args.seed)
@@ -152,7 +159,9 @@ def measurement(name: str, seconds: list[float], args, model, cfg) -> Measuremen
 def bench_baseline(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
     """The same model and settings (checkpointing, Liger, torch.compile, autocast) in a plain PyTorch loop:
     the floor the Trainer should be close to."""
-    args = arguments.build_training_arguments(cfg, output_dir=tempfile.gettempdir(), report_to="none", quiet=True)
+    args = arguments.build_training_arguments(
+        cfg, *model_size(cfg), output_dir=tempfile.gettempdir(), report_to="none", quiet=True
+    )
     device = args.device
     model = build(cfg, args).to(device)
     if args.gradient_checkpointing:

@@ -20,10 +20,11 @@ row() {
   fi
 }
 FLCE_ONLY="training.liger_kernel_config.rope=false training.liger_kernel_config.rms_norm=false training.liger_kernel_config.swiglu=false"
-row training.activation_checkpointing=true
-row training.activation_checkpointing=false --vs-baseline
+row --vs-baseline   # the YAML defaults: torch_compile and activation_checkpointing `auto`, chosen for the GPU
+row training.torch_compile=false training.activation_checkpointing=true
+row training.torch_compile=false training.activation_checkpointing=false --vs-baseline
 row training.activation_checkpointing=false training.torch_compile=true
-row training.activation_checkpointing=false training.use_liger_kernel=true
+row training.activation_checkpointing=false training.torch_compile=false training.use_liger_kernel=true
 row training.activation_checkpointing=false training.torch_compile=true training.use_liger_kernel=true $FLCE_ONLY
 row training.activation_checkpointing=true training.torch_compile=true
 row training.activation_checkpointing=false training.torch_compile=true data.document_aware=true

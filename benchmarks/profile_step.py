@@ -22,9 +22,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train  # noqa: E402
-from callbacks import flops_per_token, peak_bf16_flops  # noqa: E402
+import model as modeling  # noqa: E402
 from config import load_config  # noqa: E402
+from model import flops_per_token, peak_bf16_flops  # noqa: E402
 
 
 def forward_backward(model, ids, backbone_only=False):
@@ -75,7 +75,7 @@ def kernel_table(fn, rows):
 
 def build(cfg, config, attn, device):
     torch.manual_seed(0)
-    model = train.build_model(cfg, config, attn).to(device).train()
+    model = modeling.build_model(cfg, config, attn).to(device).train()
     model.config.use_cache = False
     return model
 
@@ -88,10 +88,10 @@ def main():
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = load_config()
-    config = train.build_llama_config(cfg)
+    config = modeling.build_llama_config(cfg)
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), device=device)
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in train.build_model(cfg, config, "sdpa").parameters())
+        n_params = sum(p.numel() for p in modeling.build_meta_model(config).parameters())
     flops = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, args.seq)
     peak = peak_bf16_flops(device)
     print(f"{device.type}: micro-batch {args.batch} x {args.seq}, median of {args.repeats}", flush=True)
@@ -109,7 +109,7 @@ def main():
         del model
 
     for attn, label in (("sdpa", "transformers' sdpa: explicit causal mask"),
-                        (train.choose_attn_implementation("sdpa"), "the recipe's causal SDPA: no mask")):  # fmt: skip
+                        (modeling.choose_attn_implementation("sdpa"), "the recipe's causal SDPA: no mask")):  # fmt: skip
         torch._dynamo.reset()
         step = partial(forward_backward, torch.compile(build(cfg, config, attn, device)), ids)
         report(f"torch.compile (whole model), {label}", step, ids, flops, peak, args.repeats)

@@ -152,7 +152,7 @@ def test_sigterm_from_outside_saves_and_exits(tmp_path, cache_dir, workers, stre
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "'loss'" in line and "'epoch'" in line:
+        if " | loss " in line:
             break  # training has started
     if to_group:
         os.killpg(proc.pid, to_group)

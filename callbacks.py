@@ -251,6 +251,10 @@ class GracefulInterruptCallback(TrainerCallback):
         if self._any_rank_requested(args):
             raise StopEvaluation
 
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None:
+            self.saving_final = True  # what a signal from now on interrupts is the final save
+
     def _any_rank_requested(self, args) -> bool:
         # every rank must stop at the same step, or the checkpoint's collectives would hang
         if torch.distributed.is_available() and torch.distributed.is_initialized():

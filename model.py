@@ -198,9 +198,8 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> 
 def estimate_peak_memory(config: LlamaConfig, n_params: int, micro_batch: int, seq_len: int, checkpointing: bool) -> int:
     """Bytes a training step needs at its peak, in bf16 autocast with AdamW: fp32 weights, gradients and two
     optimizer moments (16 bytes a parameter), the activations kept for the backward pass (SDPA keeps no
-    seq x seq scores), and the logits with their fp32 loss and gradient. For the 135M model at 8 x 2,048 it
-    gives 25.1 GiB without checkpointing and 12.0 GiB with it, where an H100 measured 25.4 and 12.3
-    (eager; BENCHMARKS.md)."""
+    seq x seq scores), and the logits with their fp32 loss and gradient. Checked against the peaks an H100
+    measured (BENCHMARKS.md) by tests/test_arguments.py."""
     tokens = micro_batch * seq_len
     hidden, ffn = config.hidden_size, config.intermediate_size
     per_layer = 2 * (12 * hidden + 4 * ffn) + 8 * hidden  # bf16 projections and MLP, fp32 norm inputs

@@ -276,7 +276,6 @@ def train_and_save(cfg: RecipeConfig, checked: Checked, trainer, plan, interrupt
             return EXIT_INTERRUPTED
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
-        interrupt.saving_final = True
         final = checkpoints.save_final_model(trainer, args.output_dir, cfg, checked.phases)
     except OSError as e:
         raise save_failed(e, trainer) from None

@@ -3,6 +3,7 @@
 import copy
 
 import torch
+from conftest import ROOT
 from conftest import TINY_MODEL as TINY
 from transformers import AutoModelForCausalLM
 
@@ -19,6 +20,15 @@ def build_on_meta(cfg):
 def test_default_config_has_134_515_008_parameters():
     model = build_on_meta(load_config())
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
+def test_smollm2_360m_is_one_small_yaml_with_361_821_120_parameters():
+    cfg = load_config(ROOT / "config_smollm2_360M.yaml")
+    assert cfg.name == "SmolLM2-360M" and cfg.training["output_dir"] == "runs/smollm2-360M"
+    model = build_on_meta(cfg)
+    assert sum(p.numel() for p in model.parameters()) == 361_821_120
+    assert "32 blocks" in parameter_breakdown(model) and model.config.num_key_value_heads == 5
+    assert cfg.training["learning_rate"] == load_config().training["learning_rate"]  # the rest is the 135M recipe
 
 
 def test_parameter_breakdown_adds_up():

@@ -260,3 +260,37 @@ def test_compiled_training_runs_end_to_end(tmp_path, cache_dir):
     assert all(math.isfinite(h["loss"]) for h in history(out) if "loss" in h)
     assert any("eval_loss" in h for h in history(out)) and (out / "samples.jsonl").read_text().strip()
     AutoModelForCausalLM.from_pretrained(out / "final")
+
+
+@pytest.mark.parametrize("native", ["AMX", None], ids=["native-bf16", "no-native-bf16"])
+def test_both_precision_paths_train_on_any_cpu(native, tmp_path, cache_dir, capsys, monkeypatch):
+    """The bf16 check's answer is forced, so both paths run whatever this CPU has."""
+    import arguments
+
+    monkeypatch.setattr(arguments, "cpu_bf16_support", lambda: native)
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=2, save_steps=2, eval_steps=2) + ["samples.every_n_steps=0"]
+    seen = set()
+
+    class RecordMatmulDtype(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            layer = model.model.layers[0].mlp.down_proj
+            layer.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype) if module.training else None)
+
+    assert train.main(overrides, extra_callbacks=[RecordMatmulDtype()]) == 0
+    expected = "bf16 autocast on CPU (this CPU has AMX)" if native else "fp32 on CPU (this CPU has no native bf16"
+    assert f"precision: {expected}" in capsys.readouterr().out
+    assert seen == ({torch.bfloat16} if native else {torch.float32})  # what the training matmuls ran in
+    assert all(math.isfinite(h["loss"]) for h in history(out) if "loss" in h)
+
+
+def test_ctrl_c_during_the_final_save_still_saves_it(tmp_path, cache_dir, capsys):
+    class CtrlCAtTheEnd(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=2, save_steps=2, eval_steps=2) + ["samples.every_n_steps=0"]
+    assert train.main(overrides, extra_callbacks=[CtrlCAtTheEnd()]) == 0
+    assert "training is done; finishing the save of final/ first" in capsys.readouterr().err
+    assert (out / "final" / "model.safetensors").is_file() and not list(out.glob(".final*"))

@@ -29,6 +29,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -298,17 +299,21 @@ def check_text_column(documents, source: CorpusSource, text_column: str) -> None
 # --- loading and tokenizing ----------------------------------------------------------------------
 
 
-def load_documents(source: CorpusSource, cfg: DataConfig, streaming: bool = False):
-    """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column."""
+def load_documents(source: CorpusSource, cfg: DataConfig, streaming: bool = False, fresh: bool = False):
+    """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column. `fresh`: read
+    the files again rather than datasets' Arrow copy of them."""
+    options = {
+        "split": "train",
+        "streaming": streaming,
+        **({"download_mode": "reuse_cache_if_exists"} if fresh else {}),
+    }
     try:
         if source.hub_id:
-            ds = datasets.load_dataset(source.hub_id, cfg.dataset_config, split=cfg.split, streaming=streaming)
+            ds = datasets.load_dataset(source.hub_id, cfg.dataset_config, **{**options, "split": cfg.split})
         elif source.builder == "text":
-            ds = datasets.load_dataset(
-                "text", data_files=source.files, sample_by=cfg.sample_by, split="train", streaming=streaming
-            )
+            ds = datasets.load_dataset("text", data_files=source.files, sample_by=cfg.sample_by, **options)
         else:
-            ds = datasets.load_dataset(source.builder, data_files=source.files, split="train", streaming=streaming)
+            ds = datasets.load_dataset(source.builder, data_files=source.files, **options)
     except DatasetGenerationError as e:  # a file it could not read: which one, and where
         raise unreadable_data_error(source, cfg, e) from None
     except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
@@ -368,7 +373,9 @@ def _num_proc(cfg: DataConfig, num_documents: int) -> int | None:
     return min(cores, num_documents // 1000) if cores > 1 and num_documents >= 2000 else None
 
 
-def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig):
+def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig, blocks_dir=None, fresh=False):
+    """The tokens (cached by datasets; `fresh`: tokenized again all the same), their number, and the blocks,
+    written to `blocks_dir` (None: datasets' cache)."""
     num_proc = _num_proc(cfg, len(documents))
     with interrupts_stop_the_pool() if num_proc else contextlib.nullcontext():
         tokens = documents.map(
@@ -376,13 +383,14 @@ def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig):
             batched=True,
             num_proc=num_proc,
             remove_columns=documents.column_names,
+            load_from_cache_file=False if fresh else None,
             desc="tokenizing",
         )
     # counted on the memory-mapped Arrow column, without loading the corpus into Python
     num_tokens = (pc.sum(pc.list_value_length(tokens.data.column("input_ids"))).as_py() or 0) if len(tokens) else 0
     if num_tokens < 2 * cfg.block_size:
         return tokens, None, num_tokens  # too short to pack: prepare_datasets says why
-    return tokens, pack_dataset_into_blocks(tokens, cfg.block_size), num_tokens
+    return tokens, pack_dataset_into_blocks(tokens, cfg.block_size, blocks_dir), num_tokens
 
 
 @contextlib.contextmanager
@@ -420,7 +428,7 @@ def _caused_by_interrupt(error: BaseException | None) -> bool:
     return False
 
 
-def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int) -> datasets.Dataset:
+def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int, cache_dir=None) -> datasets.Dataset:
     """Cut the whole token stream into blocks, reading it in slices: memory stays flat whatever the corpus
     size, and only the very last partial block is dropped (a per-batch `map` would drop one per batch)."""
 
@@ -435,7 +443,7 @@ def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int) -> datas
 
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))})
     fingerprint = f"{tokens._fingerprint}-blocks-{block_size}"  # the tokens' fingerprint covers files and tokenizer
-    return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint)
+    return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint, cache_dir=cache_dir)
 
 
 def split_train_validation(blocks, cfg: DataConfig) -> datasets.DatasetDict:
@@ -507,19 +515,6 @@ def read_cache(path: Path) -> tuple[datasets.DatasetDict, CorpusStats]:
     return splits, stats
 
 
-def load_cached(path: Path) -> tuple[datasets.DatasetDict, CorpusStats] | None:
-    """The cache at `path`, verified; None if there is none. A damaged one is removed, with one line saying
-    so, and the data is prepared again."""
-    if not path.exists():
-        return None
-    try:
-        return read_cache(path)
-    except DamagedCache as e:
-        print(f"data: the cache {path} is damaged ({e}); preparing the data again", flush=True)
-    discard(path)
-    return None
-
-
 def discard(path: Path) -> None:
     trash = path.with_name(f".{path.name}.damaged-{os.getpid()}")
     shutil.rmtree(trash, ignore_errors=True)
@@ -537,7 +532,6 @@ def save_atomically(splits: datasets.DatasetDict, stats: CorpusStats, path: Path
     that fails is fine only where another process has put the same, verified cache in place first."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         splits.save_to_disk(str(tmp))
         (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
@@ -551,6 +545,15 @@ def save_atomically(splits: datasets.DatasetDict, stats: CorpusStats, path: Path
         raise RecipeError(
             f"could not write the data cache {path} ({first_line(e)}); free some space, remove that folder, or "
             "set data.cache_dir to a writable folder"
+        ) from None
+
+
+def make_cache_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RecipeError(
+            f"could not create the data cache folder {folder} ({first_line(e)}); set data.cache_dir"
         ) from None
 
 
@@ -579,15 +582,37 @@ def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: i
         return prepare_streaming(cfg, tokenizer, rank, world_size)
     check_tokenizer(tokenizer)
     source = find_corpus(cfg.path)
+    if not use_cache:
+        check_readable(source, cfg)
+        return build_blocks(source, cfg, tokenizer)
     path = cache_path_for(source, cfg, tokenizer)
-    if use_cache and (cached := load_cached(path)):
-        return cached
+    fresh = False
+    if path.exists():
+        try:
+            return read_cache(path)
+        except DamagedCache as e:
+            print(f"data: the cache {path} is damaged ({e}); preparing the data again", flush=True)
+            discard(path)
+            fresh = True  # datasets' own copies of the documents and tokens may be cut alike: not reused
     check_readable(source, cfg)
+    make_cache_folder(path.parent)
+    # the blocks are written once, into the recipe's cache, rather than into datasets' cache as well
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.packing-", dir=path.parent) as scratch:
+        splits, stats = build_blocks(source, cfg, tokenizer, blocks_dir=scratch, fresh=fresh)
+        stats.cache_path = str(path)
+        save_atomically(splits, stats, path)
+    try:
+        return read_cache(path)[0], stats  # memory-mapped on the cache, not on the scratch files
+    except DamagedCache as e:
+        raise RecipeError(f"the data cache {path} does not read back ({e}); check the disk") from None
+
+
+def build_blocks(source: CorpusSource, cfg: DataConfig, tokenizer, blocks_dir=None, fresh: bool = False):
     start = time.perf_counter()
-    documents, text_column = load_documents(source, cfg)
+    documents, text_column = load_documents(source, cfg, fresh=fresh)
     if len(documents) == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no documents; check data.path and data.split")
-    tokens, blocks, num_tokens = tokenize_and_pack(documents, text_column, tokenizer, cfg)
+    tokens, blocks, num_tokens = tokenize_and_pack(documents, text_column, tokenizer, cfg, blocks_dir, fresh)
     if num_tokens == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no text; check data.path and data.text_column")
     if blocks is None or len(blocks) < 2:
@@ -603,12 +628,7 @@ def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: i
         validation_blocks=len(splits["validation"]),
         block_size=cfg.block_size,
         tokenize_seconds=time.perf_counter() - start,
-        cache_path=str(path),
     )
-    if use_cache:
-        save_atomically(splits, stats, path)
-        with contextlib.suppress(DamagedCache):  # train from the memory-mapped cache, not the temporary files
-            splits = read_cache(path)[0]
     return splits, stats
 
 
@@ -669,7 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         tokenizer = load_tokenizer(cfg.tokenizer)
+        start = time.perf_counter()
         splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache)
+        seconds = time.perf_counter() - start
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -677,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted while preparing the data; nothing was cached", file=sys.stderr)
         return 130
     print(stats.summary())
+    print(f"blocks ready in {seconds:.2f} s")
     if stats.cache_path and not args.no_cache:
         print(f"cache: {stats.cache_path}")
     return 0

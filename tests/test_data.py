@@ -121,6 +121,30 @@ def test_a_damaged_cache_is_rebuilt_with_one_line(tmp_path, tokenizer, capsys, h
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [Path(stats.cache_path).name]
 
 
+def test_a_damaged_cache_is_rebuilt_from_the_files_not_from_datasets_cache(tmp_path, tokenizer, monkeypatch, capsys):
+    """Cut alike, datasets' own Arrow copies of the documents and tokens would load silently too: the
+    rebuild reads and tokenizes the files again."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    jsonl(tmp_path / "docs.jsonl", documents() * 30)  # 3,000 documents
+    cfg = config(tmp_path, path=str(tmp_path / "docs.jsonl"))
+    first, stats = data.prepare_datasets(cfg, tokenizer)
+    expected = first["validation"]["input_ids"]
+    del first
+    cut = [arrow for arrow in (tmp_path / "datasets").rglob("*.arrow") if len(record_batch_ends(arrow)) > 1]
+    assert cut  # the documents and tokens, each 3,000 rows in batches of 1,000
+    for arrow in cut + list((Path(stats.cache_path) / "train").glob("*.arrow")):
+        os.truncate(arrow, record_batch_ends(arrow)[0])
+
+    again, rebuilt = data.prepare_datasets(cfg, tokenizer)
+    assert "is damaged (1,000 train blocks where stats.json records" in capsys.readouterr().out
+    assert (rebuilt.documents, rebuilt.tokens, rebuilt.train_blocks) == (
+        stats.documents,
+        stats.tokens,
+        stats.train_blocks,
+    )
+    assert again["validation"]["input_ids"] == expected
+
+
 def test_a_cache_that_cannot_be_put_in_place_is_an_error_unless_another_process_wrote_it(tmp_path, tokenizer):
     splits, stats = data.prepare_datasets(config(tmp_path), tokenizer, use_cache=False)
     path = tmp_path / "cache" / "blocks-x"

@@ -6,7 +6,8 @@ that is not JSON, a column that is not text) stop the run in one line naming the
 document is tokenized (batched `map`, several processes for many documents), followed by EOS, and the
 token stream is cut into blocks. Whole blocks are held out for validation, so training and validation
 share no token. The packed result is cached on disk, keyed by the files, the tokenizer and the settings:
-a second run loads it instead of tokenizing again.
+a second run loads it instead of tokenizing again, after checking it holds the blocks it recorded (a
+damaged cache is rebuilt, with one line saying so).
 
     python data.py data.path=../shared/data/tinyshakespeare.txt tokenizer=../shared/cosmo2-tokenizer
 
@@ -358,8 +359,8 @@ def tokenize_function(tokenizer, text_column: str):
 
 def batch_encoder(tokenizer):
     """Token ids of a list of texts, without special tokens. A fast tokenizer's own `encode_batch_fast`
-    (which skips the character offsets) gives the same ids as `tokenizer(texts)` about 1.4 times as fast
-    (BENCHMARKS.md); a tokenizer whose file sets truncation or padding goes through `tokenizer(texts)`."""
+    (which skips the character offsets) gives the same ids as `tokenizer(texts)`, faster (BENCHMARKS.md,
+    "Tokenizing"); a tokenizer whose file sets truncation or padding goes through `tokenizer(texts)`."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch_fast") or backend.truncation or backend.padding:
         return lambda texts: tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
@@ -460,6 +461,12 @@ def split_train_validation(blocks, cfg: DataConfig) -> datasets.DatasetDict:
 
 
 # --- cache ---------------------------------------------------------------------------------------
+# Why a cache of the recipe's own next to datasets' fingerprint cache (BENCHMARKS.md, "The block cache next
+# to datasets' cache"): not for speed, since datasets' cache already spares the tokenizing on a second run
+# and loading from either takes a fraction of a second. datasets records nothing to check its cached Arrow
+# files against, and one cut at a record-batch boundary loads silently with part of the corpus missing;
+# here, stats.json records the number of blocks there must be. The blocks are written here only, not into
+# datasets' cache as well, so this costs no extra disk.
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -23,6 +23,11 @@ def config(tmp_path, **kw) -> DataConfig:
     return DataConfig(**{"path": CORPUS, "block_size": 64, "cache_dir": str(tmp_path / "cache"), **kw})
 
 
+def nothing_cached(tmp_path) -> bool:
+    cache = tmp_path / "cache"
+    return not cache.exists() or not any(cache.iterdir())
+
+
 def test_eos_is_appended_after_every_document(tmp_path, tokenizer):
     lines = [json.dumps({"text": t}) for t in ["Hello there.", "General Kenobi!", "", "You are a bold one."] * 40]
     (tmp_path / "docs.jsonl").write_text("\n".join(lines))
@@ -170,7 +175,7 @@ def test_a_full_disk_while_caching_is_one_line_and_leaves_nothing(tmp_path, toke
     monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", fill_the_disk)
     with pytest.raises(RecipeError, match=r"^could not write the data cache .*No space left on device"):
         data.prepare_datasets(config(tmp_path), tokenizer)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert nothing_cached(tmp_path)
 
 
 def test_changed_file_invalidates_the_cache(tmp_path, tokenizer):
@@ -276,8 +281,7 @@ def test_bad_corpora_fail_with_one_line_naming_the_file(tmp_path, tokenizer, nam
     assert str(path) in message or name == "too short"  # a short corpus may be many files
     if where:
         assert re.search(rf"'{re.escape(str(path))}', {where}\b", message)
-    cache = tmp_path / "cache"
-    assert not cache.exists() or not any(cache.iterdir())
+    assert nothing_cached(tmp_path)
 
 
 def test_python_data_py_prints_the_numbers(tmp_path, capsys):
@@ -388,4 +392,4 @@ sys.exit(data.main(sys.argv[1:]))
     assert process.returncode == 130, err[-3000:]
     assert err.rstrip().splitlines()[-1] == "interrupted while preparing the data; nothing was cached"
     assert "Traceback" not in err and "TimeoutError" not in err, err[-3000:]
-    assert not (tmp_path / "cache").exists()
+    assert nothing_cached(tmp_path)

@@ -28,11 +28,10 @@ def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int
     say(choose_precision(kwargs))
     say(choose_speed(kwargs, model_config, n_params, cfg.data.block_size))
     kwargs["lr_scheduler_kwargs"] = schedule_kwargs(kwargs)
-    if cfg.data.streaming and (kwargs.get("dataloader_num_workers") or 0) > 1:
-        raise RecipeError(
-            "data.streaming reads each process's stream in one place: set training.dataloader_num_workers to 1 "
-            "(a worker reads ahead while the model trains) or 0"
-        )
+    if cfg.data.streaming:
+        from streaming import check_dataloader_workers
+
+        check_dataloader_workers(kwargs.get("dataloader_num_workers"))
     if reports_to_wandb(kwargs.get("report_to")):
         configure_wandb(kwargs["output_dir"], say)
     try:

@@ -1,39 +1,46 @@
 """Corpus -> tokenized, packed blocks of `data.block_size` tokens, with a held-out validation split.
 
 Reads a text file, several files, a glob, a folder, `.jsonl`/`.parquet` files with a text column, or a
-Hub dataset id, through `datasets.load_dataset`. Each document is tokenized (batched `map`, several
-processes for many documents), followed by EOS, and the token stream is cut into blocks. Whole blocks
-are held out for validation, so training and validation share no token. The packed result is cached
-on disk, keyed by the files, the tokenizer and the settings: a second run loads it instead of
-tokenizing again.
+Hub dataset id, through `datasets.load_dataset`. Files that cannot be read (binary, not UTF-8, a line
+that is not JSON, a column that is not text) stop the run in one line naming the file and the line. Each
+document is tokenized (batched `map`, several processes for many documents), followed by EOS, and the
+token stream is cut into blocks. Whole blocks are held out for validation, so training and validation
+share no token. The packed result is cached on disk, keyed by the files, the tokenizer and the settings:
+a second run loads it instead of tokenizing again, after checking it holds the blocks it recorded (a
+damaged cache is rebuilt, with one line saying so).
 
     python data.py data.path=../shared/data/tinyshakespeare.txt tokenizer=../shared/cosmo2-tokenizer
 
 prepares the data alone and prints the numbers (same config and overrides as train.py).
 
-With `data.streaming`, documents are read, tokenized and packed on the fly (`StreamedBlocks`), in bounded
-memory, and a checkpoint can hold the stream's position so a resumed run seeks there.
+With `data.streaming`, `prepare_datasets` hands over to `streaming.py`: documents are read, tokenized and
+packed on the fly, in bounded memory.
 """
 
 from __future__ import annotations
 
-import copy
+import codecs
+import contextlib
 import glob
+import gzip
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
-from itertools import chain, islice
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from datasets.exceptions import DatasetGenerationError
 
 from config import DataConfig, RecipeError, first_line, hub_is_reachable, load_config
 
@@ -154,20 +161,162 @@ def find_corpus(path: str | list[str]) -> CorpusSource:
     return CorpusSource(builder=builders.pop(), files=files)
 
 
+# --- files that cannot be read -------------------------------------------------------------------
+
+HEAD_BYTES = 8192  # read from each file before any work: enough to tell text from binary, as git does
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+TEXT_TYPES = ("string", "large_string", "string_view", "null")
+
+# datasets logs a JSON file it cannot parse before it raises; the recipe's own error names the line
+logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
+
+
+def check_readable(source: CorpusSource, cfg: DataConfig) -> None:
+    """Cheap checks before any work: the start of each text or JSON file is UTF-8 text, and each Parquet file
+    has a Parquet footer whose text column holds strings. A problem further into a file shows up when
+    `datasets` reads it, and `unreadable_data_error` then finds the line."""
+    for path in source.files:
+        if source.builder == "parquet":
+            check_parquet(path, cfg.text_column)
+        elif not path.lower().endswith(COMPRESSED_SUFFIXES):
+            check_start_is_text(path)
+
+
+def check_start_is_text(path: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise RecipeError(f"data file is UTF-16, not UTF-8: '{path}'; convert it (e.g. iconv -f UTF-16 -t UTF-8)")
+    if b"\0" in head:
+        raise RecipeError(
+            f"data file is binary, not text: '{path}' (a NUL byte at byte {head.index(0):,}); data.path takes "
+            "text (.txt, .md), .jsonl or .parquet files"
+        )
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # not final: a character cut at the end is fine
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, head.count(b"\n", 0, e.start) + 1, head[e.start]) from None
+
+
+def check_parquet(path: str, text_column: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)  # the footer only
+    except (pa.ArrowException, OSError) as e:
+        raise RecipeError(f"data file is not a Parquet file: '{path}' ({first_line(e)}); check data.path") from None
+    if text_column in schema.names:
+        kind = schema.field(text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+            raise not_text(path, None, text_column, str(kind))
+
+
+def not_utf8(path: str, line: int, byte: int) -> RecipeError:
+    return RecipeError(
+        f"data file is not UTF-8 text: '{path}', line {line:,} (byte 0x{byte:02x}); convert it to UTF-8 "
+        "(e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+def not_text(path: str, line: int | None, text_column: str, kind: str) -> RecipeError:
+    where = f"'{path}'" + (f", line {line:,}" if line else "")
+    return RecipeError(
+        f"data file has non-text values in column '{text_column}' ({kind}): {where}; set data.text_column to the "
+        "column that holds the documents' text"
+    )
+
+
+def first_unreadable(path: str, builder: str | None, text_column: str) -> RecipeError | None:
+    """The first thing `datasets` cannot read in `path` (undecodable bytes, a line that is not JSON, a value
+    that is not text), as an error naming the line; None if there is none."""
+    if builder == "parquet":
+        try:
+            check_parquet(path, text_column)
+        except RecipeError as e:
+            return e
+        return None
+    lines_are_json = builder == "json" and path.lower().endswith((".jsonl", ".jsonl.gz"))
+    try:
+        with (gzip.open if path.lower().endswith(".gz") else open)(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")  # exact per line: UTF-8 never puts a newline byte inside a character
+                except UnicodeDecodeError as e:
+                    return not_utf8(path, number, raw[e.start])
+                if lines_are_json and line.strip() and (problem := json_line_problem(path, number, line, text_column)):
+                    return problem
+    except (OSError, EOFError) as e:  # e.g. a .gz file that is not gzip
+        return RecipeError(f"data file cannot be read: '{path}' ({first_line(e)}); check data.path")
+    return None
+
+
+def json_line_problem(path: str, number: int, line: str, text_column: str) -> RecipeError | None:
+    try:
+        row = json.loads(line.strip())
+    except json.JSONDecodeError as e:
+        return RecipeError(
+            f"data file has a line that is not JSON: '{path}', line {number:,} ({e.msg}: column {e.colno}); "
+            "fix or remove that line"
+        )
+    if not isinstance(row, dict):
+        return RecipeError(
+            f"data file has a line that is not a JSON object: '{path}', line {number:,}; each line of a .jsonl "
+            f'file holds one object, such as {{"{text_column}": "..."}}'
+        )
+    value = row.get(text_column)
+    if value is None or isinstance(value, str):
+        return None
+    return not_text(path, number, text_column, type(value).__name__)
+
+
+def unreadable_data_error(source: CorpusSource, cfg: DataConfig, error: BaseException) -> RecipeError:
+    """What `datasets` could not read, as one line naming the file and the line. The files are read again,
+    line by line, to find it: only after a failure, so that a good corpus is read once."""
+    text_column = "text" if source.builder == "text" else cfg.text_column
+    for path in source.files:
+        if (problem := first_unreadable(path, source.builder, text_column)) is not None:
+            return problem
+    if isinstance(error, RecipeError):
+        return error
+    while error.__cause__ or error.__context__:  # DatasetGenerationError wraps what went wrong
+        error = error.__cause__ or error.__context__
+    where = source.hub_id or ", ".join(source.files[:3])
+    return RecipeError(f"could not read the corpus '{where}' ({type(error).__name__}: {first_line(error)}); check it")
+
+
+def check_text_column(documents, source: CorpusSource, text_column: str) -> None:
+    """The documents' column holds text, or one line names the file (and line) that holds something else."""
+    feature = (documents.features or {}).get(text_column)
+    if feature is None or (isinstance(feature, datasets.Value) and feature.dtype in TEXT_TYPES):
+        return
+    for path in source.files:
+        if (problem := first_unreadable(path, source.builder, text_column)) is not None:
+            raise problem
+    kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
+    raise not_text(source.hub_id or ", ".join(source.files[:3]), None, text_column, kind)
+
+
 # --- loading and tokenizing ----------------------------------------------------------------------
 
 
-def load_documents(source: CorpusSource, cfg: DataConfig, streaming: bool = False):
-    """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column."""
+def load_documents(source: CorpusSource, cfg: DataConfig, streaming: bool = False, fresh: bool = False):
+    """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column. `fresh`: read
+    the files again rather than datasets' Arrow copy of them."""
+    options = {
+        "split": "train",
+        "streaming": streaming,
+        **({"download_mode": "reuse_cache_if_exists"} if fresh else {}),
+    }
     try:
         if source.hub_id:
-            ds = datasets.load_dataset(source.hub_id, cfg.dataset_config, split=cfg.split, streaming=streaming)
+            ds = datasets.load_dataset(source.hub_id, cfg.dataset_config, **{**options, "split": cfg.split})
         elif source.builder == "text":
-            ds = datasets.load_dataset(
-                "text", data_files=source.files, sample_by=cfg.sample_by, split="train", streaming=streaming
-            )
+            ds = datasets.load_dataset("text", data_files=source.files, sample_by=cfg.sample_by, **options)
         else:
-            ds = datasets.load_dataset(source.builder, data_files=source.files, split="train", streaming=streaming)
+            ds = datasets.load_dataset(source.builder, data_files=source.files, **options)
+    except DatasetGenerationError as e:  # a file it could not read: which one, and where
+        raise unreadable_data_error(source, cfg, e) from None
     except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
         where = source.hub_id or ", ".join(source.files[:3])
         raise RecipeError(f"could not load the corpus '{where}': {first_line(e)}") from None
@@ -184,6 +333,7 @@ def load_documents(source: CorpusSource, cfg: DataConfig, streaming: bool = Fals
         raise RecipeError(
             f"the corpus has no column '{text_column}' (columns: {', '.join(columns)}); set data.text_column"
         )
+    check_text_column(ds, source, text_column)
     return ds, text_column
 
 
@@ -193,7 +343,15 @@ def tokenize_function(tokenizer, text_column: str):
     encode = batch_encoder(tokenizer)
 
     def tokenize(batch):
-        texts = [text or "" for text in batch[text_column]]  # a null in a .jsonl is an empty document
+        column = batch[text_column]
+        other = next((text for text in column if text is not None and not isinstance(text, str)), None)
+        if other is not None:
+            # a stream whose column type was not known ahead (check_text_column names the file when it is)
+            raise RecipeError(
+                f"the corpus has non-text values in column '{text_column}' ({type(other).__name__}); set "
+                "data.text_column to the column that holds the documents' text"
+            )
+        texts = [text or "" for text in column]  # a null in a .jsonl is an empty document
         return {"input_ids": [ids + [eos] for ids, text in zip(encode(texts), texts, strict=True) if text.strip()]}
 
     return tokenize
@@ -201,8 +359,8 @@ def tokenize_function(tokenizer, text_column: str):
 
 def batch_encoder(tokenizer):
     """Token ids of a list of texts, without special tokens. A fast tokenizer's own `encode_batch_fast`
-    (which skips the character offsets) gives the same ids as `tokenizer(texts)` about 1.4 times as fast
-    (BENCHMARKS.md); a tokenizer whose file sets truncation or padding goes through `tokenizer(texts)`."""
+    (which skips the character offsets) gives the same ids as `tokenizer(texts)`, faster (BENCHMARKS.md,
+    "Tokenizing"); a tokenizer whose file sets truncation or padding goes through `tokenizer(texts)`."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch_fast") or backend.truncation or backend.padding:
         return lambda texts: tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
@@ -216,23 +374,62 @@ def _num_proc(cfg: DataConfig, num_documents: int) -> int | None:
     return min(cores, num_documents // 1000) if cores > 1 and num_documents >= 2000 else None
 
 
-def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig):
+def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig, blocks_dir=None, fresh=False):
+    """The tokens (cached by datasets; `fresh`: tokenized again all the same), their number, and the blocks,
+    written to `blocks_dir` (None: datasets' cache)."""
     num_proc = _num_proc(cfg, len(documents))
-    tokens = documents.map(
-        tokenize_function(tokenizer, text_column),
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=documents.column_names,
-        desc="tokenizing",
-    )
+    with interrupts_stop_the_pool() if num_proc else contextlib.nullcontext():
+        tokens = documents.map(
+            tokenize_function(tokenizer, text_column),
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=documents.column_names,
+            load_from_cache_file=False if fresh else None,
+            desc="tokenizing",
+        )
     # counted on the memory-mapped Arrow column, without loading the corpus into Python
     num_tokens = (pc.sum(pc.list_value_length(tokens.data.column("input_ids"))).as_py() or 0) if len(tokens) else 0
     if num_tokens < 2 * cfg.block_size:
         return tokens, None, num_tokens  # too short to pack: prepare_datasets says why
-    return tokens, pack_dataset_into_blocks(tokens, cfg.block_size), num_tokens
+    return tokens, pack_dataset_into_blocks(tokens, cfg.block_size, blocks_dir), num_tokens
 
 
-def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int) -> datasets.Dataset:
+@contextlib.contextmanager
+def interrupts_stop_the_pool():
+    """Ctrl-C during a multi-process `map` ends as a KeyboardInterrupt, not as the multiprocess TimeoutError
+    that datasets raises when it cannot collect the workers' results. Ctrl-C reaches the whole process group:
+    the workers (forked with this handler) ignore it, the main process raises, and the pool ends them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    main_pid, interrupted = os.getpid(), False
+
+    def on_interrupt(signum, frame):
+        nonlocal interrupted
+        if os.getpid() == main_pid:
+            interrupted = True
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    except Exception as e:
+        if interrupted or _caused_by_interrupt(e):
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _caused_by_interrupt(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int, cache_dir=None) -> datasets.Dataset:
     """Cut the whole token stream into blocks, reading it in slices: memory stays flat whatever the corpus
     size, and only the very last partial block is dropped (a per-batch `map` would drop one per batch)."""
 
@@ -247,7 +444,7 @@ def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int) -> datas
 
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))})
     fingerprint = f"{tokens._fingerprint}-blocks-{block_size}"  # the tokens' fingerprint covers files and tokenizer
-    return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint)
+    return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint, cache_dir=cache_dir)
 
 
 def split_train_validation(blocks, cfg: DataConfig) -> datasets.DatasetDict:
@@ -264,6 +461,12 @@ def split_train_validation(blocks, cfg: DataConfig) -> datasets.DatasetDict:
 
 
 # --- cache ---------------------------------------------------------------------------------------
+# Why a cache of the recipe's own next to datasets' fingerprint cache (BENCHMARKS.md, "The block cache next
+# to datasets' cache"): not for speed, since datasets' cache already spares the tokenizing on a second run
+# and loading from either takes a fraction of a second. datasets records nothing to check its cached Arrow
+# files against, and one cut at a record-batch boundary loads silently with part of the corpus missing;
+# here, stats.json records the number of blocks there must be. The blocks are written here only, not into
+# datasets' cache as well, so this costs no extra disk.
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -298,49 +501,125 @@ def cache_path_for(source: CorpusSource, cfg: DataConfig, tokenizer) -> Path:
     return root / f"blocks-{cache_key(source, cfg, tokenizer)}"
 
 
-def save_atomically(splits: datasets.DatasetDict, stats: CorpusStats, path: Path) -> None:
-    """Write to a temporary folder and rename it, so that a crash never leaves a half-written cache."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    splits.save_to_disk(str(tmp))
-    (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process finished the same cache first
-        shutil.rmtree(tmp, ignore_errors=True)
+class DamagedCache(Exception):
+    """A cache folder that does not hold what its stats.json records."""
 
 
-def load_cached(path: Path) -> tuple[datasets.DatasetDict, CorpusStats] | None:
-    if not (path / "stats.json").is_file():
-        return None
+def read_cache(path: Path) -> tuple[datasets.DatasetDict, CorpusStats]:
+    """The cached blocks, checked against the counts recorded with them: an Arrow file cut at a record-batch
+    boundary still loads, with fewer blocks. Raises DamagedCache saying what is wrong."""
     try:
-        splits = datasets.load_from_disk(str(path))
         stats = CorpusStats(**json.loads((path / "stats.json").read_text()))
-    except Exception:
-        return None  # unreadable cache: prepare again
+        splits = datasets.load_from_disk(str(path))
+    except Exception as e:  # a missing or unreadable file, Arrow data cut inside a record batch
+        raise DamagedCache(f"{type(e).__name__}: {first_line(e)}") from None
+    if not isinstance(splits, datasets.DatasetDict) or set(splits) != {"train", "validation"}:
+        raise DamagedCache("it holds no train and validation splits")
+    for name, recorded in (("train", stats.train_blocks), ("validation", stats.validation_blocks)):
+        if len(splits[name]) != recorded:
+            raise DamagedCache(f"{len(splits[name]):,} {name} blocks where stats.json records {recorded:,}")
     stats.from_cache, stats.cache_path = True, str(path)
     return splits, stats
+
+
+def discard(path: Path) -> None:
+    trash = path.with_name(f".{path.name}.damaged-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(path, trash)  # at once, so that no other process loads it meanwhile
+    except FileNotFoundError:
+        return  # another process removed it first
+    except OSError as e:
+        raise RecipeError(f"could not remove the damaged data cache {path} ({first_line(e)}); delete it") from None
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_atomically(splits: datasets.DatasetDict, stats: CorpusStats, path: Path) -> None:
+    """Write to a temporary folder and rename it, so that a crash never leaves a half-written cache. A rename
+    that fails is fine only where another process has put the same, verified cache in place first."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        splits.save_to_disk(str(tmp))
+        (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
+        os.replace(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError):
+            raise
+        if path.exists() and is_verified(path):
+            return  # another process finished the same cache first
+        raise RecipeError(
+            f"could not write the data cache {path} ({first_line(e)}); free some space, remove that folder, or "
+            "set data.cache_dir to a writable folder"
+        ) from None
+
+
+def make_cache_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RecipeError(
+            f"could not create the data cache folder {folder} ({first_line(e)}); set data.cache_dir"
+        ) from None
+
+
+def is_verified(path: Path) -> bool:
+    try:
+        read_cache(path)
+    except DamagedCache:
+        return False
+    return True
 
 
 # --- the whole preparation -----------------------------------------------------------------------
 
 
+def check_tokenizer(tokenizer) -> None:
+    if tokenizer.eos_token_id is None:
+        raise RecipeError("the tokenizer has no EOS token, which separates documents; use a tokenizer with one")
+
+
 def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: int = 0, world_size: int = 1):
     """Return ({"train", "validation"} datasets of blocks, CorpusStats). `rank` and `world_size` matter only
     when streaming, where each training process reads its own part of the corpus."""
-    if tokenizer.eos_token_id is None:
-        raise RecipeError("the tokenizer has no EOS token, which separates documents; use a tokenizer with one")
-    source = find_corpus(cfg.path)
     if cfg.streaming:
-        return prepare_streaming(source, cfg, tokenizer, rank, world_size)
+        from streaming import prepare_streaming  # streaming.py builds on this module
+
+        return prepare_streaming(cfg, tokenizer, rank, world_size)
+    check_tokenizer(tokenizer)
+    source = find_corpus(cfg.path)
+    if not use_cache:
+        check_readable(source, cfg)
+        return build_blocks(source, cfg, tokenizer)
     path = cache_path_for(source, cfg, tokenizer)
-    if use_cache and (cached := load_cached(path)):
-        return cached
+    fresh = False
+    if path.exists():
+        try:
+            return read_cache(path)
+        except DamagedCache as e:
+            print(f"data: the cache {path} is damaged ({e}); preparing the data again", flush=True)
+            discard(path)
+            fresh = True  # datasets' own copies of the documents and tokens may be cut alike: not reused
+    check_readable(source, cfg)
+    make_cache_folder(path.parent)
+    # the blocks are written once, into the recipe's cache, rather than into datasets' cache as well
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.packing-", dir=path.parent) as scratch:
+        splits, stats = build_blocks(source, cfg, tokenizer, blocks_dir=scratch, fresh=fresh)
+        stats.cache_path = str(path)
+        save_atomically(splits, stats, path)
+    try:
+        return read_cache(path)[0], stats  # memory-mapped on the cache, not on the scratch files
+    except DamagedCache as e:
+        raise RecipeError(f"the data cache {path} does not read back ({e}); check the disk") from None
+
+
+def build_blocks(source: CorpusSource, cfg: DataConfig, tokenizer, blocks_dir=None, fresh: bool = False):
     start = time.perf_counter()
-    documents, text_column = load_documents(source, cfg)
+    documents, text_column = load_documents(source, cfg, fresh=fresh)
     if len(documents) == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no documents; check data.path and data.split")
-    tokens, blocks, num_tokens = tokenize_and_pack(documents, text_column, tokenizer, cfg)
+    tokens, blocks, num_tokens = tokenize_and_pack(documents, text_column, tokenizer, cfg, blocks_dir, fresh)
     if num_tokens == 0:
         raise RecipeError(f"the corpus '{cfg.path}' holds no text; check data.path and data.text_column")
     if blocks is None or len(blocks) < 2:
@@ -356,189 +635,8 @@ def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: i
         validation_blocks=len(splits["validation"]),
         block_size=cfg.block_size,
         tokenize_seconds=time.perf_counter() - start,
-        cache_path=str(path),
     )
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomically(splits, stats, path)
-        if cached := load_cached(path):  # train from the memory-mapped cache, not the temporary files
-            splits = cached[0]
     return splits, stats
-
-
-def prepare_streaming(source: CorpusSource, cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1):
-    """Stream documents, tokenize and pack on the fly. Each of `world_size` processes reads its own part of
-    the documents (`open_stream`); the first blocks of process 0's part are held out for validation."""
-    documents, text_column = load_documents(source, cfg, streaming=True)
-    tokenize = tokenize_function(tokenizer, text_column)
-    reader = PackedReader(part_of(documents, 0, world_size), tokenize, text_column, cfg.block_size)
-    validation = datasets.Dataset.from_dict({"input_ids": reader.take(cfg.max_validation_blocks)})
-    if len(validation) == 0:
-        raise RecipeError(f"the corpus '{cfg.path}' holds no full block of {cfg.block_size} tokens")
-    if len(validation) < cfg.max_validation_blocks or not reader.take(1):
-        raise RecipeError(
-            f"the corpus '{cfg.path}' holds only {reader.blocks_read} blocks of {cfg.block_size} tokens"
-            f"{' for process 0' if world_size > 1 else ''}, all of them held out for validation "
-            f"(data.max_validation_blocks={cfg.max_validation_blocks}); use more text, a smaller data.block_size "
-            "or data.max_validation_blocks"
-        )
-    for other in range(1, world_size):  # every process checks them all, so that all stop, or none
-        if not PackedReader(open_stream(source, cfg, other, world_size), tokenize, text_column, cfg.block_size).take(1):
-            raise RecipeError(
-                f"process {other} of {world_size} gets no block of {cfg.block_size} tokens from the stream, which is "
-                "split between the processes by document (or by file, where the files divide evenly); for plain text "
-                "set data.sample_by=paragraph or line, or use more documents, fewer processes, or data.streaming=false"
-            )
-    train = StreamedBlocks(
-        partial(open_stream, source, cfg, rank, world_size),
-        tokenize,
-        text_column,
-        cfg.block_size,
-        held_out=cfg.max_validation_blocks if rank == 0 else 0,
-        seed=cfg.seed,
-    )
-    stats = CorpusStats(
-        documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
-    )
-    return {"train": train, "validation": validation}, stats
-
-
-def open_stream(source: CorpusSource, cfg: DataConfig, rank: int, world_size: int):
-    """The documents process `rank` reads, from a newly opened stream."""
-    return part_of(load_documents(source, cfg, streaming=True)[0], rank, world_size)
-
-
-def part_of(documents, rank: int, world_size: int):
-    """With several processes, `split_dataset_by_node` gives each whole files where their number divides
-    evenly, and otherwise every world_size-th document."""
-    if world_size == 1:
-        return documents
-    from datasets.distributed import split_dataset_by_node
-
-    return split_dataset_by_node(documents, rank=rank, world_size=world_size)
-
-
-class PackedReader:
-    """Blocks from one pass over a document stream, and at any moment the position to come back to: the
-    stream's state before the oldest document batch still in the buffer, and how many of that batch's
-    tokens are already in blocks."""
-
-    DOCUMENTS_PER_BATCH = 64
-
-    def __init__(self, documents, tokenize, text_column: str, block_size: int, position: dict | None = None):
-        self.documents, self.tokenize, self.text_column, self.block_size = documents, tokenize, text_column, block_size
-        self.buffer: list[int] = []
-        self.batches: list[list] = []  # [stream state before the batch, its tokens, of which still buffered]
-        if position is not None:
-            documents.load_state_dict(position["documents"])
-        self.iterator = iter(documents)
-        self.blocks_read = position["blocks_read"] if position else 0
-        if position is not None:
-            self._fill(skip=position["skip_tokens"])
-
-    def _fill(self, skip: int = 0) -> bool:
-        """Read document batches until a block's worth of tokens is buffered; False when the stream ends."""
-        while len(self.buffer) < self.block_size:
-            state = copy.deepcopy(self.documents.state_dict())
-            texts = [row[self.text_column] for row in islice(self.iterator, self.DOCUMENTS_PER_BATCH)]
-            if not texts:
-                return False
-            tokens = list(chain.from_iterable(self.tokenize({self.text_column: texts})["input_ids"]))
-            self.batches.append([state, len(tokens), len(tokens) - skip])
-            self.buffer.extend(tokens[skip:])
-            skip = 0
-        return True
-
-    def position(self) -> dict:
-        if not self.batches:
-            return {
-                "documents": copy.deepcopy(self.documents.state_dict()),
-                "skip_tokens": 0,
-                "blocks_read": self.blocks_read,
-            }
-        state, total, left = self.batches[0]
-        return {"documents": state, "skip_tokens": total - left, "blocks_read": self.blocks_read}
-
-    def take(self, n: int) -> list[np.ndarray]:
-        """The next n blocks (fewer at the end of the stream), as int32 arrays: a window of 1,000 blocks of
-        2,048 tokens takes 8 MB, not the 70 MB of Python lists."""
-        blocks = []
-        while len(blocks) < n and self._fill():
-            blocks.append(np.array(self.buffer[: self.block_size], dtype=np.int32))
-            del self.buffer[: self.block_size]
-            self._used(self.block_size)
-            self.blocks_read += 1
-        return blocks
-
-    def _used(self, n: int) -> None:
-        while n:
-            taken = min(n, self.batches[0][2])
-            self.batches[0][2] -= taken
-            n -= taken
-            if self.batches[0][2] == 0:
-                self.batches.pop(0)
-
-
-class StreamedBlocks(torch.utils.data.IterableDataset):
-    """The training blocks of a streamed corpus. Each pass over the stream skips the held-out blocks and
-    shuffles the rest in windows of WINDOW blocks, each window in an order seeded by its number; passes
-    repeat without end (training stops at max_steps). Where each window starts in the stream is remembered,
-    so each block comes with the position after it (`position_of`): a checkpoint holds the position after
-    the last block trained on, and a resumed run seeks the stream there (`resume_at`) instead of reading
-    and tokenizing everything before it again."""
-
-    WINDOW = 1000  # blocks: 2M tokens at block_size 2048, the memory a shuffle buffer would take
-
-    def __init__(self, open_documents, tokenize, text_column: str, block_size: int, held_out: int, seed: int):
-        self.open_documents, self.tokenize, self.text_column = open_documents, tokenize, text_column
-        self.block_size, self.held_out, self.seed = block_size, held_out, seed
-        self.windows: dict[int, dict] = {}  # number -> {"start", "first_block", "size" (None: not read yet)}
-        self.resume_at: dict | None = None
-
-    def __iter__(self):
-        resume, self.resume_at = self.resume_at, None
-        number, offset = (resume["window"], resume["offset"]) if resume else (0, 0)
-        first_block = resume["first_block"] if resume else 0
-        start = resume["start"] if resume else None
-        while True:  # one pass over the stream
-            reader = PackedReader(self.open_documents(), self.tokenize, self.text_column, self.block_size, start)
-            from_the_beginning, start = start is None, None
-            if reader.blocks_read < self.held_out:
-                reader.take(self.held_out - reader.blocks_read)
-            windows_read = 0
-            while True:
-                window_start = reader.position()
-                blocks = reader.take(self.WINDOW)
-                if not blocks:
-                    break
-                self.windows[number] = {"start": window_start, "first_block": first_block, "size": len(blocks)}
-                next_start = reader.position() if len(blocks) == self.WINDOW else None
-                self.windows[number + 1] = {"start": next_start, "first_block": first_block + len(blocks), "size": None}
-                for old in [k for k in self.windows if k < number]:  # positions are taken as blocks are yielded
-                    del self.windows[old]
-                order = np.random.default_rng([self.seed, number]).permutation(len(blocks))
-                for block, index in enumerate(order[offset:], start=first_block + offset):
-                    # the position after this block travels with it, through dataloader workers too
-                    yield {"input_ids": blocks[index], "stream_position": self.position_of(block + 1)}
-                first_block, number, offset, windows_read = first_block + len(blocks), number + 1, 0, windows_read + 1
-            if from_the_beginning and not windows_read:
-                raise RecipeError(
-                    f"the stream has no training blocks after the {self.held_out} held-out ones; use more text, "
-                    "a smaller data.block_size or data.max_validation_blocks"
-                )
-
-    def position_of(self, block: int) -> dict | None:
-        """Where block number `block` (counted from the start of training) is, if it is still remembered."""
-        for number, window in self.windows.items():
-            size = window["size"]
-            inside = (
-                window["first_block"] <= block < window["first_block"] + size
-                if size
-                else block == window["first_block"]
-            )
-            if inside:
-                return {"window": number, "offset": block - window["first_block"], **window, "block": block}
-        return None
 
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -601,11 +699,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         tokenizer = load_tokenizer(cfg.tokenizer)
+        start = time.perf_counter()
         splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache)
+        seconds = time.perf_counter() - start
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted while preparing the data; nothing was cached", file=sys.stderr)
+        return 130
     print(stats.summary())
+    print(f"blocks ready in {seconds:.2f} s")
     if stats.cache_path and not args.no_cache:
         print(f"cache: {stats.cache_path}")
     return 0

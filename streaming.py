@@ -1,58 +1,323 @@
-"""Streaming (temporary shim: the streaming module proper replaces this file)."""
+"""Streaming (`data.streaming`): read, tokenize and pack the corpus on the fly, and resume where a checkpoint stood.
+
+Documents are read and tokenized as training goes, in bounded memory; the first blocks are held out for
+validation. Each training block carries the stream position after it. The trainer hands each batch's
+position to `StreamPositionCallback`, which writes it next to every checkpoint, and `resume_stream` seeks
+a resumed run's stream there instead of reading and tokenizing everything before it again.
+
+What the trainer calls:
+
+    splits, stats = prepare_streaming(cfg.data, tokenizer, rank, world_size)  # or data.prepare_datasets
+    check_dataloader_workers(num_workers)                 # before building TrainingArguments
+    resume_stream(splits["train"], checkpoint, args)      # on --resume
+    positions = StreamPositionCallback()                  # a Trainer callback
+    positions.take_position(inputs)                       # in compute_loss, before the model sees the batch
+    streamed_dataloader(splits["train"], args, batch_size, collate_fn)  # in get_train_dataloader
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from functools import partial
+from itertools import chain, islice
 from pathlib import Path
 
+import datasets
+import numpy as np
+import torch
 from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainingArguments
 
-from config import log
-from data import StreamedBlocks  # noqa: F401
+from config import DataConfig, RecipeError, log
+from data import (
+    CorpusSource,
+    CorpusStats,
+    check_readable,
+    check_tokenizer,
+    find_corpus,
+    load_documents,
+    tokenize_function,
+    unreadable_data_error,
+)
+
+# --- the blocks ----------------------------------------------------------------------------------
 
 
-def streamed_dataloader(dataset, args, collate_fn):
+def prepare_streaming(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1):
+    """({"train": StreamedBlocks, "validation": Dataset}, CorpusStats). Each of `world_size` processes reads
+    its own part of the documents (`open_stream`); the first blocks of process 0's part are held out for
+    validation."""
+    check_tokenizer(tokenizer)
+    source = find_corpus(cfg.path)
+    check_readable(source, cfg)
+    documents, text_column = load_documents(source, cfg, streaming=True)
+    tokenize = tokenize_function(tokenizer, text_column)
+    reader = PackedReader(part_of(documents, 0, world_size), tokenize, text_column, cfg.block_size)
+    try:
+        validation = datasets.Dataset.from_dict({"input_ids": reader.take(cfg.max_validation_blocks)})
+        one_more = reader.take(1)
+    except Exception as e:
+        raise unreadable_data_error(source, cfg, e) from None
+    if len(validation) == 0:
+        raise RecipeError(f"the corpus '{cfg.path}' holds no full block of {cfg.block_size} tokens")
+    if len(validation) < cfg.max_validation_blocks or not one_more:
+        raise RecipeError(
+            f"the corpus '{cfg.path}' holds only {reader.blocks_read} blocks of {cfg.block_size} tokens"
+            f"{' for process 0' if world_size > 1 else ''}, all of them held out for validation "
+            f"(data.max_validation_blocks={cfg.max_validation_blocks}); use more text, a smaller data.block_size "
+            "or data.max_validation_blocks"
+        )
+    for other in range(1, world_size):  # every process checks them all, so that all stop, or none
+        if not PackedReader(open_stream(source, cfg, other, world_size), tokenize, text_column, cfg.block_size).take(1):
+            raise RecipeError(
+                f"process {other} of {world_size} gets no block of {cfg.block_size} tokens from the stream, which is "
+                "split between the processes by document (or by file, where the files divide evenly); for plain text "
+                "set data.sample_by=paragraph or line, or use more documents, fewer processes, or data.streaming=false"
+            )
+    train = StreamedBlocks(
+        partial(open_stream, source, cfg, rank, world_size),
+        tokenize,
+        text_column,
+        cfg.block_size,
+        held_out=cfg.max_validation_blocks if rank == 0 else 0,
+        seed=cfg.seed,
+        explain=partial(unreadable_data_error, source, cfg),
+    )
+    stats = CorpusStats(
+        documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
+    )
+    return {"train": train, "validation": validation}, stats
+
+
+def open_stream(source: CorpusSource, cfg: DataConfig, rank: int, world_size: int):
+    """The documents process `rank` reads, from a newly opened stream."""
+    return part_of(load_documents(source, cfg, streaming=True)[0], rank, world_size)
+
+
+def part_of(documents, rank: int, world_size: int):
+    """With several processes, `split_dataset_by_node` gives each whole files where their number divides
+    evenly, and otherwise every world_size-th document."""
+    if world_size == 1:
+        return documents
+    from datasets.distributed import split_dataset_by_node
+
+    return split_dataset_by_node(documents, rank=rank, world_size=world_size)
+
+
+class PackedReader:
+    """Blocks from one pass over a document stream, and at any moment the position to come back to: the
+    stream's state before the oldest document batch still in the buffer, and how many of that batch's
+    tokens are already in blocks."""
+
+    DOCUMENTS_PER_BATCH = 64
+
+    def __init__(self, documents, tokenize, text_column: str, block_size: int, position: dict | None = None):
+        self.documents, self.tokenize, self.text_column, self.block_size = documents, tokenize, text_column, block_size
+        self.buffer: list[int] = []
+        self.batches: list[list] = []  # [stream state before the batch, its tokens, of which still buffered]
+        if position is not None:
+            documents.load_state_dict(position["documents"])
+        self.iterator = iter(documents)
+        self.blocks_read = position["blocks_read"] if position else 0
+        if position is not None:
+            self._fill(skip=position["skip_tokens"])
+
+    def _fill(self, skip: int = 0) -> bool:
+        """Read document batches until a block's worth of tokens is buffered; False when the stream ends."""
+        while len(self.buffer) < self.block_size:
+            state = copy.deepcopy(self.documents.state_dict())
+            texts = [row[self.text_column] for row in islice(self.iterator, self.DOCUMENTS_PER_BATCH)]
+            if not texts:
+                return False
+            tokens = list(chain.from_iterable(self.tokenize({self.text_column: texts})["input_ids"]))
+            self.batches.append([state, len(tokens), len(tokens) - skip])
+            self.buffer.extend(tokens[skip:])
+            skip = 0
+        return True
+
+    def position(self) -> dict:
+        if not self.batches:
+            return {
+                "documents": copy.deepcopy(self.documents.state_dict()),
+                "skip_tokens": 0,
+                "blocks_read": self.blocks_read,
+            }
+        state, total, left = self.batches[0]
+        return {"documents": state, "skip_tokens": total - left, "blocks_read": self.blocks_read}
+
+    def take(self, n: int) -> list[np.ndarray]:
+        """The next n blocks (fewer at the end of the stream), as int32 arrays: a window of 1,000 blocks of
+        2,048 tokens takes 8 MB, not the 70 MB of Python lists."""
+        blocks = []
+        while len(blocks) < n and self._fill():
+            blocks.append(np.array(self.buffer[: self.block_size], dtype=np.int32))
+            del self.buffer[: self.block_size]
+            self._used(self.block_size)
+            self.blocks_read += 1
+        return blocks
+
+    def _used(self, n: int) -> None:
+        while n:
+            taken = min(n, self.batches[0][2])
+            self.batches[0][2] -= taken
+            n -= taken
+            if self.batches[0][2] == 0:
+                self.batches.pop(0)
+
+
+class StreamedBlocks(torch.utils.data.IterableDataset):
+    """The training blocks of a streamed corpus. Each pass over the stream skips the held-out blocks and
+    shuffles the rest in windows of WINDOW blocks, each window in an order seeded by its number; passes
+    repeat without end (training stops at max_steps). Where each window starts in the stream is remembered,
+    so each block comes with the position after it (`position_of`): a checkpoint holds the position after
+    the last block trained on, and a resumed run seeks the stream there (`resume_at`) instead of reading
+    and tokenizing everything before it again."""
+
+    WINDOW = 1000  # blocks: 2M tokens at block_size 2048, the memory a shuffle buffer would take
+
+    def __init__(
+        self, open_documents, tokenize, text_column: str, block_size: int, held_out: int, seed: int, explain=None
+    ):
+        self.open_documents, self.tokenize, self.text_column = open_documents, tokenize, text_column
+        self.block_size, self.held_out, self.seed = block_size, held_out, seed
+        self.explain = explain  # error -> RecipeError naming the file and line the stream could not read
+        self.windows: dict[int, dict] = {}  # number -> {"start", "first_block", "size" (None: not read yet)}
+        self.resume_at: dict | None = None
+
+    def __iter__(self):
+        try:
+            yield from self._blocks()
+        except RecipeError:
+            raise
+        except Exception as e:  # a bad line far into the corpus shows up only now
+            if self.explain is None:
+                raise
+            raise self.explain(e) from None
+
+    def _blocks(self):
+        resume, self.resume_at = self.resume_at, None
+        number, offset = (resume["window"], resume["offset"]) if resume else (0, 0)
+        first_block = resume["first_block"] if resume else 0
+        start = resume["start"] if resume else None
+        while True:  # one pass over the stream
+            reader = PackedReader(self.open_documents(), self.tokenize, self.text_column, self.block_size, start)
+            from_the_beginning, start = start is None, None
+            if reader.blocks_read < self.held_out:
+                reader.take(self.held_out - reader.blocks_read)
+            windows_read = 0
+            while True:
+                window_start = reader.position()
+                blocks = reader.take(self.WINDOW)
+                if not blocks:
+                    break
+                self.windows[number] = {"start": window_start, "first_block": first_block, "size": len(blocks)}
+                next_start = reader.position() if len(blocks) == self.WINDOW else None
+                self.windows[number + 1] = {"start": next_start, "first_block": first_block + len(blocks), "size": None}
+                for old in [k for k in self.windows if k < number]:  # positions are taken as blocks are yielded
+                    del self.windows[old]
+                order = np.random.default_rng([self.seed, number]).permutation(len(blocks))
+                for block, index in enumerate(order[offset:], start=first_block + offset):
+                    # the position after this block travels with it, through dataloader workers too
+                    yield {"input_ids": blocks[index], "stream_position": self.position_of(block + 1)}
+                first_block, number, offset, windows_read = first_block + len(blocks), number + 1, 0, windows_read + 1
+            if from_the_beginning and not windows_read:
+                raise RecipeError(
+                    f"the stream has no training blocks after the {self.held_out} held-out ones; use more text, "
+                    "a smaller data.block_size or data.max_validation_blocks"
+                )
+
+    def position_of(self, block: int) -> dict | None:
+        """Where block number `block` (counted from the start of training) is, if it is still remembered."""
+        for number, window in self.windows.items():
+            size = window["size"]
+            inside = (
+                window["first_block"] <= block < window["first_block"] + size
+                if size
+                else block == window["first_block"]
+            )
+            if inside:
+                return {"window": number, "offset": block - window["first_block"], **window, "block": block}
+        return None
+
+
+# --- training on a stream ------------------------------------------------------------------------
+
+
+def check_dataloader_workers(num_workers: int | None) -> None:
+    """A stream is read in one place per process: the main process, or one dataloader worker."""
+    if (num_workers or 0) > 1:
+        raise RecipeError(
+            "data.streaming reads each process's stream in one place: set training.dataloader_num_workers to 1 "
+            "(a worker reads ahead while the model trains) or 0"
+        )
+
+
+def streamed_dataloader(dataset: StreamedBlocks, args: TrainingArguments, batch_size: int, collate_fn):
+    """A stream is read by each process for itself (`open_stream` splits it between them), in the main
+    process or in one dataloader worker; accelerate's usual loader would read it on one process and send
+    the batches to the others."""
     workers = args.dataloader_num_workers
-    loader = DataLoader(dataset, batch_size=args.train_batch_size, collate_fn=collate_fn, num_workers=workers,
-                        pin_memory=args.dataloader_pin_memory,
-                        prefetch_factor=args.dataloader_prefetch_factor if workers else None)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        pin_memory=args.dataloader_pin_memory,
+        prefetch_factor=args.dataloader_prefetch_factor if workers else None,
+    )
     return prepare_data_loader(
         loader, args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
     )
 
 
-def resume_stream(stream, checkpoint: Path, args) -> None:
+class StreamPositionCallback(TrainerCallback):
+    """Next to each checkpoint, where each process stands in its part of the stream (`stream_position.json`),
+    so that --resume seeks the streams there instead of reading them again. The trainer hands it each
+    batch's position with `take_position`."""
+
+    FILE = "stream_position.json"
+
+    def __init__(self):
+        self.latest: dict | None = None  # the position after the last batch trained on
+
+    def take_position(self, inputs: dict) -> None:
+        """Take the stream position out of a batch (the model must not see it) and keep it for the next save."""
+        position = inputs.pop("stream_position", None)
+        if position is not None:
+            self.latest = position
+
+    def on_save(self, args, state, control, **kwargs):
+        positions = gather_object([self.latest])  # every process's position, in rank order
+        if not args.should_save or None in positions:  # nothing trained yet: --resume replays the stream
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        tmp = folder / f".{self.FILE}.tmp"
+        tmp.write_text(json.dumps({"step": state.global_step, "processes": positions}))
+        os.replace(tmp, folder / self.FILE)
+
+
+def resume_stream(stream: StreamedBlocks, checkpoint: str | Path, args: TrainingArguments) -> None:
+    """Resume a streamed run where `checkpoint` stood in this process's stream, or say why it replays the
+    stream up to it (the Trainer then skips the batches it has trained on, as for any dataset)."""
+    checkpoint = Path(checkpoint)
     try:
         saved = json.loads((checkpoint / StreamPositionCallback.FILE).read_text())
         if len(saved["processes"]) != args.world_size:
-            log(f"streaming: {checkpoint.name} was written by {len(saved['processes'])} process(es) and this run has "
-                f"{args.world_size}, which split the stream differently; replaying the stream up to it")  # fmt: skip
+            log(
+                f"streaming: {checkpoint.name} was written by {len(saved['processes'])} process(es) and this run has "
+                f"{args.world_size}, which split the stream differently; replaying the stream up to it"
+            )
             return
         position = saved["processes"][args.process_index]
     except (OSError, ValueError, KeyError, TypeError):
         log(f"streaming: {checkpoint.name} holds no stream position; replaying the stream up to it")
         return
     stream.resume_at = position
-    args.ignore_data_skip = True
+    args.ignore_data_skip = True  # the Trainer would otherwise replay the batches before the checkpoint
     each = " in each process's part" if args.world_size > 1 else ""
     log(f"streaming: continuing at block {position['block']:,} of the stream{each} without reading what came before it")
 
-
-class StreamPositionCallback(TrainerCallback):
-    FILE = "stream_position.json"
-
-    def __init__(self):
-        self.latest = None
-
-    def on_save(self, args, state, control, **kwargs):
-        positions = gather_object([self.latest])
-        if not args.should_save or None in positions:
-            return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        tmp = folder / f".{self.FILE}.tmp"
-        tmp.write_text(json.dumps({"step": state.global_step, "processes": positions}))
-        os.replace(tmp, folder / self.FILE)

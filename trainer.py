@@ -45,9 +45,8 @@ class RecipeTrainer(Trainer):
         self.start_sample, self.throughput, self.stream_position = start_sample, throughput, stream_position
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        position = inputs.pop("stream_position", None)  # streamed batches: where the stream stands after them
-        if position is not None and self.stream_position is not None:
-            self.stream_position.latest = position
+        if self.stream_position is not None:  # streamed batches carry where the stream stands after them
+            self.stream_position.take_position(inputs)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -70,7 +69,7 @@ class RecipeTrainer(Trainer):
         from streaming import StreamedBlocks, streamed_dataloader
 
         if isinstance(self.train_dataset, StreamedBlocks):
-            loader = streamed_dataloader(self.train_dataset, self.args, self.data_collator)
+            loader = streamed_dataloader(self.train_dataset, self.args, self.args.train_batch_size, self.data_collator)
         else:
             loader = self.accelerator.prepare(
                 DataLoader(

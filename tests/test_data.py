@@ -1,12 +1,20 @@
 """Corpus -> blocks: EOS between documents, full blocks, a validation split that shares no token, a cache."""
 
 import copy
+import errno
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
+import datasets
 import pytest
-from conftest import CORPUS, TOKENIZER
+from conftest import CORPUS, ROOT, TOKENIZER
 
 import data
 from config import DataConfig, RecipeError, load_config
@@ -15,6 +23,11 @@ from config import DataConfig, RecipeError, load_config
 def config(tmp_path, **kw) -> DataConfig:
     """The YAML's data section, with the test corpus, short blocks and a cache of the test's own."""
     return replace(load_config().data, **{"path": CORPUS, "block_size": 64, "cache_dir": str(tmp_path / "cache"), **kw})
+
+
+def nothing_cached(tmp_path) -> bool:
+    cache = tmp_path / "cache"
+    return not cache.exists() or not any(cache.iterdir())
 
 
 def test_eos_is_appended_after_every_document(tmp_path, tokenizer):
@@ -64,6 +77,109 @@ def test_second_run_loads_the_cache_instead_of_tokenizing(tmp_path, tokenizer, m
     assert not stats3.from_cache and stats3.cache_path != stats1.cache_path
 
 
+def record_batch_ends(arrow_file) -> list[int]:
+    """Byte offsets at which each record batch of an Arrow stream file ends."""
+    import pyarrow as pa
+
+    ends = []
+    with open(arrow_file, "rb") as f:
+        pa.ipc.read_schema(pa.ipc.read_message(f))
+        while f.tell() < os.path.getsize(arrow_file):
+            try:
+                pa.ipc.read_message(f)
+            except (StopIteration, EOFError):  # the end-of-stream marker
+                break
+            ends.append(f.tell())
+    return ends
+
+
+def damage(path, how: str) -> None:
+    arrow_file = next((path / "train").glob("*.arrow"))
+    if how == "cut at a record-batch boundary":  # still loads, silently, with fewer blocks
+        ends = record_batch_ends(arrow_file)
+        assert len(ends) > 2
+        os.truncate(arrow_file, ends[1])
+    elif how == "cut inside a record batch":
+        os.truncate(arrow_file, os.path.getsize(arrow_file) // 2 + 7)
+    else:
+        (path / "stats.json").write_text("{")
+
+
+@pytest.mark.parametrize(
+    "how", ["cut at a record-batch boundary", "cut inside a record batch", "stats.json unreadable"]
+)
+def test_a_damaged_cache_is_rebuilt_with_one_line(tmp_path, tokenizer, capsys, how):
+    first, stats = data.prepare_datasets(config(tmp_path), tokenizer)
+    expected = first["train"]["input_ids"][:3]
+    del first  # memory-mapped on the file about to be cut
+    damage(Path(stats.cache_path), how)
+    capsys.readouterr()
+
+    again, rebuilt = data.prepare_datasets(config(tmp_path), tokenizer)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"data: the cache {stats.cache_path} is damaged (") and "\n" not in line
+    assert line.endswith("; preparing the data again")
+    if how == "cut at a record-batch boundary":
+        assert f"2,000 train blocks where stats.json records {stats.train_blocks:,}" in line
+    assert not rebuilt.from_cache and len(again["train"]) == stats.train_blocks
+    assert again["train"]["input_ids"][:3] == expected
+    _, loaded = data.prepare_datasets(config(tmp_path), tokenizer)  # the rebuilt cache is in place
+    assert loaded.from_cache and loaded.train_blocks == stats.train_blocks
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [Path(stats.cache_path).name]
+
+
+def test_a_damaged_cache_is_rebuilt_from_the_files_not_from_datasets_cache(tmp_path, tokenizer, monkeypatch, capsys):
+    """Cut alike, datasets' own Arrow copies of the documents and tokens would load silently too: the
+    rebuild reads and tokenizes the files again."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    jsonl(tmp_path / "docs.jsonl", documents() * 30)  # 3,000 documents
+    cfg = config(tmp_path, path=str(tmp_path / "docs.jsonl"))
+    first, stats = data.prepare_datasets(cfg, tokenizer)
+    expected = first["validation"]["input_ids"]
+    del first
+    cut = [arrow for arrow in (tmp_path / "datasets").rglob("*.arrow") if len(record_batch_ends(arrow)) > 1]
+    assert cut  # the documents and tokens, each 3,000 rows in batches of 1,000
+    for arrow in cut + list((Path(stats.cache_path) / "train").glob("*.arrow")):
+        os.truncate(arrow, record_batch_ends(arrow)[0])
+
+    again, rebuilt = data.prepare_datasets(cfg, tokenizer)
+    assert "is damaged (1,000 train blocks where stats.json records" in capsys.readouterr().out
+    assert (rebuilt.documents, rebuilt.tokens, rebuilt.train_blocks) == (
+        stats.documents,
+        stats.tokens,
+        stats.train_blocks,
+    )
+    assert again["validation"]["input_ids"] == expected
+
+
+def test_a_cache_that_cannot_be_put_in_place_is_an_error_unless_another_process_wrote_it(tmp_path, tokenizer):
+    splits, stats = data.prepare_datasets(config(tmp_path), tokenizer, use_cache=False)
+    path = tmp_path / "cache" / "blocks-x"
+    path.mkdir(parents=True)
+    (path / "stray").write_text("not a cache")  # os.replace cannot replace a folder that holds files
+    with pytest.raises(RecipeError, match=f"^could not write the data cache {path} .*; free some space"):
+        data.save_atomically(splits, stats, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["blocks-x"]  # the temporary folder is gone
+
+    (path / "stray").unlink()
+    data.save_atomically(splits, stats, path)  # as another process would, first
+    data.save_atomically(splits, stats, path)  # a verified cache is there: nothing to do
+    assert data.read_cache(path)[1].train_blocks == stats.train_blocks
+    assert sorted(p.name for p in path.parent.iterdir()) == ["blocks-x"]
+
+
+def test_a_full_disk_while_caching_is_one_line_and_leaves_nothing(tmp_path, tokenizer, monkeypatch):
+    def fill_the_disk(self, folder, **kwargs):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "data.arrow").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", fill_the_disk)
+    with pytest.raises(RecipeError, match=r"^could not write the data cache .*No space left on device"):
+        data.prepare_datasets(config(tmp_path), tokenizer)
+    assert nothing_cached(tmp_path)
+
+
 def test_changed_file_invalidates_the_cache(tmp_path, tokenizer):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(open(CORPUS).read()[:20000])
@@ -98,29 +214,76 @@ def test_parquet_with_text_column(tmp_path, tokenizer):
         data.prepare_datasets(config(tmp_path, path=str(tmp_path / "c.parquet")), tokenizer)
 
 
-@pytest.mark.parametrize(
-    "setup, message",
-    [
-        (lambda p: None, "data file not found"),
-        (lambda p: p.write_text(""), "data file is empty"),
-        (lambda p: p.write_text("\n\n  \n"), "holds no text"),
-        (lambda p: p.write_text("Only a few words."), "fewer than the 2 blocks of 64"),
-    ],
-)
-def test_bad_corpora_fail_with_one_clear_line(tmp_path, tokenizer, setup, message):
-    path = tmp_path / "corpus.txt"
-    setup(path)
-    with pytest.raises(RecipeError, match=message):
+TEXT = open(CORPUS).read()
+
+
+def jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+
+
+def documents(n=100):
+    return [{"text": TEXT[i * 300 : i * 300 + 300]} for i in range(n)]
+
+
+def with_line(number, line):
+    def write(path):
+        rows = [json.dumps(row) for row in documents()]
+        rows[number - 1] = line
+        path.write_text("\n".join(rows))
+
+    return write
+
+
+def parquet(path, column):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": column}), path)
+
+
+# file name, how it is written, the first words of the error, where in the file (None: the whole file)
+BAD_CORPORA = {
+    "missing": ("corpus.txt", lambda p: None, "data file not found", None),
+    "empty": ("corpus.txt", lambda p: p.write_text(""), "data file is empty", None),
+    "blank": ("corpus.txt", lambda p: p.write_text("\n\n  \n"), "the corpus '", None),  # '<path>' holds no text
+    "too short": ("corpus.txt", lambda p: p.write_text("Only a few words."), "the corpus has 6 tokens, fewer than", None),
+    "binary": ("weights.bin", lambda p: p.write_bytes(bytes(range(256)) * 40), "data file is binary, not text", None),
+    "utf-16": ("corpus.txt", lambda p: p.write_text(TEXT[:5000], encoding="utf-16"), "data file is UTF-16", None),
+    "latin-1 at the start": (
+        "corpus.txt",
+        lambda p: p.write_bytes(TEXT[:200].encode() + "café\n".encode("latin-1") + TEXT[200:30_000].encode()),
+        "data file is not UTF-8 text",
+        "line 14",
+    ),
+    "latin-1 far in": (  # beyond the first bytes checked ahead: found after datasets fails
+        "corpus.txt",
+        lambda p: p.write_bytes(TEXT[:20_000].encode() + "café\n".encode("latin-1") + TEXT[20_000:30_000].encode()),
+        "data file is not UTF-8 text",
+        "line 757",
+    ),
+    "malformed json line": ("docs.jsonl", with_line(58, '{"text": "cut off'), "data file has a line that is not JSON", "line 58"),
+    "json line not an object": ("docs.jsonl", with_line(71, "[1, 2]"), "data file has a line that is not a JSON object", "line 71"),
+    "integers in json": ("docs.jsonl", lambda p: jsonl(p, [{"text": i} for i in range(50)]), "data file has non-text values in column 'text' (int)", "line 1"),
+    "one integer in json": ("docs.jsonl", with_line(71, '{"text": 5}'), "data file has non-text values in column 'text' (int)", "line 71"),
+    "lists in json": ("docs.jsonl", lambda p: jsonl(p, [{"text": ["a", "b"]}] * 50), "data file has non-text values in column 'text' (list)", "line 1"),
+    "integers in parquet": ("docs.parquet", lambda p: parquet(p, list(range(50))), "data file has non-text values in column 'text' (int64)", None),
+    "not parquet": ("docs.parquet", lambda p: p.write_bytes(b"PAR1" + bytes(range(256)) * 4), "data file is not a Parquet file", None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", BAD_CORPORA)
+def test_bad_corpora_fail_with_one_line_naming_the_file(tmp_path, tokenizer, name):
+    file_name, write, first_words, where = BAD_CORPORA[name]
+    path = tmp_path / file_name
+    write(path)
+    with pytest.raises(RecipeError) as error:
         data.prepare_datasets(config(tmp_path, path=str(path)), tokenizer)
-
-
-def test_streaming_holds_out_the_first_blocks(tmp_path, tokenizer):
-    cfg = config(tmp_path, streaming=True, max_validation_blocks=4, sample_by="paragraph")
-    splits, stats = data.prepare_datasets(cfg, tokenizer)
-    validation = [tuple(b) for b in splits["validation"]["input_ids"]]
-    assert stats.validation_blocks == 4 and len(validation) == 4
-    train = [tuple(b["input_ids"].tolist()) for _, b in zip(range(50), splits["train"], strict=False)]
-    assert all(len(b) == 64 for b in train) and not set(train) & set(validation)
+    message = str(error.value)
+    assert message.startswith(first_words) and "\n" not in message and "; " in message  # what is wrong; the fix
+    assert str(path) in message or name == "too short"  # a short corpus may be many files
+    if where:
+        assert re.search(rf"'{re.escape(str(path))}', {where}\b", message)
+    assert nothing_cached(tmp_path)
 
 
 def test_python_data_py_prints_the_numbers(tmp_path, capsys):
@@ -136,45 +299,6 @@ def test_python_data_py_prints_the_numbers(tmp_path, capsys):
     assert code == 0
     assert "1 documents, 341,095 tokens -> 1,265 train / 67 validation blocks of 256" in out
     assert "tokens/s" in out
-
-
-def test_streamed_blocks_resume_exactly_where_a_checkpoint_stood(tmp_path, tokenizer, monkeypatch):
-    """Seeking the stream from a remembered position gives the very blocks an unbroken run trains on next:
-    inside a window, at a window's edge and across the end of a pass, after a JSON round trip."""
-    monkeypatch.setattr(data.StreamedBlocks, "WINDOW", 7)
-    monkeypatch.setattr(data.PackedReader, "DOCUMENTS_PER_BATCH", 5)
-    corpus = tmp_path / "small.txt"
-    corpus.write_text(open(CORPUS).read()[:30_000])
-    cfg = config(tmp_path, path=str(corpus), streaming=True, sample_by="paragraph", max_validation_blocks=3)
-    splits, _ = data.prepare_datasets(cfg, tokenizer)
-    documents, text_column = data.load_documents(data.find_corpus(cfg.path), cfg, streaming=True)
-    whole_pass = len(data.PackedReader(documents, splits["train"].tokenize, text_column, 64).take(10**6)) - 3
-    wanted = {5, 7, 13, 14, whole_pass - 1, whole_pass, whole_pass + 1, 2 * whole_pass + 4}
-    stream, blocks, positions = splits["train"], [], {}
-    for block in stream:
-        blocks.append(block["input_ids"].tolist())
-        if len(blocks) in wanted:  # the position each block carries: where the stream stands after it
-            positions[len(blocks)] = json.loads(json.dumps(block["stream_position"]))
-        if len(blocks) == max(wanted) + 20:
-            break
-    validation = {tuple(b) for b in splits["validation"]["input_ids"]}
-    assert not validation & {tuple(b) for b in blocks} and len(blocks[0]) == 64
-    assert blocks[:whole_pass] != blocks[whole_pass : 2 * whole_pass]  # each pass in another order
-    assert sorted(blocks[:whole_pass]) == sorted(blocks[whole_pass : 2 * whole_pass])  # of the same blocks
-    assert positions.keys() == wanted
-    for n, position in positions.items():
-        resumed, _ = data.prepare_datasets(cfg, tokenizer)
-        resumed["train"].resume_at = position
-        again = [b["input_ids"].tolist() for _, b in zip(range(15), resumed["train"], strict=False)]
-        assert again == blocks[n : n + 15], n
-
-
-def test_streamed_corpus_too_small_for_the_held_out_blocks_is_one_line(tmp_path, tokenizer):
-    corpus = tmp_path / "small.txt"
-    corpus.write_text(open(CORPUS).read()[:3_000])
-    cfg = config(tmp_path, path=str(corpus), streaming=True, sample_by="paragraph", max_validation_blocks=100)
-    with pytest.raises(RecipeError, match=r"holds only \d+ blocks of 64 tokens, all of them held out"):
-        data.prepare_datasets(cfg, tokenizer)
 
 
 def test_document_aware_collator_restarts_positions_and_keeps_documents_apart(tokenizer):
@@ -207,39 +331,6 @@ def test_document_aware_collator_restarts_positions_and_keeps_documents_apart(to
     assert not torch.allclose(mixed[len(first) :], alone[1], atol=1e-3)  # plain packing does mix them
 
 
-@pytest.mark.parametrize("files", [1, 2])
-def test_streaming_processes_read_their_own_documents(tmp_path, tokenizer, files):
-    """Two processes: each reads its own documents (every other one of one file, or a file each), both hold
-    out the same validation blocks, and only the document the last held-out block cuts goes on in training."""
-    text = open(CORPUS).read()
-    paths = [tmp_path / f"part{f}.jsonl" for f in range(files)]
-    for f, path in enumerate(paths):
-        per_file = 120 // files
-        docs = [f"doc{f * per_file + i}x {text[i * 300 : i * 300 + 300]}" for i in range(per_file)]
-        path.write_text("\n".join(json.dumps({"text": d}) for d in docs))
-    cfg = config(tmp_path, path=[str(p) for p in paths], streaming=True, max_validation_blocks=3)
-    splits = [data.prepare_datasets(cfg, tokenizer, rank=r, world_size=2)[0] for r in (0, 1)]
-    assert splits[0]["validation"]["input_ids"] == splits[1]["validation"]["input_ids"]
-
-    def documents_in(blocks) -> set[int]:  # the doc<n>x markers each block holds whole
-        return {int(n) for b in blocks for n in re.findall(r"(?:^|>)doc(\d+)x ", tokenizer.decode(b))}
-
-    held_out = documents_in(splits[0]["validation"]["input_ids"])
-    read = [documents_in(b["input_ids"].tolist() for _, b in zip(range(60), s["train"], strict=False)) for s in splits]
-    if files == 1:  # every other document
-        assert all(d % 2 == 0 for d in read[0] | held_out) and all(d % 2 == 1 for d in read[1])
-    else:  # a file each
-        assert all(d < 60 for d in read[0] | held_out) and all(d >= 60 for d in read[1])
-    assert len(read[0]) > 10 and len(read[1]) > 10
-    assert max(held_out) <= min(read[0])  # at most the document cut by the last held-out block is in both
-
-
-def test_a_process_left_without_documents_is_one_line(tmp_path, tokenizer):
-    cfg = config(tmp_path, streaming=True, max_validation_blocks=3)  # one file, one document
-    with pytest.raises(RecipeError, match="process 1 of 2 gets no block of 64 tokens from the stream"):
-        data.prepare_datasets(cfg, tokenizer, rank=0, world_size=2)
-
-
 def test_fast_batch_encoding_gives_the_ids_of_the_tokenizer(tokenizer):
     texts = [
         open(CORPUS).read()[:5_000],
@@ -256,3 +347,51 @@ def test_fast_batch_encoding_gives_the_ids_of_the_tokenizer(tokenizer):
     truncating = copy.deepcopy(tokenizer)
     truncating.backend_tokenizer.enable_truncation(8)  # as a tokenizer.json may set it: never cut documents
     assert data.batch_encoder(truncating)(texts) == expected
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_two_processes_tokenize_is_a_keyboard_interrupt(tmp_path):
+    """Ctrl-C reaches the whole process group: the tokenizer processes and the main one. The run ends as a
+    KeyboardInterrupt reported in one line (not datasets' multiprocess TimeoutError), and caches nothing."""
+    corpus, started = tmp_path / "docs.jsonl", tmp_path / "tokenizing"
+    jsonl(corpus, documents() * 40)  # 4,000 documents: two processes tokenize them
+    script = f"""
+import pathlib, sys, time
+import data
+
+tokenize_function = data.tokenize_function
+
+def slowly(*args):  # a second per batch, so that Ctrl-C lands while the workers tokenize
+    tokenize = tokenize_function(*args)
+
+    def tokenize_slowly(batch):
+        pathlib.Path({str(started)!r}).touch()
+        time.sleep(1)
+        return tokenize(batch)
+
+    return tokenize_slowly
+
+data.tokenize_function = slowly
+sys.exit(data.main(sys.argv[1:]))
+"""
+    overrides = [
+        f"tokenizer={TOKENIZER}",
+        f"data.path={corpus}",
+        "data.num_proc=2",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *overrides], cwd=ROOT, env=env, text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert started.exists(), process.communicate()
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == "interrupted while preparing the data; nothing was cached"
+    assert "Traceback" not in err and "TimeoutError" not in err, err[-3000:]
+    assert nothing_cached(tmp_path)

@@ -209,9 +209,9 @@ def test_streamed_run_resumes_exactly(tmp_path, cache_dir, capsys, monkeypatch, 
     """A streamed run interrupted at step 5 and resumed trains on the same blocks as an unbroken one: by
     seeking the stream to the checkpoint's position, or, without one, by replaying the stream; with the
     stream read in the main process or in a dataloader worker."""
-    import data
+    import streaming
 
-    monkeypatch.setattr(data.StreamedBlocks, "WINDOW", 7)  # windows and passes end inside the run
+    monkeypatch.setattr(streaming.StreamedBlocks, "WINDOW", 7)  # windows and passes end inside the run
     corpus = tmp_path / "small.txt"
     corpus.write_text(open(CORPUS).read()[:8_000])  # about 30 blocks: the run wraps
     stream = [f"data.path={corpus}", "data.streaming=true", "data.sample_by=paragraph", "data.max_validation_blocks=3"]

@@ -183,7 +183,7 @@ def bench_baseline(cfg, blocks, collate, warmup: int, steps: int) -> Measurement
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
-        fused="fused" in str(args.optim),
+        fused="fused" in getattr(args.optim, "value", str(args.optim)),  # the enum's str() is OptimizerNames.ADAMW_TORCH_FUSED
     )
     micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()

@@ -387,13 +387,17 @@ def phases_for(cfg: RecipeConfig, args, plan: ResumePlan | None) -> list[dict]:
     if not plan.extra_phase:
         return earlier or [main_phase(cfg, args)]
     extra = {
-        "name": f"resume {sum(p['name'].startswith('resume') for p in earlier) + 1}",
+        "name": resume_phase_name(sum(p["name"].startswith("resume") for p in earlier)),
         "first_step": plan.step + 1,
         "last_step": plan.max_steps,
         "lr_scheduler_type": "constant",
         "learning_rate": plan.constant_lr,
     }
     return [*(earlier or [main_phase(cfg, args, last_step=plan.step)]), extra]
+
+
+def resume_phase_name(earlier_resumes: int) -> str:
+    return "resume" if earlier_resumes == 0 else f"resume {earlier_resumes + 1}"
 
 
 def main_phase(cfg: RecipeConfig, args, last_step: int | None = None) -> dict:

@@ -161,7 +161,7 @@ def test_phases_record_the_main_run_and_each_extra_phase(tmp_path):
     checkpoints.write_run_files(cfg, main, checkpoint)
     extra = checkpoints.ResumePlan(checkpoint, 60, 110, 3e-5)
     phases = checkpoints.phases_for(cfg, args, extra)
-    assert phases[0] == main[0] and phases[1] == {"name": "resume 1", "first_step": 61, "last_step": 110,
+    assert phases[0] == main[0] and phases[1] == {"name": "resume", "first_step": 61, "last_step": 110,
                                                    "lr_scheduler_type": "constant", "learning_rate": 3e-5}  # fmt: skip
     crashed = checkpoints.ResumePlan(checkpoint, 30, 60, None)
     assert checkpoints.phases_for(cfg, args, crashed) == main

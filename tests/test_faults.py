@@ -96,7 +96,8 @@ class RecordBlocks:
         real = RecipeTrainer.compute_loss
 
         def compute_loss(trainer, model, inputs, *args, **kwargs):
-            self.seen.extend(tuple(row.tolist()) for row in inputs["input_ids"])
+            if model.training:  # not the evaluation at the last step
+                self.seen.extend(tuple(row.tolist()) for row in inputs["input_ids"])
             return real(trainer, model, inputs, *args, **kwargs)
 
         monkeypatch.setattr(RecipeTrainer, "compute_loss", compute_loss)

@@ -59,7 +59,7 @@ def test_resume_with_mismatching_shapes_names_the_tensor(checkpointed_run, capsy
 
 def test_resume_from_corrupt_checkpoint(checkpointed_run, tmp_path, capsys):
     out, overrides = checkpointed_run
-    copy = tmp_path / "run"
+    copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     weights = copy / "checkpoint-4" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])

@@ -100,6 +100,7 @@ def run_train(*args, cwd):
     )
 
 
+@pytest.mark.slow  # a real process: the one-line error without a traceback; in-process: test_cli_errors.py
 def test_cli_misspelled_key_exits_with_one_line_before_any_work(tmp_path):
     out = tmp_path / "run"
     result = run_train("training.max_step=10", f"training.output_dir={out}", cwd=tmp_path)
@@ -111,6 +112,7 @@ def test_cli_misspelled_key_exits_with_one_line_before_any_work(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # a real process: the one-line error without a traceback; in-process: test_cli_errors.py
 def test_cli_corpus_shorter_than_one_block_exits_before_the_model(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("To be, or not to be, that is the question.\n")
@@ -130,6 +132,7 @@ def test_cli_corpus_shorter_than_one_block_exits_before_the_model(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["missing", "empty"])
 def test_cli_missing_or_empty_data_file(tmp_path, kind):
     path = tmp_path / "corpus.txt"
@@ -148,6 +151,7 @@ def test_cli_missing_or_empty_data_file(tmp_path, kind):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a real process: the one-line error without a traceback; in-process: test_cli_errors.py
 def test_cli_tokenizer_larger_than_vocab(tmp_path):
     result = run_train(
         f"tokenizer={TOKENIZER}",

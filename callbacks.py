@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -88,6 +89,11 @@ def generate_samples(model, tokenizer, samples: SamplesConfig, bf16: bool = Fals
     return results
 
 
+def one_line(text: str) -> str:
+    """A sample on one console line: its line breaks as ' / ', the way verse is quoted."""
+    return re.sub(r"\s*\n\s*", " / ", text.strip())
+
+
 def uses_fsdp(args) -> bool:
     """FSDP from TrainingArguments or from an accelerate config (`accelerate launch --config_file fsdp.yaml`)."""
     return bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
@@ -133,7 +139,7 @@ class SampleGenerationCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             for prompt, completion in results:
-                log(f"sample at step {state.global_step} | {prompt}{completion}".replace("\n", "\n    "))
+                log(f"sample at step {state.global_step} | {one_line(prompt + completion)}")
                 f.write(json.dumps({"step": state.global_step, "prompt": prompt, "completion": completion}) + "\n")
                 self.rows.append([state.global_step, prompt, completion])
         self.log_wandb_table(args, state.global_step)

@@ -9,14 +9,13 @@ A blank Seed gives fresh text on each press and shows the seed it drew; type tha
 On a Hugging Face Space the model comes from the MODEL_ID variable (push.py --space sets it).
 """
 
-from __future__ import annotations
-
 import argparse
 import logging
 import os
 import random
 import socket
 import sys
+import threading
 
 from generate import (
     MAX_SEED,
@@ -76,8 +75,15 @@ def build_app(loaded: LoadedModel):
     import gradio as gr
 
     defaults = SamplingSettings()
+    # Stop sets the session's event and the running generation ends as if finished. gradio's `cancels=` would
+    # end it too, but now and then leaves the output box marked busy for good.
+    stop_requests: dict[str, threading.Event] = {}
 
-    def complete(prompt, max_new_tokens, temperature, top_p, top_k, seed):
+    def request_stop(request: gr.Request):
+        if request.session_hash in stop_requests:
+            stop_requests[request.session_hash].set()
+
+    def complete(prompt, max_new_tokens, temperature, top_p, top_k, seed, request: gr.Request):
         try:
             settings = settings_from_inputs(max_new_tokens, temperature, top_p, top_k, seed)
             pieces = stream_completion(loaded, prompt or "", settings)
@@ -88,15 +94,22 @@ def build_app(loaded: LoadedModel):
             return
         note = f"Seed {settings.seed}: type it in the Seed box to get this text again."
         text = prompt or ""
-        yield text, note
+        stop_requested = stop_requests[request.session_hash] = threading.Event()
         try:
+            yield text, note
             for piece in pieces:
+                if stop_requested.is_set():
+                    break
                 text += piece
                 yield text, note
         except Exception as e:
             log.exception("generation failed")
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise gr.Error(f"generation failed: {reason}; try again, or with fewer new tokens") from None
+        finally:
+            pieces.close()  # ends the model's generation too
+            if stop_requests.get(request.session_hash) is stop_requested:
+                del stop_requests[request.session_hash]
 
     with gr.Blocks(title=loaded.title) as app:
         gr.Markdown(f"# {loaded.title}\nA SmolLM2 model trained with smollm2-recipe, running on {loaded.device}.")
@@ -116,8 +129,8 @@ def build_app(loaded: LoadedModel):
             stop = gr.Button("Stop", variant="stop", elem_id="stop")
         output = gr.Textbox(label="Prompt + generated continuation", lines=12, elem_id="output")
         seed_note = gr.Markdown(elem_id="seed-note")
-        run = generate.click(complete, [prompt, max_new_tokens, temperature, top_p, top_k, seed], [output, seed_note])
-        stop.click(None, None, None, cancels=[run])
+        generate.click(complete, [prompt, max_new_tokens, temperature, top_p, top_k, seed], [output, seed_note])
+        stop.click(request_stop, None, None, queue=False)
     return app
 
 

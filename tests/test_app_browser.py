@@ -147,7 +147,7 @@ class Page:
 
         self.driver, self.wait = driver, WebDriverWait(driver, 60)
         driver.get(url)
-        self.wait.until(lambda d: d.find_elements(self.css, "#prompt textarea"))
+        self.wait.until(lambda d: d.find_elements(self.css, "#prompt textarea"), "the page did not load")
 
     @property
     def css(self):
@@ -167,13 +167,21 @@ class Page:
         return self.find("#output textarea").get_attribute("value")
 
     def busy(self) -> bool:
-        return bool(self.driver.find_elements(self.css, "#output .generating, #output .pending"))
+        return self.finished_output() is None
+
+    def finished_output(self) -> str | None:
+        """The output text once the run has ended (gradio hides the output's status tracker), else None.
+        One script, so that the state and the text are read at the same moment."""
+        return self.driver.execute_script(
+            "const tracker = document.querySelector('#output [data-testid=status-tracker]');"
+            "return tracker.classList.contains('hide') ? document.querySelector('#output textarea').value : null;"
+        )
 
     def generate(self) -> str:
         """Press Generate and wait for the finished text (a new one: the old is cleared first)."""
         self.driver.execute_script("document.querySelector('#output textarea').value = ''")
         self.find("#generate").click()
-        return self.wait.until(lambda d: not self.busy() and self.output())
+        return self.wait.until(lambda d: self.finished_output(), f"no finished text; output: {self.output()!r}")
 
     def toasts(self) -> str:
         return " ".join(t.text for t in self.driver.find_elements(self.css, ".toast-wrap"))
@@ -225,7 +233,7 @@ def test_bad_input_shows_a_message_on_the_page(page, box, value, message):
     else:
         page.type_into(box, value)
     page.find("#generate").click()
-    page.wait.until(lambda d: message in page.toasts())
+    page.wait.until(lambda d: message in page.toasts(), f"no message {message!r}; toasts: {page.toasts()!r}")
     assert not page.driver.find_elements(page.css, "#output .error")  # no bare "Error" badge on the output
 
 
@@ -234,9 +242,9 @@ def test_stop_ends_a_long_generation(page, tokenizer):
     page.type_into("#max-new-tokens input[type=number]", "512")
     page.find("#prompt textarea").click()  # leaves the number box, which commits its value
     page.find("#generate").click()
-    page.wait.until(lambda d: len(page.output()) > len("ROMEO:") + 20)
+    page.wait.until(lambda d: len(page.output()) > len("ROMEO:") + 20, "no text arrived")
     page.find("#stop").click()
-    page.wait.until(lambda d: not page.busy())
+    page.wait.until(lambda d: not page.busy(), "still generating after Stop")
     stopped = page.output()
     time.sleep(2)
     assert page.output() == stopped  # nothing arrives after Stop

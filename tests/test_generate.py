@@ -127,8 +127,11 @@ def test_the_script_itself_prints_one_line_and_exits_2(tmp_path):
 
 
 def test_a_prompt_that_fits_exactly_generates(small):
-    prompt_tokens = len(small.tokenizer("ROMEO:")["input_ids"])
-    assert complete(small, max_new_tokens=CONTEXT - prompt_tokens, seed=1)
+    prompt = " ".join(["word"] * (CONTEXT - 4))
+    room = CONTEXT - len(small.tokenizer(prompt)["input_ids"])
+    assert complete(small, prompt, max_new_tokens=room, seed=1)
+    with pytest.raises(generate.GenerationError, match=f"shorten the prompt to at most {CONTEXT - room - 1} tokens"):
+        complete(small, prompt, max_new_tokens=room + 1, seed=1)
 
 
 # --- the newest run ------------------------------------------------------------------------------
@@ -204,6 +207,11 @@ def test_name_comes_from_config_then_card_then_folder(files, name, tmp_path):
     assert generate.describe_local(tmp_path / "myrun" / "final") == (name, None)
 
 
+def test_a_hub_model_without_recipe_files_is_named_by_its_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert generate.describe_model(generate.hub_files("me/my-smollm2"), "me/my-smollm2") == ("me/my-smollm2", None)
+
+
 def test_step_is_the_checkpoints_own_else_the_runs(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoint-20").mkdir(parents=True)
@@ -218,10 +226,10 @@ def test_step_is_the_checkpoints_own_else_the_runs(tmp_path):
 
 
 def test_a_seed_repeats_and_no_seed_is_fresh_every_time(small):
-    fixed = complete(small, max_new_tokens=12, temperature=1.0, seed=5)
-    fresh_1 = complete(small, max_new_tokens=12, temperature=1.0, seed=None)
-    assert complete(small, max_new_tokens=12, temperature=1.0, seed=5) == fixed
-    fresh_2 = complete(small, max_new_tokens=12, temperature=1.0, seed=None)  # right after the same fixed seed
+    fixed = complete(small, max_new_tokens=6, temperature=1.0, seed=5)
+    fresh_1 = complete(small, max_new_tokens=6, temperature=1.0, seed=None)
+    assert complete(small, max_new_tokens=6, temperature=1.0, seed=5) == fixed
+    fresh_2 = complete(small, max_new_tokens=6, temperature=1.0, seed=None)  # right after the same fixed seed
     assert fresh_1 != fresh_2
 
 

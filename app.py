@@ -1,70 +1,183 @@
-"""A Gradio app to try a trained model: prompt box, sampling sliders, streamed output.
+"""A Gradio app to try a trained model: prompt box, sampling sliders, streamed output, a Stop button.
 
-    python app.py runs/smollm2-135M/final          # http://127.0.0.1:7860
+    python app.py                                  # the newest run under runs/, http://127.0.0.1:7860
+    python app.py runs/smollm2-135M/final --port 7861
     python app.py me/my-smollm2 --share            # a public gradio.live link, only when asked
 
+The heading is the model's name (recipe_config.yaml, model card or config) and its training step.
+A blank Seed gives fresh text on each press and shows the seed it drew; type that seed to get the text again.
 On a Hugging Face Space the model comes from the MODEL_ID variable (push.py --space sets it).
 """
 
-from __future__ import annotations
-
 import argparse
+import logging
 import os
+import random
+import socket
 import sys
+import threading
 
-from generate import LoadedModel, LoadError, SamplingSettings, load_model, stream_completion
+from generate import (
+    MAX_SEED,
+    GenerationError,
+    LoadedModel,
+    LoadError,
+    OneLineArgumentParser,
+    SamplingSettings,
+    SettingError,
+    load_model,
+    pick_device,
+    resolve_source,
+    stream_completion,
+)
+
+LABELS = {
+    "max_new_tokens": "Max new tokens",
+    "temperature": "Temperature",
+    "top_p": "Top-p",
+    "top_k": "Top-k",
+    "seed": "Seed",
+}
+log = logging.getLogger("app")
+
+
+class ServeError(Exception):
+    """The app cannot serve where it was asked to; the message says how to fix it."""
+
+
+def parse_seed(text: str | None) -> int:
+    """A typed seed, or a fresh random one for a blank box."""
+    text = (text or "").strip().replace(",", "").replace("_", "")
+    if not text:
+        return random.randint(0, MAX_SEED)
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingError("seed", f"must be a whole number or blank for random (got '{text}')", "42") from None
+
+
+def settings_from_inputs(max_new_tokens, temperature, top_p, top_k, seed) -> SamplingSettings:
+    """The form's values as settings; a blank seed draws a fresh one so that the text can be had again."""
+    values = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+    for field, value in values.items():
+        if value is None:
+            raise SettingError(field, "is empty", str(getattr(SamplingSettings(), field)))
+    return SamplingSettings(
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=int(top_k),
+        seed=parse_seed(seed),
+    )
 
 
 def build_app(loaded: LoadedModel):
     import gradio as gr
 
     defaults = SamplingSettings()
+    # Stop sets the session's event and the running generation ends as if finished. gradio's `cancels=` would
+    # end it too, but now and then leaves the output box marked busy for good.
+    stop_requests: dict[str, threading.Event] = {}
 
-    def complete(prompt, max_new_tokens, temperature, top_p, top_k, seed):
-        settings = SamplingSettings(int(max_new_tokens), float(temperature), float(top_p), int(top_k), int(seed))
-        text = prompt
-        yield text
-        for piece in stream_completion(loaded, prompt, settings):
-            text += piece
-            yield text
+    def request_stop(request: gr.Request):
+        if request.session_hash in stop_requests:
+            stop_requests[request.session_hash].set()
 
-    with gr.Blocks(title=loaded.name) as app:
+    def complete(prompt, max_new_tokens, temperature, top_p, top_k, seed, request: gr.Request):
+        try:
+            settings = settings_from_inputs(max_new_tokens, temperature, top_p, top_k, seed)
+            pieces = stream_completion(loaded, prompt or "", settings)
+        except (SettingError, GenerationError) as e:
+            # a warning, not an error: the page says what to change, and the last text stays as it was
+            gr.Warning(e.for_label(LABELS[e.field]) if isinstance(e, SettingError) else str(e))
+            yield gr.skip(), gr.skip()
+            return
+        note = f"Seed {settings.seed}: type it in the Seed box to get this text again."
+        text = prompt or ""
+        stop_requested = stop_requests[request.session_hash] = threading.Event()
+        try:
+            yield text, note
+            for piece in pieces:
+                if stop_requested.is_set():
+                    break
+                text += piece
+                yield text, note
+        except Exception as e:
+            log.exception("generation failed")
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise gr.Error(f"generation failed: {reason}; try again, or with fewer new tokens") from None
+        finally:
+            pieces.close()  # ends the model's generation too
+            if stop_requests.get(request.session_hash) is stop_requested:
+                del stop_requests[request.session_hash]
+
+    with gr.Blocks(title=loaded.title) as app:
         gr.Markdown(f"# {loaded.title}\nA SmolLM2 model trained with smollm2-recipe, running on {loaded.device}.")
-        prompt = gr.Textbox(label="Prompt", value="ROMEO:", lines=3, elem_id="prompt")
+        prompt = gr.Textbox(label="Prompt (empty: start a new document)", value="ROMEO:", lines=3, elem_id="prompt")
         with gr.Row():
-            max_new_tokens = gr.Slider(1, 512, value=defaults.max_new_tokens, step=1, label="Max new tokens")
+            max_new_tokens = gr.Slider(
+                1, 512, value=defaults.max_new_tokens, step=1, label=LABELS["max_new_tokens"], elem_id="max-new-tokens"
+            )
             temperature = gr.Slider(0.0, 2.0, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
         with gr.Row():
             top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p")
             top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="Top-k (0 = off)")
-            seed = gr.Number(value=defaults.seed, precision=0, label="Seed")
-        button = gr.Button("Generate", variant="primary", elem_id="generate")
-        output = gr.Textbox(label="Text", lines=12, elem_id="output")
-        button.click(complete, [prompt, max_new_tokens, temperature, top_p, top_k, seed], output)
+            # a Textbox, not a Number: gradio shows a blank Number as 0, and blank is the random default here
+            seed = gr.Textbox(value="", placeholder="random", label="Seed (blank = random)", elem_id="seed")
+        with gr.Row():
+            generate = gr.Button("Generate", variant="primary", elem_id="generate")
+            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+        output = gr.Textbox(label="Prompt + generated continuation", lines=12, elem_id="output")
+        seed_note = gr.Markdown(elem_id="seed-note")
+        generate.click(complete, [prompt, max_new_tokens, temperature, top_p, top_k, seed], [output, seed_note])
+        stop.click(request_stop, None, None, queue=False)
     return app
 
 
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number from 1 to 65535 (e.g. 7860)")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", nargs="?", default=os.environ.get("MODEL_ID"), help="folder or Hub id")
+    parser = OneLineArgumentParser(
+        prog="app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "model", nargs="?", default=os.environ.get("MODEL_ID"), help="folder or Hub id (default: the newest run)"
+    )
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", "7860"))
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument("--device", default="auto")
     return parser.parse_args(argv)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail before the model loads, not after, when the address cannot be served."""
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closed port is free
+            s.bind((host, port))
+    except OSError as e:
+        raise ServeError(f"cannot serve on {host}:{port} ({e.strerror or e}); pick a free port with --port") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.model:
-        print("error: no model: pass a final/ or checkpoint-N folder or a Hub id (or set MODEL_ID)", file=sys.stderr)
-        return 2
     try:
-        loaded = load_model(args.model, args.device)
-    except LoadError as e:
+        check_port_free(args.host, args.port)
+        pick_device(args.device)
+        loaded = load_model(resolve_source(args.model), args.device)
+    except (ServeError, LoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    build_app(loaded).queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        build_app(loaded).queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+    except OSError as e:  # the port was taken while the model loaded
+        print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick a free port with --port", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,5 +1,10 @@
-"""app.py as a person uses it: a real (headless) Chromium types a prompt, clicks Generate, reads the text."""
+"""app.py as a person uses it: a real (headless) Chromium types a prompt, clicks Generate, reads the text.
 
+The command-line mistakes and the seed box's parsing are checked in-process first (fast); the browser tests
+are slow and need Chromium and ChromeDriver.
+"""
+
+import importlib.util
 import os
 import shutil
 import socket
@@ -11,16 +16,20 @@ import urllib.request
 import pytest
 from conftest import ROOT
 
+import app
+from generate import MAX_SEED, SettingError
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-selenium = pytest.importorskip("selenium", reason="selenium is not installed (pip install -r requirements-dev.txt)")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (CHROMIUM and CHROMEDRIVER),
-        reason="no Chromium/ChromeDriver on this machine (apt-get install chromium chromium-driver; .ci/run does)",
-    ),
-]
+no_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER and importlib.util.find_spec("selenium")),
+    reason="no Chromium/ChromeDriver/selenium here (apt-get install chromium chromium-driver; pip install -r requirements-dev.txt)",
+)
+
+
+def in_the_browser(test):
+    """A slow test that drives Chromium (skipped where it is not installed)."""
+    return pytest.mark.slow(no_browser(test))
 
 
 def free_port() -> int:
@@ -29,13 +38,69 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def running_app(tiny_run, tmp_path):
+# --- the command line, in-process ----------------------------------------------------------------
+
+FLAG_MISTAKES = [
+    (["--port", "abc"], "argument --port: 'abc' is not a port number"),
+    (["--port", "0"], "argument --port: '0' is not a port number"),
+    (["--port", "70000"], "argument --port: '70000' is not a port number"),
+    (["{missing}"], "no model at"),
+    ([], "no model given and none found in runs/*/final"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "first_words"), FLAG_MISTAKES, ids=[" ".join(a) or "no model" for a, _ in FLAG_MISTAKES]
+)
+def test_bad_command_line_is_one_line_and_exit_2(argv, first_words, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MODEL_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    argv = [a.format(missing=tmp_path / "nowhere" / "final") for a in argv]
+    try:
+        code = app.main([*argv, "--port", str(free_port())] if "--port" not in argv else argv)
+    except SystemExit as e:  # argparse's own errors exit from inside parse_args
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"error: {first_words}") and "; " in err, err
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(app, "load_model", lambda *a, **k: pytest.fail("loaded the model before checking the port"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert app.main([str(tmp_path), "--port", str(port)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot serve on 127.0.0.1:{port}")
+
+
+def test_a_bad_port_in_the_environment_is_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "http")
+    with pytest.raises(SystemExit) as exit_info:
+        app.parse_args(["some/model"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: argument --port: 'http' is not a port number")
+
+
+def test_seed_box_blank_is_random_a_number_is_kept_and_text_is_refused():
+    drawn = {app.parse_seed(blank) for blank in ["", "  ", None, "", ""]}
+    assert len(drawn) > 1 and all(0 <= s <= MAX_SEED for s in drawn)
+    assert app.parse_seed(" 1,234 ") == 1234
+    with pytest.raises(SettingError, match="must be a whole number or blank for random"):
+        app.parse_seed("forty-two")
+
+
+# --- the browser ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def running_app(tiny_run, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), str(tiny_run / "final"), "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path_factory.mktemp("app"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
@@ -55,7 +120,8 @@ def running_app(tiny_run, tmp_path):
     proc.wait(timeout=30)
 
 
-def chromium(tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -64,33 +130,122 @@ def chromium(tmp_path):
     for flag in [
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--disable-dev-shm-usage", "--window-size=1280,1600",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ]:  # fmt: skip
         options.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
 
 
-def test_app_generates_text_in_the_browser(running_app, tiny_run, tmp_path):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+class Page:
+    """The app's page as the tests use it: fill the form, press the buttons, read the results."""
 
-    driver = chromium(tmp_path)
-    try:
-        driver.get(running_app)
-        wait = WebDriverWait(driver, 60)
-        prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
-        assert "run/final (step 4)" in driver.find_element(By.TAG_NAME, "body").text  # model name and step
-        prompt.clear()
-        prompt.send_keys("JULIET:")
-        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+    def __init__(self, driver, url: str):
+        from selenium.webdriver.support.ui import WebDriverWait
 
-        def finished_text(d):
-            value = d.find_element(By.CSS_SELECTOR, "#output textarea").get_attribute("value")
-            busy = d.find_elements(By.CSS_SELECTOR, ".generating, .pending")
-            return value if value and len(value) > len("JULIET:") and not busy else False
+        self.driver, self.wait = driver, WebDriverWait(driver, 60)
+        driver.get(url)
+        self.wait.until(lambda d: d.find_elements(self.css, "#prompt textarea"), "the page did not load")
 
-        text = wait.until(finished_text)
-        assert text.startswith("JULIET:") and len(text.strip()) > len("JULIET:")
-        driver.save_screenshot(str(tmp_path / "app.png"))
-    finally:
-        driver.quit()
+    @property
+    def css(self):
+        from selenium.webdriver.common.by import By
+
+        return By.CSS_SELECTOR
+
+    def find(self, selector: str):
+        return self.driver.find_element(self.css, selector)
+
+    def type_into(self, selector: str, text: str) -> None:
+        box = self.find(selector)
+        box.clear()
+        box.send_keys(text)
+
+    def output(self) -> str:
+        return self.find("#output textarea").get_attribute("value")
+
+    def busy(self) -> bool:
+        return self.finished_output() is None
+
+    def finished_output(self) -> str | None:
+        """The output text once the run has ended (gradio hides the output's status tracker), else None.
+        One script, so that the state and the text are read at the same moment."""
+        return self.driver.execute_script(
+            "const tracker = document.querySelector('#output [data-testid=status-tracker]');"
+            "return tracker.classList.contains('hide') ? document.querySelector('#output textarea').value : null;"
+        )
+
+    def generate(self) -> str:
+        """Press Generate and wait for the finished text (a new one: the old is cleared first)."""
+        self.driver.execute_script("document.querySelector('#output textarea').value = ''")
+        self.find("#generate").click()
+        return self.wait.until(lambda d: self.finished_output(), f"no finished text; output: {self.output()!r}")
+
+    def toasts(self) -> str:
+        return " ".join(t.text for t in self.driver.find_elements(self.css, ".toast-wrap"))
+
+
+@pytest.fixture
+def page(running_app, browser):
+    return Page(browser, running_app)
+
+
+@in_the_browser
+def test_app_generates_text_in_the_browser(page, tmp_path):
+    assert page.find("h1").text == "SmolLM2-135M (step 4)"  # the config's name and the run's step
+    assert "Prompt + generated continuation" in page.find("#output").text
+    page.type_into("#prompt textarea", "JULIET:")
+    text = page.generate()
+    assert text.startswith("JULIET:") and len(text.strip()) > len("JULIET:")
+    page.driver.save_screenshot(str(tmp_path / "app.png"))
+
+
+@in_the_browser
+def test_blank_seed_gives_fresh_text_and_its_number_gives_it_again(page):
+    assert page.find("#seed textarea").get_attribute("value") == ""  # random is the default
+    first = page.generate()
+    second = page.generate()
+    assert first != second
+    seed = page.find("#seed-note").text.split()[1].rstrip(":")
+    page.type_into("#seed textarea", seed)
+    assert page.generate() == second
+
+
+@in_the_browser
+@pytest.mark.parametrize(
+    ("box", "value", "message"),
+    [
+        ("#seed textarea", "-1", "Seed must be between 0 and 4,294,967,295 (got -1)"),
+        ("#seed textarea", "forty-two", "Seed must be a whole number or blank for random"),
+        ("#prompt textarea", "word " * 8200, "more than the model's context of 8,192 tokens"),
+    ],
+    ids=["negative seed", "text seed", "prompt too long"],
+)
+def test_bad_input_shows_a_message_on_the_page(page, box, value, message):
+    if len(value) > 100:  # typing 8,200 words takes minutes: set the box as a paste would
+        page.driver.execute_script(
+            "const box = document.querySelector(arguments[0]); box.value = arguments[1];"
+            "box.dispatchEvent(new Event('input', {bubbles: true}));",
+            box, value,
+        )  # fmt: skip
+    else:
+        page.type_into(box, value)
+    page.find("#generate").click()
+    page.wait.until(lambda d: message in page.toasts(), f"no message {message!r}; toasts: {page.toasts()!r}")
+    assert not page.driver.find_elements(page.css, "#output .error")  # no bare "Error" badge on the output
+
+
+@in_the_browser
+def test_stop_ends_a_long_generation(page, tokenizer):
+    page.type_into("#max-new-tokens input[type=number]", "512")
+    page.find("#prompt textarea").click()  # leaves the number box, which commits its value
+    page.find("#generate").click()
+    page.wait.until(lambda d: len(page.output()) > len("ROMEO:") + 20, "no text arrived")
+    page.find("#stop").click()
+    page.wait.until(lambda d: not page.busy(), "still generating after Stop")
+    stopped = page.output()
+    time.sleep(2)
+    assert page.output() == stopped  # nothing arrives after Stop
+    assert len(tokenizer(stopped)["input_ids"]) < 400  # far from the 512 new tokens asked for

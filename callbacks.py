@@ -36,13 +36,9 @@ from trainer import StopEvaluation
 
 
 def generation_config_for(samples: SamplesConfig, tokenizer) -> GenerationConfig:
-    sampling = samples.do_sample and samples.temperature > 0
+    """The samples' settings as generate.py turns them into generate() arguments (temperature 0: greedy)."""
     return GenerationConfig(
-        max_new_tokens=samples.max_new_tokens,
-        do_sample=sampling,
-        temperature=samples.temperature if sampling else None,
-        top_p=samples.top_p if sampling else None,
-        top_k=samples.top_k if sampling else None,
+        **samples.sampling().generate_kwargs(),
         pad_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,

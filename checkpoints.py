@@ -365,9 +365,15 @@ def atomic_folder(path: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
+    try:
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            old.rename(path)  # the previous one back in place
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -94,14 +94,21 @@ class DataConfig:
 
 @dataclass
 class SamplesConfig:
+    """When to sample during training and from which prompts; the rest are generate.py's SamplingSettings."""
+
     every_n_steps: int
     prompts: list[str]
     max_new_tokens: int
-    do_sample: bool
     temperature: float
     top_p: float
     top_k: int
     seed: int | None
+
+    def sampling(self):
+        """These settings as the SamplingSettings that generate.py, app.py and the samples all use."""
+        from generate import SamplingSettings
+
+        return SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.seed)
 
 
 @dataclass
@@ -493,7 +500,7 @@ def validate(cfg: RecipeConfig) -> None:
             positive(f"training.{key}", training.get(key))
     if samples.every_n_steps < 0:
         raise RecipeError("samples.every_n_steps must be >= 0 (0 turns samples off)")
-    check_sampling("samples.", samples.max_new_tokens, samples.temperature, samples.top_p, samples.top_k)
+    check_samples(samples)
     positive("resume.extra_steps", cfg.resume.extra_steps)
     if not cfg.resume.lr_factor > 0:
         raise RecipeError(f"resume.lr_factor must be above 0, got {cfg.resume.lr_factor}")
@@ -502,15 +509,16 @@ def validate(cfg: RecipeConfig) -> None:
 MAX_NEW_TOKENS = 4096  # samples longer than this would hold a run (and a stop signal) for minutes
 
 
-def check_sampling(prefix: str, max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
-    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise RecipeError(f"{prefix}max_new_tokens must be between 1 and {MAX_NEW_TOKENS:,}, got {max_new_tokens}")
-    if temperature < 0:
-        raise RecipeError(f"{prefix}temperature must be >= 0 (0 = greedy), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise RecipeError(f"{prefix}top_p must be in (0, 1], got {top_p}")
-    if top_k < 0:
-        raise RecipeError(f"{prefix}top_k must be >= 0 (0 = off), got {top_k}")
+def check_samples(samples: SamplesConfig) -> None:
+    """generate.py's checks of the sampling settings, and a bound of its own: samples hold up training."""
+    from generate import SettingError
+
+    try:
+        samples.sampling().check()
+    except SettingError as e:
+        raise RecipeError(f"samples.{e.field} {e.problem}; set e.g. samples.{e.field}={e.example}") from None
+    if samples.max_new_tokens > MAX_NEW_TOKENS:
+        raise RecipeError(f"samples.max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {samples.max_new_tokens}")
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RecipeConfig:

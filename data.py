@@ -535,18 +535,16 @@ def discard(path: Path) -> None:
 
 
 def save_atomically(splits: datasets.DatasetDict, stats: CorpusStats, path: Path) -> None:
-    """Write to a temporary folder and rename it, so that a crash never leaves a half-written cache. A rename
-    that fails is fine only where another process has put the same, verified cache in place first."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write into a temporary folder that replaces `path` in one rename (checkpoints.atomic_folder), so that a
+    crash never leaves a half-written cache. A write that fails is fine only where another process has put
+    the same, verified cache in place first."""
+    from checkpoints import atomic_folder
+
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        splits.save_to_disk(str(tmp))
-        (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
-        os.replace(tmp, path)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(e, OSError):
-            raise
+        with atomic_folder(path) as tmp:
+            splits.save_to_disk(str(tmp))
+            (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
+    except OSError as e:
         if path.exists() and is_verified(path):
             return  # another process finished the same cache first
         raise RecipeError(

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from checkpoints import atomic_folder, read_trainer_state
 from config import RecipeConfig, RecipeError, first_line, load_config
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -124,15 +125,19 @@ def holds_model(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
-def newest_run_final(configured: Path) -> Path:
-    """Without --checkpoint and without the config's final/: the newest runs/*/final, said in one line."""
-    finals = [p for p in RUNS_DIR.glob("*/final") if holds_model(p)]
-    if not finals:
+def newest_run_model(configured: Path) -> Path:
+    """Without --checkpoint and without the config's final/: the newest model of any run (generate.py's
+    finder: a final/ or a complete checkpoint-N), said in one line."""
+    from generate import LoadError, find_newest_model
+
+    try:
+        newest = find_newest_model(RUNS_DIR)
+    except LoadError:
         raise RecipeError(
-            f"no trained model: looked in {configured} and {RUNS_DIR}/*/final; train first, or pass --checkpoint PATH"
-        )
-    newest = max(finals, key=lambda p: p.stat().st_mtime)
-    print(f"no --checkpoint and no {configured}: using {newest}, the newest of {len(finals)} in {RUNS_DIR}/*/final")
+            f"no trained model: looked in {configured} and {RUNS_DIR}/*/final or checkpoint-N; train first, "
+            "or pass --checkpoint PATH"
+        ) from None
+    print(f"no --checkpoint and no {configured}: using {newest}, the newest model in {RUNS_DIR}/")
     return newest
 
 
@@ -145,7 +150,7 @@ def find_source(checkpoint: str | None, cfg: RecipeConfig) -> Path:
             raise RecipeError(f"no such checkpoint: {source} (pass an existing folder)")
     else:
         configured = Path(cfg.training["output_dir"]) / "final"
-        source = configured if configured.is_dir() else newest_run_final(configured)
+        source = configured if configured.is_dir() else newest_run_model(configured)
     if not holds_model(source):
         raise RecipeError(f"{source} holds no model (config.json and *.safetensors); pass a final/ or checkpoint-N")
     return source
@@ -213,7 +218,7 @@ def read_run_record(source: Path) -> RunRecord:
     phases = read_run_file(source, PHASES_FILE, json.loads)
     return RunRecord(
         recipe=read_run_file(source, "recipe_config.yaml", yaml.safe_load),
-        state=read_run_file(source, "trainer_state.json", json.loads),
+        state=read_trainer_state(source) or read_trainer_state(source.parent),
         phases=phases["phases"] if isinstance(phases, dict) and phases.get("phases") else None,
         samples_file=run_file(source, "samples.jsonl"),
     )
@@ -357,28 +362,23 @@ def build_repo_folder(source: Path, out: Path, dtype: torch.dtype, cfg: RecipeCo
     or unchecked folder, and nothing left behind on failure. Returns the reload check's text."""
     from transformers import AutoModelForCausalLM
 
-    tmp = out.with_name(f".{out.name}.tmp")
     made = first_missing(out.parent)
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
-        record = read_run_record(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        tokenizer = load_tokenizer(source, record, cfg)
-        model.config.use_cache = True
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_model_card(tmp, record, model, cfg, repo_id, dtype)
-        sample = check_folder(tmp)
+        with atomic_folder(out) as tmp:
+            record = read_run_record(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            tokenizer = load_tokenizer(source, record, cfg)
+            model.config.use_cache = True
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_model_card(tmp, record, model, cfg, repo_id, dtype)
+            sample = check_folder(tmp)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         if isinstance(e, RecipeError) or not isinstance(e, Exception):
             raise
         raise RecipeError(f"could not build the repo folder from {source}: {first_line(e)}") from None
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
     return sample
 
 

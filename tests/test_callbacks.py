@@ -23,7 +23,7 @@ def tiny_model():
 
 
 def test_generate_samples_leaves_mode_rng_and_checkpointing_untouched(tiny_model, tokenizer):
-    samples = SamplesConfig(every_n_steps=1, prompts=["ROMEO:", "JULIET:"], max_new_tokens=5, do_sample=True,
+    samples = SamplesConfig(every_n_steps=1, prompts=["ROMEO:", "JULIET:"], max_new_tokens=5,
                             temperature=0.8, top_p=0.9, top_k=50, seed=7)  # fmt: skip
     torch.manual_seed(123)
     random.seed(5)

@@ -68,7 +68,7 @@ def test_overrides_keep_the_type_of_the_field():
         ("data.blocksize=64", "did you mean 'data.block_size'?"),
         ("training.max_steps=ten", "training.max_steps: expected int"),
         ("data.block_size=1.5", "data.block_size: expected int"),
-        ("samples.do_sample=maybe", "samples.do_sample: expected bool"),
+        ("data.streaming=maybe", "data.streaming: expected bool"),
         ("attn_implementation=flash", "attn_implementation: 'flash' is not one of"),
         ("data.sample_by=word", "data.sample_by: 'word' is not one of document, paragraph, line"),
         ("training.torch_compile=sometimes", "training.torch_compile: 'sometimes' is not one of true, false, auto"),

@@ -152,25 +152,37 @@ def test_a_damaged_cache_is_rebuilt_from_the_files_not_from_datasets_cache(tmp_p
     assert again["validation"]["input_ids"] == expected
 
 
-def test_a_cache_that_cannot_be_put_in_place_is_an_error_unless_another_process_wrote_it(tmp_path, tokenizer):
+def test_a_cache_that_cannot_be_put_in_place_is_an_error_unless_another_process_wrote_it(
+    tmp_path, tokenizer, monkeypatch
+):
     splits, stats = data.prepare_datasets(config(tmp_path), tokenizer, use_cache=False)
     path = tmp_path / "cache" / "blocks-x"
     path.mkdir(parents=True)
-    (path / "stray").write_text("not a cache")  # os.replace cannot replace a folder that holds files
+    (path / "stray").write_text("not a cache")
+    real_rename = Path.rename
+
+    def refuse_to_put_it_in_place(self, target):
+        if Path(target) == path and self.name.startswith(".blocks-x.tmp"):
+            raise OSError(errno.EACCES, "Permission denied")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_to_put_it_in_place)
     with pytest.raises(RecipeError, match=f"^could not write the data cache {path} .*; free some space"):
         data.save_atomically(splits, stats, path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["blocks-x"]  # the temporary folder is gone
+    assert (path / "stray").is_file()  # and what was there is back
 
-    (path / "stray").unlink()
+    monkeypatch.setattr(Path, "rename", real_rename)
     data.save_atomically(splits, stats, path)  # as another process would, first
-    data.save_atomically(splits, stats, path)  # a verified cache is there: nothing to do
+    monkeypatch.setattr(Path, "rename", refuse_to_put_it_in_place)
+    data.save_atomically(splits, stats, path)  # cannot put its own in place, but a verified cache is there
     assert data.read_cache(path)[1].train_blocks == stats.train_blocks
     assert sorted(p.name for p in path.parent.iterdir()) == ["blocks-x"]
 
 
 def test_a_full_disk_while_caching_is_one_line_and_leaves_nothing(tmp_path, tokenizer, monkeypatch):
     def fill_the_disk(self, folder, **kwargs):
-        Path(folder).mkdir(parents=True)
+        Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "data.arrow").write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -67,7 +67,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, cache_d
 def test_sigterm_during_long_samples_saves_within_seconds(tmp_path, cache_dir):
     out = tmp_path / "run"
     overrides = tiny_overrides(out, cache_dir, max_steps=20, save_steps=2, eval_steps=100, logging_steps=1)
-    overrides += ["samples.every_n_steps=2", "samples.max_new_tokens=4000", "samples.do_sample=false"]
+    overrides += ["samples.every_n_steps=2", "samples.max_new_tokens=4000", "samples.temperature=0"]
     proc = start(overrides, tmp_path)
     try:
         deadline = time.time() + 300

@@ -1,6 +1,6 @@
 """Measure steady-state training throughput of the recipe for a config, and what the data costs.
 
-    python bench.py tokenizer=../shared/cosmo2-tokenizer data.path=../shared/data/tinyshakespeare.txt
+    python bench.py                                   # the YAML as it is (the shipped tokenizer and corpus)
     python bench.py --vs-baseline data.block_size=512 training.per_device_train_batch_size=1 ...
 
 Runs `--warmup` + `--steps` optimizer steps of the recipe's Trainer (no eval, no saving, no samples) and

@@ -9,7 +9,7 @@ share no token. The packed result is cached on disk, keyed by the files, the tok
 a second run loads it instead of tokenizing again, after checking it holds the blocks it recorded (a
 damaged cache is rebuilt, with one line saying so).
 
-    python data.py data.path=../shared/data/tinyshakespeare.txt tokenizer=../shared/cosmo2-tokenizer
+    python data.py data.path=my_corpus.txt
 
 prepares the data alone and prints the numbers (same config and overrides as train.py).
 

@@ -81,7 +81,7 @@ def choose_speed(training: dict, model_config=None, n_params: int | None = None,
     compile_ = training.get("torch_compile", False)
     if compile_ == "auto":
         compile_ = training["torch_compile"] = cuda
-        why_compile = "" if cuda else " (CPU: compiling costs more than it saves here)"
+        why_compile = "" if cuda else " (auto on a CPU: compiling pays off only in long runs)"
     else:
         why_compile = " (set in the config)"
     checkpointing = training.get("activation_checkpointing", training.get("gradient_checkpointing", False))

@@ -560,10 +560,23 @@ def phases_section(record: RunRecord, phases: list[Phase]) -> str:
     return "\n".join(["## Training phases", "", *rows, *(["", " ".join(notes)] if notes else [])])
 
 
+def setting(record: RunRecord, key: str):
+    """A training setting as recorded; the schedule's kwargs as the run used them (only its schedule's)."""
+    value = record.training(key)
+    if key == "lr_scheduler_kwargs" and isinstance(value, dict) and record.training("max_steps"):
+        from arguments import schedule_kwargs
+
+        try:
+            return schedule_kwargs(record.recipe["training"]) or None
+        except RecipeError:
+            return value
+    return value
+
+
 def settings_section(record: RunRecord) -> str:
     if record.recipe is None:
         return ""
-    rows = [f"| `{k}` | `{plain(record.training(k))}` |" for k in SETTING_KEYS if record.training(k) is not None]
+    rows = [f"| `{k}` | `{plain(setting(record, k))}` |" for k in SETTING_KEYS if setting(record, k) is not None]
     block = record.data("block_size")
     if block:
         rows.insert(2, f"| `data.block_size` | `{plain(block)}` |")

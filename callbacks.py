@@ -274,6 +274,8 @@ class GracefulInterruptCallback(TrainerCallback):
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.1f} days"
     if seconds < 60:
         return f"{seconds} s"
     hours, rest = divmod(seconds, 3600)

@@ -3,7 +3,7 @@
 import shutil
 
 import pytest
-from conftest import TOKENIZER, tiny_overrides
+from conftest import tiny_overrides
 
 import train
 from checkpoints import find_latest_checkpoint, plan_resume
@@ -72,13 +72,6 @@ def test_resume_from_corrupt_checkpoint(checkpointed_run, tmp_path, capsys):
     assert train.main(["--resume", *overrides]) == 2
     assert f"checkpoint file {opt} is corrupt" in capsys.readouterr().err
 
-
-def test_resume_path_is_optional_and_overrides_are_not_paths():
-    args = train.parse_args(["--resume", "training.max_steps=9", f"tokenizer={TOKENIZER}"])
-    assert args.resume == "latest" and args.overrides == ["training.max_steps=9", f"tokenizer={TOKENIZER}"]
-    args = train.parse_args(["--resume", "/some/checkpoint-5", "training.max_steps=9"])
-    assert args.resume == "/some/checkpoint-5"
-    assert train.parse_args(["training.max_steps=9"]).resume is None
 
 
 def test_new_run_into_a_folder_with_checkpoints_is_refused(checkpointed_run, capsys):

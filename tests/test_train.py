@@ -1,0 +1,41 @@
+"""train.py's own steps, without training: the command line, and what a CPU run of a GPU config says."""
+
+from types import SimpleNamespace
+
+import train
+from callbacks import format_duration
+
+
+def test_resume_path_is_optional_and_overrides_are_not_paths():
+    args = train.parse_args(["--resume", "training.max_steps=9", "tokenizer=x"])
+    assert args.resume == "latest" and args.overrides == ["training.max_steps=9", "tokenizer=x"]
+    assert train.parse_args(["--resume", "/some/checkpoint-5"]).resume == "/some/checkpoint-5"
+    assert train.parse_args(["training.max_steps=9"]).resume is None
+    assert train.parse_args(["--resume", "--resume-changed"]).resume_changed
+
+
+def test_a_gpu_config_on_a_cpu_says_so_and_estimates_the_run(monkeypatch, capsys):
+    added = []
+    trainer = SimpleNamespace(add_callback=added.append)
+    checked = SimpleNamespace(n_params=134_515_008, args=SimpleNamespace(max_steps=5000))
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    train.warn_if_cpu_run_is_long(trainer, checked)
+    out = capsys.readouterr().out
+    assert "cpu: this is a GPU run (135M parameters, 5,000 steps)" in out and "--config config_quickstart.yaml" in out
+    clock = iter([100.0, 520.0])
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
+    estimate = added[0]
+    estimate.on_step_begin(None, None, None)
+    estimate.on_step_end(None, SimpleNamespace(max_steps=5000, global_step=1), None)
+    assert "cpu: the first step took 7:00; the 4,999 steps left would take about 24.3 days here" in (
+        capsys.readouterr().out
+    )
+    # a small model on a CPU, or any model on a GPU, is left alone
+    train.warn_if_cpu_run_is_long(trainer, SimpleNamespace(n_params=3_000_000, args=checked.args))
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
+    train.warn_if_cpu_run_is_long(trainer, checked)
+    assert len(added) == 1 and capsys.readouterr().out == ""
+
+
+def test_durations_read_like_a_clock_then_in_days():
+    assert [format_duration(s) for s in (5, 75, 3725, 3 * 86400)] == ["5 s", "1:15", "1:02:05", "3.0 days"]

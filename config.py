@@ -40,7 +40,6 @@ def log(message: str) -> None:
 def hub_is_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face Hub's host answers a name lookup in a few seconds. Offline, huggingface_hub
     would retry for about a minute before failing; the recipe asks for local files only instead."""
-    import os
     import socket
     import threading
     from urllib.parse import urlparse
@@ -49,7 +48,7 @@ def hub_is_reachable(timeout: float = 3.0) -> bool:
 
     if constants.HF_HUB_OFFLINE:
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)).hostname or "huggingface.co"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"  # HF_ENDPOINT, if set
     answer: list[bool] = []
 
     def lookup():

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, TrainerCallback
+from transformers import GenerationConfig, ProgressCallback, StoppingCriteria, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from checkpoints import RUN_RECORD, bytes_in, warn_if_disk_is_short, write_run_files
-from config import SamplesConfig, log
+from config import RecipeError, SamplesConfig, first_line, log
 from model import flops_per_token, peak_bf16_flops
 from trainer import StopEvaluation
 
@@ -44,6 +44,20 @@ def generation_config_for(samples: SamplesConfig, tokenizer) -> GenerationConfig
         bos_token_id=tokenizer.bos_token_id,
         use_cache=True,
     )
+
+
+def check_samples(samples: SamplesConfig, tokenizer, max_positions: int) -> None:
+    """The samples' generation config as transformers validates it, and prompts that fit the model."""
+    try:
+        generation_config_for(samples, tokenizer).validate(strict=True)
+    except ValueError as e:
+        raise RecipeError(f"samples: {first_line(e)}") from None
+    longest = max((len(tokenizer(p)["input_ids"]) for p in samples.prompts), default=0)
+    if longest + samples.max_new_tokens > max_positions:
+        raise RecipeError(
+            f"samples: the longest prompt ({longest} tokens) plus samples.max_new_tokens "
+            f"({samples.max_new_tokens}) exceed model.max_position_embeddings ({max_positions}); shorten them"
+        )
 
 
 class StopWhen(StoppingCriteria):
@@ -354,6 +368,48 @@ class ConsoleLogCallback(TrainerCallback):
                 f"average train loss {logs.get('train_loss', float('nan')):.4g}"
             )
         return None
+
+
+# --- progress on a CPU ---------------------------------------------------------------------------
+
+
+def warn_if_cpu_run_is_long(trainer, checked) -> None:
+    """On a CPU, a config meant for a GPU says so before it starts, and the first step gives an estimate."""
+    if torch.cuda.is_available() or checked.n_params < 50_000_000:
+        return
+    steps = checked.args.max_steps
+    log(
+        f"cpu: this is a GPU run ({checked.n_params / 1e6:.0f}M parameters, {steps:,} steps); the first step "
+        "gives an estimate of the whole run. For minutes on a CPU: python train.py --config config_quickstart.yaml"
+    )
+    trainer.add_callback(FirstStepEstimate())
+
+
+class FirstStepEstimate(TrainerCallback):
+    """After the first optimizer step: how long the whole run would take at that pace."""
+
+    start: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = self.start or time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is None or getattr(self, "done", False):
+            return
+        self.done, seconds = True, time.perf_counter() - self.start
+        left = state.max_steps - state.global_step
+        log(f"cpu: the first step took {format_duration(seconds)}; the {left:,} steps left would take about "
+            f"{format_duration(seconds * left)} here")  # fmt: skip
+
+
+class ProgressBar(ProgressCallback):
+    """transformers' progress bar, without its printing of each log as a dict (ConsoleLogCallback does that)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        pass  # no second bar for each evaluation: its result is one line
 
 
 # --- throughput ----------------------------------------------------------------------------------

@@ -436,6 +436,17 @@ def save_final_model(trainer, output_dir: str, cfg: RecipeConfig, phases: list[d
     return final
 
 
+def save_failed(error: OSError, trainer) -> RecipeError:
+    """A write that failed (disk full, permission): remove what it left half-written and say what is intact."""
+    output_dir, step = trainer.args.output_dir, trainer.state.global_step
+    removed = remove_incomplete_checkpoint(output_dir, step) if trainer.args.should_save else None
+    latest, _ = find_latest_checkpoint(output_dir)
+    intact = f"{latest.name} is intact, continue with --resume" if latest else "no checkpoint was saved yet"
+    where = f" writing {error.filename}" if error.filename else ""
+    partial = f"; removed the partial {removed.name}" if removed else ""
+    return RecipeError(f"step {step}:{where} failed ({error.strerror or error}){partial}; {intact} once it is fixed")
+
+
 def bytes_in(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 

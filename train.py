@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 from dataclasses import dataclass
 
 import torch
 from accelerate import PartialState
-from transformers import PrinterCallback, ProgressCallback, TrainerCallback, TrainingArguments, set_seed
+from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
 
 import arguments
 import checkpoints
@@ -29,15 +28,16 @@ import model as modeling
 from callbacks import (
     ConsoleLogCallback,
     GracefulInterruptCallback,
+    ProgressBar,
     ResumedRunCallback,
     RunRecordCallback,
     SampleGenerationCallback,
     ThroughputMonitor,
-    format_duration,
-    generation_config_for,
+    check_samples,
     uses_fsdp,
+    warn_if_cpu_run_is_long,
 )
-from config import RecipeConfig, RecipeError, first_line, load_config, log
+from config import RecipeConfig, RecipeError, load_config, log
 from data import collator_for, load_tokenizer, prepare_datasets, tokenizer_fingerprint
 from streaming import StreamedBlocks, StreamPositionCallback, resume_stream
 from trainer import RecipeTrainer
@@ -112,25 +112,11 @@ def check_before_work(cfg: RecipeConfig, tokenizer, plan: checkpoints.ResumePlan
         changes["learning_rate"] = plan.constant_lr
     args = arguments.build_training_arguments(cfg, llama_config, n_params, **changes)
     arguments.check_optimizer_and_schedule(args)
-    check_samples(cfg, tokenizer, llama_config)
+    check_samples(cfg.samples, tokenizer, llama_config.max_position_embeddings)
     if plan is not None:
         checkpoints.verify_checkpoint(plan.checkpoint, meta_model.state_dict())
     fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), "data.path": checkpoints.corpus_fingerprint(cfg.data)}
     return Checked(llama_config, n_params, args, checkpoints.phases_for(cfg, args, plan), fingerprints)
-
-
-def check_samples(cfg: RecipeConfig, tokenizer, llama_config) -> None:
-    try:
-        generation_config_for(cfg.samples, tokenizer).validate(strict=True)
-    except ValueError as e:
-        raise RecipeError(f"samples: {first_line(e)}") from None
-    longest = max((len(tokenizer(p)["input_ids"]) for p in cfg.samples.prompts), default=0)
-    if longest + cfg.samples.max_new_tokens > llama_config.max_position_embeddings:
-        raise RecipeError(
-            f"samples: the longest prompt ({longest} tokens) plus samples.max_new_tokens "
-            f"({cfg.samples.max_new_tokens}) exceed model.max_position_embeddings "
-            f"({llama_config.max_position_embeddings}); shorten them"
-        )
 
 
 def lock_output_dir(cfg: RecipeConfig):
@@ -211,16 +197,6 @@ def build_trainer(cfg, checked: Checked, model, tokenizer, splits, plan, interru
     return trainer
 
 
-class ProgressBar(ProgressCallback):
-    """transformers' progress bar, without its printing of each log as a dict (ConsoleLogCallback does that)."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        pass
-
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        pass  # no second bar for each evaluation: its result is one line
-
-
 def start_sample_of(plan, args: TrainingArguments) -> int:
     """Where the resumed run starts in the block order: the samples the checkpoint trained on."""
     if plan is None:
@@ -230,35 +206,6 @@ def start_sample_of(plan, args: TrainingArguments) -> int:
     per_step = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
     log(f"resume: {plan.checkpoint.name} does not record its samples; assuming {per_step} per step as now")
     return plan.step * per_step
-
-
-def warn_if_cpu_run_is_long(trainer, checked: Checked) -> None:
-    """On a CPU, a config meant for a GPU says so before it starts, and the first step gives an estimate."""
-    if torch.cuda.is_available() or checked.n_params < 50_000_000:
-        return
-    steps = checked.args.max_steps
-    log(
-        f"cpu: this is a GPU run ({checked.n_params / 1e6:.0f}M parameters, {steps:,} steps); the first step "
-        "gives an estimate of the whole run. For minutes on a CPU: python train.py --config config_quickstart.yaml"
-    )
-    trainer.add_callback(FirstStepEstimate())
-
-
-class FirstStepEstimate(TrainerCallback):
-    """After the first optimizer step: how long the whole run would take at that pace."""
-
-    start: float | None = None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.start = self.start or time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.start is None or getattr(self, "done", False):
-            return
-        self.done, seconds = True, time.perf_counter() - self.start
-        left = state.max_steps - state.global_step
-        log(f"cpu: the first step took {format_duration(seconds)}; the {left:,} steps left would take about "
-            f"{format_duration(seconds * left)} here")  # fmt: skip
 
 
 def train_and_save(cfg: RecipeConfig, checked: Checked, trainer, plan, interrupt) -> int:
@@ -278,22 +225,11 @@ def train_and_save(cfg: RecipeConfig, checked: Checked, trainer, plan, interrupt
         trainer.save_state()
         final = checkpoints.save_final_model(trainer, args.output_dir, cfg, checked.phases)
     except OSError as e:
-        raise save_failed(e, trainer) from None
+        raise checkpoints.save_failed(e, trainer) from None
     finally:
         interrupt.restore_handlers()
     log(f"saved the final model to {final}")
     return 0
-
-
-def save_failed(error: OSError, trainer) -> RecipeError:
-    """A write that failed (disk full, permission): remove what it left half-written and say what is intact."""
-    output_dir, step = trainer.args.output_dir, trainer.state.global_step
-    removed = checkpoints.remove_incomplete_checkpoint(output_dir, step) if trainer.args.should_save else None
-    latest, _ = checkpoints.find_latest_checkpoint(output_dir)
-    intact = f"{latest.name} is intact, continue with --resume" if latest else "no checkpoint was saved yet"
-    where = f" writing {error.filename}" if error.filename else ""
-    partial = f"; removed the partial {removed.name}" if removed else ""
-    return RecipeError(f"step {step}:{where} failed ({error.strerror or error}){partial}; {intact} once it is fixed")
 
 
 # --- after the main run --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import callbacks
 import train
 from callbacks import format_duration
 
@@ -18,12 +19,12 @@ def test_a_gpu_config_on_a_cpu_says_so_and_estimates_the_run(monkeypatch, capsys
     added = []
     trainer = SimpleNamespace(add_callback=added.append)
     checked = SimpleNamespace(n_params=134_515_008, args=SimpleNamespace(max_steps=5000))
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
-    train.warn_if_cpu_run_is_long(trainer, checked)
+    monkeypatch.setattr(callbacks.torch.cuda, "is_available", lambda: False)
+    callbacks.warn_if_cpu_run_is_long(trainer, checked)
     out = capsys.readouterr().out
     assert "cpu: this is a GPU run (135M parameters, 5,000 steps)" in out and "--config config_quickstart.yaml" in out
     clock = iter([100.0, 520.0])
-    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
     estimate = added[0]
     estimate.on_step_begin(None, None, None)
     estimate.on_step_end(None, SimpleNamespace(max_steps=5000, global_step=1), None)
@@ -31,9 +32,9 @@ def test_a_gpu_config_on_a_cpu_says_so_and_estimates_the_run(monkeypatch, capsys
         capsys.readouterr().out
     )
     # a small model on a CPU, or any model on a GPU, is left alone
-    train.warn_if_cpu_run_is_long(trainer, SimpleNamespace(n_params=3_000_000, args=checked.args))
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
-    train.warn_if_cpu_run_is_long(trainer, checked)
+    callbacks.warn_if_cpu_run_is_long(trainer, SimpleNamespace(n_params=3_000_000, args=checked.args))
+    monkeypatch.setattr(callbacks.torch.cuda, "is_available", lambda: True)
+    callbacks.warn_if_cpu_run_is_long(trainer, checked)
     assert len(added) == 1 and capsys.readouterr().out == ""
 
 

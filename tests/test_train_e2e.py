@@ -294,3 +294,17 @@ def test_ctrl_c_during_the_final_save_still_saves_it(tmp_path, cache_dir, capsys
     assert train.main(overrides, extra_callbacks=[CtrlCAtTheEnd()]) == 0
     assert "training is done; finishing the save of final/ first" in capsys.readouterr().err
     assert (out / "final" / "model.safetensors").is_file() and not list(out.glob(".final*"))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant_with_warmup"])
+def test_another_schedule_is_one_override(schedule, tmp_path, cache_dir):
+    """Only the chosen schedule's kwargs reach it, so switching schedules needs nothing else."""
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=4, save_steps=4, eval_steps=4, lr_scheduler_type=schedule)
+    assert train.main([*overrides, "samples.every_n_steps=0"]) == 0
+    lrs = [h["learning_rate"] for h in history(out) if "loss" in h]
+    assert lrs[0] == 0.0 and max(lrs) > 0  # warm-up from zero, then the schedule
+    if schedule == "constant_with_warmup":
+        assert lrs[-1] == max(lrs)
+    else:
+        assert lrs[-1] < max(lrs)

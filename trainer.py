@@ -65,6 +65,9 @@ class RecipeTrainer(Trainer):
             self.control.should_training_stop = True
             return {}
 
+    def data_order_seed(self) -> int:
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed
+
     def get_train_dataloader(self):
         from streaming import StreamedBlocks, streamed_dataloader
 
@@ -75,7 +78,7 @@ class RecipeTrainer(Trainer):
                 DataLoader(
                     self.train_dataset,
                     batch_size=self.args.train_batch_size,
-                    sampler=BlockOrder(len(self.train_dataset), self.args.data_seed or self.args.seed, self.start_sample),
+                    sampler=BlockOrder(len(self.train_dataset), self.data_order_seed(), self.start_sample),
                     collate_fn=self.data_collator,
                     num_workers=self.args.dataloader_num_workers,
                     pin_memory=self.args.dataloader_pin_memory,

@@ -17,19 +17,10 @@ import socket
 import sys
 import threading
 
-from generate import (
-    MAX_SEED,
-    GenerationError,
-    LoadedModel,
-    LoadError,
-    OneLineArgumentParser,
-    SamplingSettings,
-    SettingError,
-    load_model,
-    pick_device,
-    resolve_source,
-    stream_completion,
-)
+import base
+from base import RecipeError
+from generate import GenerationError, LoadedModel, load_model, pick_device, resolve_source, stream_completion
+from sampling import MAX_SEED, SamplingSettings, SettingError
 
 LABELS = {
     "max_new_tokens": "Max new tokens",
@@ -39,10 +30,6 @@ LABELS = {
     "seed": "Seed",
 }
 log = logging.getLogger("app")
-
-
-class ServeError(Exception):
-    """The app cannot serve where it was asked to; the message says how to fix it."""
 
 
 def parse_seed(text: str | None) -> int:
@@ -72,7 +59,7 @@ def settings_from_inputs(max_new_tokens, temperature, top_p, top_k, seed) -> Sam
 
 
 def build_app(loaded: LoadedModel):
-    import gradio as gr
+    import gradio as gr  # noqa: PLC0415 - optional (requirements-app.txt): only the app needs it
 
     defaults = SamplingSettings()
     # Stop sets the session's event and the running generation ends as if finished. gradio's `cancels=` would
@@ -141,9 +128,7 @@ def port_number(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = OneLineArgumentParser(
-        prog="app.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = base.parser("app.py", __doc__)
     parser.add_argument(
         "model", nargs="?", default=os.environ.get("MODEL_ID"), help="folder or Hub id (default: the newest run)"
     )
@@ -151,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=port_number, default=os.environ.get("GRADIO_SERVER_PORT", "7860"))
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument("--device", default="auto")
-    return parser.parse_args(argv)
+    return parser.parse(argv)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -161,20 +146,23 @@ def check_port_free(host: str, port: int) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closed port is free
             s.bind((host, port))
     except OSError as e:
-        raise ServeError(f"cannot serve on {host}:{port} ({e.strerror or e}); pick a free port with --port") from None
+        raise RecipeError(f"cannot serve on {host}:{port} ({e.strerror or e}); pick a free port with --port") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         check_port_free(args.host, args.port)
         pick_device(args.device)
         loaded = load_model(resolve_source(args.model), args.device)
-    except (ServeError, LoadError) as e:
+    except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    share = " and a public gradio.live link" if args.share else "; add --share for a public gradio.live link"
+    print(f"serving {loaded.title} on http://{args.host}:{args.port}{share}; Ctrl-C to stop", flush=True)
     try:
-        build_app(loaded).queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+        # quiet: gradio's own lines name its launch() arguments, not this app's flags
+        build_app(loaded).queue().launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True)
     except OSError as e:  # the port was taken while the model loaded
         print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick a free port with --port", file=sys.stderr)
         return 2

@@ -8,13 +8,19 @@ prompts, and a check that builds the optimizer and the scheduler before any data
 from __future__ import annotations
 
 import copy
+import ctypes
+import ctypes.util
+import netrc
 import os
+from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import SchedulerType, TrainingArguments, get_scheduler
+from transformers import SchedulerType, Trainer, TrainingArguments, get_scheduler
 
-from config import RecipeConfig, RecipeError, first_line, log
+from base import RecipeError, first_line, log
+from config import RecipeConfig
+from model import estimate_peak_memory
 
 MEMORY_MARGIN = 0.8  # activation checkpointing goes off when the estimated peak fits in this share of memory
 
@@ -28,10 +34,10 @@ def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int
     say(choose_precision(kwargs))
     say(choose_speed(kwargs, model_config, n_params, cfg.data.block_size))
     kwargs["lr_scheduler_kwargs"] = schedule_kwargs(kwargs)
-    if cfg.data.streaming:
-        from streaming import check_dataloader_workers
-
-        check_dataloader_workers(kwargs.get("dataloader_num_workers"))
+    max_steps, warmup = kwargs.get("max_steps", 0), kwargs.get("warmup_steps", 0)
+    if 1 <= max_steps <= warmup:
+        say(f"warning: training.warmup_steps {warmup:g} is not below training.max_steps {max_steps}: the learning rate "
+            f"never reaches its peak {kwargs.get('learning_rate', 5e-5):g}; set fewer (or a share, e.g. 0.1)")  # fmt: skip
     if reports_to_wandb(kwargs.get("report_to")):
         configure_wandb(kwargs["output_dir"], say)
     try:
@@ -89,8 +95,6 @@ def choose_speed(training: dict, model_config=None, n_params: int | None = None,
     if checkpointing == "auto":
         peak = available = None
         if model_config is not None and n_params is not None:
-            from model import estimate_peak_memory
-
             micro = training.get("per_device_train_batch_size", 8)
             peak = estimate_peak_memory(model_config, n_params, micro, seq_len, checkpointing=False)
             available = device_memory()
@@ -116,9 +120,6 @@ def keep_freed_memory() -> bool:
     then page-faults its activations, logits and gradients in again; keeping them (buffers up to 32 MB
     from the heap, no trimming below 1 GB) made training steps about twice as fast on a 2-core machine
     (BENCHMARKS.md). True where glibc took the setting."""
-    import ctypes
-    import ctypes.util
-
     name = ctypes.util.find_library("c")
     if not name or "libc.so" not in name:
         return False  # not glibc: musl, macOS
@@ -178,8 +179,6 @@ def schedule_kwargs(training: dict) -> dict:
 def check_optimizer_and_schedule(args: TrainingArguments) -> None:
     """Build the optimizer and the schedule the Trainer will build, on one parameter: a bad optimizer
     setting or schedule kwarg fails here, in one line, before any data work."""
-    from transformers import Trainer
-
     parameter = torch.nn.Parameter(torch.zeros(2, 2))
     try:
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
@@ -200,6 +199,24 @@ def check_optimizer_and_schedule(args: TrainingArguments) -> None:
             f"training.lr_scheduler_kwargs do not fit the '{kind}' schedule: {first_line(e)}; "
             "give that schedule's own kwargs under training.lr_scheduler_kwargs." + str(kind)
         ) from None
+
+
+def phase_lr_factor(phase: dict):
+    """The learning-rate factor of a phase after the main one, as a function of the step count the Trainer's
+    LambdaLR passes (steps since step 0): the phase's own schedule, started at its first step."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(
+        phase["lr_scheduler_type"],
+        optimizer,
+        num_warmup_steps=phase.get("warmup_steps") or 0,
+        num_training_steps=phase["last_step"] - phase["first_step"] + 1,
+        scheduler_specific_kwargs=phase.get("lr_scheduler_kwargs") or {},
+    )
+    return partial(_shifted, scheduler.lr_lambdas[0], phase["first_step"] - 1)
+
+
+def _shifted(factor, offset: int, step: int) -> float:
+    return factor(max(0, step - offset))
 
 
 # --- wandb ---------------------------------------------------------------------------------------
@@ -235,18 +252,20 @@ def make_wandb_dir() -> None:
 def wandb_api_key_available() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
-    import netrc
-
     try:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 
 
+def samples_per_step(args: TrainingArguments) -> int:
+    """Sequences per optimizer step, over all processes."""
+    return args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
+
+
 def describe_batch(args: TrainingArguments, block_size: int) -> str:
-    n = args.world_size
-    micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
-    sequences = n * micro * accum
+    n, micro, accum = args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps
+    sequences = samples_per_step(args)
     return (
         f"batch: {n} process{'es' if n > 1 else ''} x {micro} sequences x {accum} accumulation = "
         f"{sequences:,} sequences = {sequences * block_size:,} tokens per step"

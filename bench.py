@@ -1,4 +1,4 @@
-"""Measure steady-state training throughput of the recipe for a config, and what the data costs.
+"""Measure steady-state training throughput of the recipe for a config (benchmarks/data_timings.py: the data).
 
     python bench.py                                   # the YAML as it is (the shipped tokenizer and corpus)
     python bench.py --vs-baseline data.block_size=512 training.per_device_train_batch_size=1 ...
@@ -7,26 +7,26 @@ Runs `--warmup` + `--steps` optimizer steps of the recipe's Trainer (no eval, no
 reports the median step time of the steps after warm-up: tokens/s, step time, MFU (GPU, bf16) and peak
 memory. `--vs-baseline` runs, in the same process and on the same blocks, a minimal hand-written PyTorch
 loop for the same model and settings (forward, loss, backward, clipping, AdamW step, same autocast and
-gradient checkpointing) and prints the ratio recipe/baseline. The data rows time tokenizing the corpus
-cold and loading it back from the cache.
+gradient checkpointing) and prints the ratio recipe/baseline.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from transformers import TrainerCallback, set_seed
 
 import arguments
+import base
 import model as modeling
-from config import RecipeError, load_config
+from base import RecipeError
+from config import load_config
 from data import collator_for, load_tokenizer, prepare_datasets
 from trainer import RecipeTrainer
 
@@ -145,11 +145,10 @@ def build(cfg, args):
 def measurement(name: str, seconds: list[float], args, model, cfg) -> Measurement:
     config = model.config
     n_params = sum(p.numel() for p in model.parameters())
-    tokens = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
     return Measurement(
         name=name,
         step_seconds=seconds,
-        tokens_per_step=tokens * cfg.data.block_size,
+        tokens_per_step=arguments.samples_per_step(args) * cfg.data.block_size,
         flops_per_token=modeling.flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, cfg.data.block_size),
         peak_flops=modeling.peak_bf16_flops(args.device) if args.bf16 else None,
         peak_memory_gb=peak_memory(args.device),
@@ -207,57 +206,6 @@ def bench_baseline(cfg, blocks, collate, warmup: int, steps: int) -> Measurement
     return measurement(name, seconds[warmup:], args, model, cfg)
 
 
-def bench_data(cfg, tokenizer) -> list[str]:
-    import datasets
-
-    datasets.disable_caching()  # cold: no reuse of earlier `datasets.map` results either
-    with tempfile.TemporaryDirectory() as cache:
-        data_cfg = replace(cfg.data, cache_dir=cache)
-        start = time.perf_counter()
-        _, stats = prepare_datasets(data_cfg, tokenizer)
-        cold = time.perf_counter() - start
-        start = time.perf_counter()
-        _, cached = prepare_datasets(data_cfg, tokenizer)
-        warm = time.perf_counter() - start
-    datasets.enable_caching()
-    assert cached.from_cache
-    return [
-        f"data: {stats.tokens:,} tokens; cold (tokenize, pack, cache): {cold:.2f} s = "
-        f"{stats.tokens / cold:,.0f} tokens/s; from cache: {warm:.2f} s"
-    ]
-
-
-def bench_stream_seek(cfg, tokenizer, blocks: int, processes: int = 1) -> list[str]:
-    """Streaming: read `blocks` training blocks as process 0 of `processes` would, then resume at that block
-    as a checkpoint would, by seeking."""
-    import resource
-
-    data_cfg = replace(cfg.data, streaming=True)
-    splits, _ = prepare_datasets(data_cfg, tokenizer, rank=0, world_size=processes)
-    read, position = 0, None
-    start = time.perf_counter()
-    for read, block in enumerate(splits["train"], start=1):
-        if read == blocks:
-            position = block["stream_position"]
-            break
-    reading = time.perf_counter() - start
-    if position is None:
-        raise RecipeError(f"the stream ended after {read} blocks; ask for fewer with --stream-seek")
-    resumed, _ = prepare_datasets(data_cfg, tokenizer, rank=0, world_size=processes)
-    resumed["train"].resume_at = position
-    start = time.perf_counter()
-    next(iter(resumed["train"]))
-    seeking = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    tokens = blocks * cfg.data.block_size
-    whose = f" of process 0's part of {processes}" if processes > 1 else ""
-    return [
-        f"streaming: {blocks:,} blocks{whose} ({tokens:,} tokens) read, tokenized and packed in {reading:.1f} s "
-        f"({tokens / reading:,.0f} tokens/s); resuming at block {blocks:,} by seeking: {seeking:.2f} s to the "
-        f"first block; peak RSS of the process {peak:,.0f} MB"
-    ]
-
-
 def environment() -> str:
     import transformers
 
@@ -266,28 +214,17 @@ def environment() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = base.parser("bench.py", __doc__)
     parser.add_argument("--config", default=None)
     parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps (median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from the measurement")
     parser.add_argument("--vs-baseline", action="store_true", help="also time a hand-written PyTorch loop")
-    parser.add_argument("--no-data", action="store_true", help="skip the data preparation timings")
-    parser.add_argument("--data-only", action="store_true", help="only the data preparation timings")
-    parser.add_argument("--stream-seek", type=int, metavar="N", help="only: stream N blocks, then seek back to block N")
-    parser.add_argument("--stream-processes", type=int, default=1, metavar="W",
-                        help="with --stream-seek: read as process 0 of W, each reading its own part")  # fmt: skip
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse(argv)
         cfg = load_config(args.config, args.overrides)
         cfg.samples.every_n_steps = 0
         tokenizer = load_tokenizer(cfg.tokenizer)
-        if args.stream_seek:
-            print("\n".join(bench_stream_seek(cfg, tokenizer, args.stream_seek, args.stream_processes)))
-            return 0
-        if args.data_only:
-            print("\n".join(bench_data(cfg, tokenizer)))
-            return 0
         splits, _ = prepare_datasets(cfg.data, tokenizer)
         train_cfg = cfg.training
         needed = (args.warmup + args.steps) * train_cfg.get("per_device_train_batch_size", 8)
@@ -297,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
         results = [bench_recipe(cfg, blocks, collate, args.warmup, args.steps)]
         if args.vs_baseline:
             results.append(bench_baseline(cfg, blocks, collate, args.warmup, args.steps))
-        data_lines = [] if args.no_data else bench_data(cfg, tokenizer)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -313,8 +249,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step times (s), {result.name.split(':')[0]}: " + " ".join(f"{s:.3f}" for s in result.step_seconds))
     if args.vs_baseline:
         print(f"ratio recipe/baseline (tokens/s): {results[0].tokens_per_second / results[1].tokens_per_second:.3f}")
-    for line in data_lines:
-        print(line)
     return 0
 
 

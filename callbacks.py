@@ -2,12 +2,12 @@
 
 - `SampleGenerationCallback`: text samples every N steps (console, samples.jsonl, wandb table), generated
   after that step's checkpoint is saved, and cut short by a stop signal.
-- `ResumedRunCallback`: after a checkpoint is loaded, put back the configured log/eval/save intervals and,
-  for the extra phase of `--resume`, hold the learning rate at a constant value.
+- `PhaseScheduleCallback`: after a checkpoint is loaded, put back the configured log/eval/save intervals and,
+  for a phase after the main one (`--resume`), give the scheduler the phase's own schedule.
 - `GracefulInterruptCallback`: Ctrl-C / SIGTERM saves a checkpoint and stops, within seconds of the step,
   evaluation or sample generation it arrives in; a second one exits at once.
-- `RunRecordCallback`: what a checkpoint must say about its run: samples trained on and fingerprints (inside
-  trainer_state.json), the config and the training phases (files beside it), and whether the disk has room.
+- `RunRecordCallback`: what a checkpoint must say about its run: samples trained on, fingerprints and run id
+  (inside trainer_state.json), the config and the run record beside it, content hashes last; disk room.
 - `ConsoleLogCallback`: one line per logging step, with units and an ETA, instead of a dict of strings.
 - `ThroughputMonitor`: tokens/s, MFU and peak memory of each logging window.
 """
@@ -24,79 +24,27 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, ProgressCallback, StoppingCriteria, TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from checkpoints import RUN_RECORD, bytes_in, warn_if_disk_is_short, write_run_files
-from config import RecipeError, SamplesConfig, first_line, log
+from arguments import phase_lr_factor, samples_per_step
+from base import log
+from config import SamplesConfig
 from model import flops_per_token, peak_bf16_flops
+from run_folder import (
+    CHECKPOINT_PREFIX,
+    RECORD_KEY,
+    SAMPLES,
+    bytes_in,
+    follow_umask,
+    warn_if_disk_is_short,
+    write_manifest,
+    write_run_files,
+)
+from sampling import generate_samples
 from trainer import StopEvaluation
 
 # --- samples -------------------------------------------------------------------------------------
-
-
-def generation_config_for(samples: SamplesConfig, tokenizer) -> GenerationConfig:
-    """The samples' settings as generate.py turns them into generate() arguments (temperature 0: greedy)."""
-    return GenerationConfig(
-        **samples.sampling().generate_kwargs(),
-        pad_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        use_cache=True,
-    )
-
-
-def check_samples(samples: SamplesConfig, tokenizer, max_positions: int) -> None:
-    """The samples' generation config as transformers validates it, and prompts that fit the model."""
-    try:
-        generation_config_for(samples, tokenizer).validate(strict=True)
-    except ValueError as e:
-        raise RecipeError(f"samples: {first_line(e)}") from None
-    longest = max((len(tokenizer(p)["input_ids"]) for p in samples.prompts), default=0)
-    if longest + samples.max_new_tokens > max_positions:
-        raise RecipeError(
-            f"samples: the longest prompt ({longest} tokens) plus samples.max_new_tokens "
-            f"({samples.max_new_tokens}) exceed model.max_position_embeddings ({max_positions}); shorten them"
-        )
-
-
-class StopWhen(StoppingCriteria):
-    """Ends generation as soon as `should_stop()` turns true (a stop signal arrived)."""
-
-    def __init__(self, should_stop):
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
-
-
-@torch.no_grad()
-def generate_samples(model, tokenizer, samples: SamplesConfig, bf16: bool = False, should_stop=lambda: False):
-    """Complete each prompt, seeded (`samples.seed`; None: fresh randomness); leaves the model's mode and the
-    global RNG as they were. Returns [] if `should_stop()` turned true on the way."""
-    was_training = model.training
-    device = next(model.parameters()).device
-    generation_config = generation_config_for(samples, tokenizer)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    cuda_devices = [device] if device.type == "cuda" else []
-    results = []
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=cuda_devices), autocast:
-            if samples.seed is not None:
-                torch.manual_seed(samples.seed)
-            for prompt in samples.prompts:
-                inputs = tokenizer(prompt, return_tensors="pt").to(device)
-                output = model.generate(
-                    **inputs, generation_config=generation_config, stopping_criteria=[StopWhen(should_stop)]
-                )
-                if should_stop():
-                    return []
-                completion = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-                results.append((prompt, completion))
-    finally:
-        model.train(was_training)
-    return results
 
 
 def one_line(text: str) -> str:
@@ -116,7 +64,7 @@ class SampleGenerationCallback(TrainerCallback):
     def __init__(self, tokenizer, samples: SamplesConfig, output_dir: str, interrupted=lambda: False):
         self.tokenizer = tokenizer
         self.samples = samples
-        self.path = Path(output_dir) / "samples.jsonl"
+        self.path = Path(output_dir) / SAMPLES
         self.interrupted = interrupted
         self.last_step = None
         self.rows: list[list] = []
@@ -143,7 +91,8 @@ class SampleGenerationCallback(TrainerCallback):
             return
         if uses_fsdp(args):
             return  # sharded weights: generation would need every rank; use generate.py on the checkpoint
-        results = generate_samples(model, self.tokenizer, self.samples, bf16=args.bf16, should_stop=self.interrupted)
+        results = generate_samples(model, self.tokenizer, self.samples.prompts, self.samples.sampling(), bf16=args.bf16,
+                                   should_stop=self.interrupted)  # fmt: skip
         if not results:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,38 +114,31 @@ class SampleGenerationCallback(TrainerCallback):
         wandb.run.log({"samples": table, "train/global_step": step})
 
 
-# --- resume --------------------------------------------------------------------------------------
+# --- the phase's schedule ----------------------------------------------------------------------------------
 
 
-class ResumedRunCallback(TrainerCallback):
+class PhaseScheduleCallback(TrainerCallback):
     """Runs after the Trainer has loaded a checkpoint (on_train_begin).
 
-    The Trainer restores logging/eval/save intervals from the checkpoint's trainer_state.json; we put
-    back the configured ones. With `constant_lr`, the scheduler restored from scheduler.pt (whose
-    base_lrs would win over any new learning_rate) is turned into a constant one at that value, so the
-    LR the optimizer uses and the LR that is logged are both `constant_lr` from the first step on.
+    The Trainer restores logging/eval/save intervals from the checkpoint's trainer_state.json; we put back the
+    configured ones. For a phase after the main one (resume.py), the scheduler restored from scheduler.pt
+    (whose base_lrs would win over any new learning_rate) is given the phase's own schedule, so the learning
+    rate the optimizer uses and the one logged are the phase's from its first step on.
     """
 
-    def __init__(self, constant_lr: float | None = None):
-        self.constant_lr = constant_lr
+    def __init__(self, phase: dict | None = None):
+        self.phase = phase
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         state.compute_steps(args, state.max_steps)
-        if self.constant_lr is None or lr_scheduler is None:
+        if self.phase is None or lr_scheduler is None:
             return
-        lr = self.constant_lr
         scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
-        n = len(scheduler.base_lrs)
-        scheduler.lr_lambdas = [_constant_factor] * n
-        scheduler.base_lrs = [lr] * n
-        scheduler._last_lr = [lr] * n
-        for group in (optimizer or scheduler.optimizer).param_groups:
-            group["lr"] = lr
-            group["initial_lr"] = lr
-
-
-def _constant_factor(_step: int) -> float:
-    return 1.0
+        factor, lr, n = phase_lr_factor(self.phase), self.phase["learning_rate"], len(scheduler.base_lrs)
+        scheduler.lr_lambdas, scheduler.base_lrs = [factor] * n, [lr] * n
+        scheduler._last_lr = [lr * factor(scheduler.last_epoch)] * n
+        for group, now in zip((optimizer or scheduler.optimizer).param_groups, scheduler._last_lr, strict=True):
+            group["lr"], group["initial_lr"] = now, lr
 
 
 # --- stopping ------------------------------------------------------------------------------------
@@ -300,29 +242,41 @@ def format_duration(seconds: float) -> str:
 
 
 class RunRecordCallback(TrainerCallback, ExportableState):
-    """Counts the samples trained on and keeps fingerprints of the tokenizer and the corpus; the Trainer
-    stores both inside each checkpoint's trainer_state.json (so they are as complete as the checkpoint).
-    Beside each checkpoint it writes the config and the phases; before each save it checks the disk."""
+    """The run's record as each checkpoint leaves it. Inside trainer_state.json (as complete as the checkpoint):
+    the samples trained on, the fingerprints of the tokenizer and the corpus, the run id. Beside it: the config
+    and the run record with the facts of that step (run_folder.py), and last the content hashes of every file.
+    Before each save it checks the disk."""
 
-    def __init__(self, cfg, phases: list[dict], fingerprints: dict, samples_seen: int, checkpoint_bytes: int):
-        self.cfg, self.phases, self.fingerprints = cfg, phases, fingerprints
-        self.samples_seen, self.checkpoint_bytes = samples_seen, checkpoint_bytes
+    def __init__(self, config: dict, record: dict, fingerprints: dict, samples_seen: int, block_size: int,
+                 checkpoint_bytes: int):  # fmt: skip
+        self.config, self.record, self.fingerprints = config, record, fingerprints
+        self.samples_seen, self.block_size, self.checkpoint_bytes = samples_seen, block_size, checkpoint_bytes
 
     def state(self) -> dict:
-        return {"args": {}, "attributes": {"samples_seen": self.samples_seen, **self.fingerprints}}
+        attributes = {"samples_seen": self.samples_seen, "run_id": self.record["run_id"], **self.fingerprints}
+        return {"args": {}, "attributes": attributes}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        state.stateful_callbacks.setdefault(RUN_RECORD, self.state())  # a checkpoint from before this record
+        state.stateful_callbacks.setdefault(RECORD_KEY, self.state())  # a checkpoint from before this record
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.samples_seen += args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        self.samples_seen += samples_per_step(args)
         if control.should_save and args.should_save:
-            warn_if_disk_is_short(args.output_dir, self.checkpoint_bytes)
+            warn_if_disk_is_short(Path(args.output_dir), self.checkpoint_bytes)
+
+    def facts(self, step: int) -> dict:
+        """The record with what the run has done by `step`."""
+        tokens = self.samples_seen * self.block_size
+        return {**self.record, "global_step": step, "samples_trained": self.samples_seen, "tokens_trained": tokens}
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            write_run_files(self.cfg, self.phases, folder)
+            folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            record = self.facts(state.global_step)
+            write_run_files(Path(args.output_dir), self.config, record)
+            write_run_files(folder, self.config, record)
+            follow_umask(folder)
+            write_manifest(folder)  # last: a checkpoint with its checksums is complete
             self.checkpoint_bytes = bytes_in(folder)
 
 
@@ -433,8 +387,7 @@ class ThroughputMonitor(TrainerCallback):
         self.window_start, self.window_steps = None, 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.tokens_per_step = args.world_size * args.per_device_train_batch_size
-        self.tokens_per_step *= args.gradient_accumulation_steps * self.seq_len
+        self.tokens_per_step = samples_per_step(args) * self.seq_len
         self.world_size = args.world_size
         self.peak = peak_bf16_flops(args.device) if args.bf16 else None
         self.device = args.device

@@ -1,77 +1,61 @@
-"""Load the recipe's YAML config, apply `section.key=value` overrides and validate every key and type.
+"""The recipe's config: the YAML (a file may `extends:` another), `key=value` overrides, and every problem
+with them found at once, before any work.
 
-One loader serves train.py, data.py, bench.py, push.py: `load_config(path, overrides)` returns a
-`RecipeConfig`. The YAML holds the numbers; the dataclasses below only say which keys exist and what
-type each one has. `model:` is checked against `LlamaConfig`'s fields and `training:` against
-`TrainingArguments`', so any of their keyword arguments can be set, and a typo is caught before any work.
+`load_config(path, overrides)` returns a `RecipeConfig`. The YAML holds the numbers; the dataclasses below
+only say which keys exist and what type each takes, and dacite fills them (wrong types, bad choices,
+missing keys). `model:` holds `LlamaConfig` keyword arguments and `training:` `TrainingArguments` ones: their
+keys are checked here by name (with a suggestion for a typo) and the training values by type; the libraries
+check their own values when train.py builds them. What no library can check, the rules between keys, is
+`validate`. All problems are reported together, in one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import enum
-import types
+import inspect
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import dacite
 import yaml
+from dacite.types import is_instance
+from transformers import LlamaConfig, TrainingArguments
+
+from base import RecipeError
+from sampling import SamplingSettings, SettingError
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG = ROOT / "config_smollm2_135M.yaml"
+ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager")  # or a Hub kernel id (user/name)
+MAX_NEW_TOKENS = 4096  # samples longer than this would hold a run (and a stop signal) for minutes
 
 
-class RecipeError(Exception):
-    """A mistake the user can fix: printed as one line, then the program exits non-zero."""
+class YamlLoader(yaml.SafeLoader):
+    """YAML as people write configs: `3e-4` is a number (PyYAML's YAML 1.1 reads it as a string), and only
+    true/false are booleans (`eval_strategy: no` is the word no)."""
 
 
-def log(message: str) -> None:
-    """One line on the console of the main process (accelerate's PartialState knows which one that is),
-    written through tqdm so that it never lands inside a progress bar."""
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
-
-    if PartialState().is_main_process:
-        tqdm.write(message)
-
-
-def hub_is_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub's host answers a name lookup in a few seconds. Offline, huggingface_hub
-    would retry for about a minute before failing; the recipe asks for local files only instead."""
-    import socket
-    import threading
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"  # HF_ENDPOINT, if set
-    answer: list[bool] = []
-
-    def lookup():
-        try:
-            socket.getaddrinfo(host, 443)
-            answer.append(True)
-        except OSError:
-            answer.append(False)
-
-    thread = threading.Thread(target=lookup, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(answer and answer[0])
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))  # fmt: skip
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                 list("-+0123456789."))  # fmt: skip
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of a library's error message (or its type), to quote inside a one-line error."""
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader with two resolvers changed
 
 
-# The dataclasses say which keys exist and what type each takes; their values, comments included, live in the
-# YAML alone (a YAML that `extends:` another takes the keys it does not set from it).
+# --- the sections ------------------------------------------------------------------------------------------
+# No defaults here: the values, comments included, live in the YAML alone (a YAML that `extends:` another
+# takes the keys it does not set from it).
 
 
 @dataclass
@@ -93,7 +77,7 @@ class DataConfig:
 
 @dataclass
 class SamplesConfig:
-    """When to sample during training and from which prompts; the rest are generate.py's SamplingSettings."""
+    """When to sample during training and from which prompts; the rest are sampling.py's settings."""
 
     every_n_steps: int
     prompts: list[str]
@@ -103,10 +87,7 @@ class SamplesConfig:
     top_k: int
     seed: int | None
 
-    def sampling(self):
-        """These settings as the SamplingSettings that generate.py, app.py and the samples all use."""
-        from generate import SamplingSettings
-
+    def sampling(self) -> SamplingSettings:
         return SamplingSettings(self.max_new_tokens, self.temperature, self.top_p, self.top_k, self.seed)
 
 
@@ -131,7 +112,7 @@ class RecipeConfig:
     tokenizer: str
     data: DataConfig
     training: dict[str, Any]
-    attn_implementation: Literal["flash_attention_2", "sdpa", "eager"]
+    attn_implementation: str
     samples: SamplesConfig
     resume: ResumeConfig
     init_from: str | None
@@ -141,259 +122,26 @@ class RecipeConfig:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "samples": SamplesConfig, "resume": ResumeConfig, "hub": HubConfig}
-# Accepted by LlamaConfig although not one of its dataclass fields (it becomes rope_parameters).
-EXTRA_MODEL_KEYS: dict[str, Any] = {"rope_theta": float}
-
-
-def model_key_types() -> dict[str, Any]:
-    import inspect
-    import sys
-
-    import torch
-    from transformers import LlamaConfig
-
-    namespace = {**vars(typing), **vars(sys.modules[LlamaConfig.__module__]), "torch": torch}
-    hints = {}
-    for name, param in inspect.signature(LlamaConfig.__init__).parameters.items():
-        if name == "self" or param.kind is param.VAR_KEYWORD:
-            continue
-        hints[name] = _evaluate_annotation(param.annotation, namespace)
-    return {**hints, **EXTRA_MODEL_KEYS}
-
-
-def _evaluate_annotation(annotation: Any, namespace: dict) -> Any:
-    if not isinstance(annotation, str):
-        return Any if annotation is inspect_empty() else annotation
-    try:
-        return eval(annotation, namespace)  # noqa: S307 - annotations of transformers' own classes
-    except Exception:
-        return Any
-
-
-def inspect_empty() -> Any:
-    import inspect
-
-    return inspect.Parameter.empty
-
-
-def training_key_types() -> dict[str, Any]:
-    from transformers import TrainingArguments
-
-    types_ = {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
-    return {**types_, **TRAINING_EXTENSIONS}
-
-
 # Recipe extensions of TrainingArguments keys, resolved by arguments.py before TrainingArguments is built:
 # `auto` picks for the hardware, and the schedule kwargs may be given per schedule name.
 TRAINING_EXTENSIONS: dict[str, Any] = {
     "torch_compile": bool | Literal["auto"],
     "activation_checkpointing": bool | Literal["auto"],
-    "lr_scheduler_kwargs": dict | str | None,
+    "lr_scheduler_kwargs": dict | None,
 }
 
 
-def recipe_key_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def model_keys() -> set[str]:
+    """LlamaConfig's keyword arguments, and rope_theta, which it turns into rope_parameters."""
+    return {*inspect.signature(LlamaConfig.__init__).parameters} - {"self", "kwargs"} | {"rope_theta"}
 
 
-# --- type checking -------------------------------------------------------------------------------
+def training_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainingArguments)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainingArguments) if f.init} | TRAINING_EXTENSIONS
 
 
-class _Mismatch(Exception):
-    pass
-
-
-def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def coerce(value: Any, annotation: Any) -> Any:
-    """Return `value` converted to `annotation`, or raise _Mismatch.
-
-    Numbers written like `3e-4` (a string to PyYAML) become floats; ints are accepted for floats;
-    nothing else is converted silently.
-    """
-    if annotation is Any or annotation is typing.Any:
-        return value
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(annotation)
-        if value is None:
-            if type(None) in members:
-                return None
-            raise _Mismatch
-        for member in sorted(members, key=lambda m: not _exact_match(value, m)):
-            if member is type(None):
-                continue
-            try:
-                return coerce(value, member)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if origin is typing.Literal:
-        if value in typing.get_args(annotation):
-            return value
-        raise _Mismatch
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        args = typing.get_args(annotation)
-        item_type = args[0] if args else Any
-        return [coerce(v, item_type) for v in value]
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise _Mismatch
-        return value
-    if value is None:
-        raise _Mismatch
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if annotation is int:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise _Mismatch
-    if annotation is float:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int):
-            return value  # an int is a float's value too, and stays printable as one (save_steps: 500)
-        if isinstance(value, float):
-            return value
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        if isinstance(value, annotation):
-            return value
-        if isinstance(value, str) and value in {m.value for m in annotation}:
-            return value
-        raise _Mismatch
-    if isinstance(annotation, type):
-        if isinstance(value, annotation):
-            return value
-        raise _Mismatch
-    return value
-
-
-def _exact_match(value: Any, annotation: Any) -> bool:
-    return isinstance(annotation, type) and type(value) is annotation
-
-
-def choices_of(annotation: Any) -> list[str] | None:
-    """The allowed values of a Literal (or of bool | Literal[...]), as the YAML writes them."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return [str(v) for v in typing.get_args(annotation)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = typing.get_args(annotation)
-        literals = [m for m in members if typing.get_origin(m) is typing.Literal]
-        if literals and all(m is bool or m in literals for m in members):
-            return (["true", "false"] if bool in members else []) + [str(v) for m in literals for v in typing.get_args(m)]
-    return None
-
-
-def check_value(where: str, value: Any, annotation: Any) -> Any:
-    try:
-        return coerce(value, annotation)
-    except _Mismatch:
-        if choices := choices_of(annotation):
-            raise RecipeError(f"{where}: {value!r} is not one of {', '.join(choices)}") from None
-        raise RecipeError(
-            f"{where}: expected {_type_name(annotation)}, got {value!r} ({type(value).__name__}); "
-            f"fix the value in the YAML or the override"
-        ) from None
-
-
-def unknown_key_error(where: str, key: str, valid: typing.Iterable[str]) -> RecipeError:
-    valid = list(valid)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"did you mean '{where}{close[0]}'?" if close else f"valid keys: {', '.join(sorted(valid))}"
-    return RecipeError(f"unknown config key '{where}{key}': {hint}")
-
-
-# --- overrides -----------------------------------------------------------------------------------
-
-
-def parse_override(text: str) -> tuple[list[str], Any, str]:
-    """`training.max_steps=20` -> (["training", "max_steps"], 20, "20")."""
-    if "=" not in text:
-        raise RecipeError(f"cannot read override '{text}': write it as section.key=value (e.g. training.max_steps=20)")
-    dotted, raw = text.split("=", 1)
-    keys = dotted.strip().split(".")
-    if not all(keys):
-        raise RecipeError(f"cannot read override '{text}': empty key name")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return keys, value, raw
-
-
-def apply_override(raw_config: dict, keys: list[str], value: Any, raw: str) -> None:
-    node = raw_config
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            raise RecipeError(f"override '{'.'.join(keys)}': '{key}' is not a section")
-        node = child
-    # keep the text as typed where YAML would turn it into something else (e.g. eval_strategy=no -> False)
-    node[keys[-1]] = _RawText(value, raw)
-
-
-@dataclass
-class _RawText:
-    """An override value together with the text it was parsed from."""
-
-    value: Any
-    raw: str
-
-
-def _resolve(where: str, value: Any, annotation: Any) -> Any:
-    if isinstance(value, _RawText):
-        try:
-            return coerce(value.value, annotation)
-        except _Mismatch:
-            try:
-                return coerce(value.raw, annotation)
-            except _Mismatch:
-                return check_value(where, value.value, annotation)
-    if isinstance(value, dict) and _is_dict_type(annotation):
-        return {k: _strip_raw(v) for k, v in value.items()}
-    return check_value(where, value, annotation)
-
-
-def _strip_raw(value: Any) -> Any:
-    if isinstance(value, _RawText):
-        return value.value
-    if isinstance(value, dict):
-        return {k: _strip_raw(v) for k, v in value.items()}
-    return value
-
-
-def _is_dict_type(annotation: Any) -> bool:
-    if annotation is dict or typing.get_origin(annotation) is dict:
-        return True
-    return any(_is_dict_type(a) for a in typing.get_args(annotation))
-
-
-# --- loading -------------------------------------------------------------------------------------
+# --- reading the YAML and the overrides --------------------------------------------------------------------
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -402,15 +150,14 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise RecipeError(f"config file not found: {path}; pass an existing YAML with --config PATH")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise RecipeError(f"config file {path} is not valid YAML{at}: fix its syntax") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
+    if not isinstance(raw or {}, dict):
         raise RecipeError(f"config file {path} must hold sections (model:, data:, training:, ...)")
+    raw = raw or {}
     base = raw.pop("extends", None)
     if base is None:
         return raw
@@ -421,111 +168,172 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
 
 
 def merge(base: dict, changes: dict) -> dict:
-    """`changes` over `base`, section by section; a schedule's kwargs and the prompts are replaced whole."""
+    """`changes` over `base`, section by section; a schedule's kwargs and lists are replaced whole."""
     out = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("lr_scheduler_kwargs",):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "lr_scheduler_kwargs":
             out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
 
 
-def missing_key_error(key: str) -> RecipeError:
-    return RecipeError(
-        f"the config has no '{key}': add it, or start the YAML with `extends: config_smollm2_135M.yaml` "
-        "to take every key you do not set from the default"
+def apply_override(raw: dict, text: str) -> None:
+    """`training.max_steps=20` sets raw["training"]["max_steps"] = 20; the value is read as YAML."""
+    dotted, sep, value = text.partition("=")
+    keys = dotted.strip().split(".")
+    if not sep or not all(keys):
+        raise RecipeError(f"cannot read override '{text}': write it as section.key=value (e.g. training.max_steps=20)")
+    node = raw
+    for key in keys[:-1]:
+        if node.get(key) is None:
+            node[key] = {}
+        if not isinstance(node[key], dict):
+            raise RecipeError(f"override '{dotted}': '{key}' is not a section")
+        node = node[key]
+    try:
+        node[keys[-1]] = parse_yaml(value) if value.strip() else ""
+    except yaml.YAMLError:
+        node[keys[-1]] = value  # e.g. a prompt with a colon in it
+
+
+# --- checking ----------------------------------------------------------------------------------------------
+
+
+def unknown_keys(where: str, given: dict, known: typing.Iterable[str]) -> list[str]:
+    known = list(known)
+    problems = []
+    for key in given:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+        hint = f"did you mean '{where}{close[0]}'?" if close else f"valid keys: {', '.join(sorted(known))}"
+        problems.append(f"unknown config key '{where}{key}': {hint}")
+    return problems
+
+
+def type_problem(key: str, value: Any, expected: Any) -> str | None:
+    if isinstance(value, bool) and expected in (int, float):  # True is an int to Python, not to a config
+        return describe_type_problem(key, value, expected)
+    if expected is float and isinstance(value, int) or is_instance(value, expected):
+        return None
+    return describe_type_problem(key, value, expected)
+
+
+def describe_type_problem(key: str, value: Any, expected: Any) -> str:
+    members = typing.get_args(expected) if typing.get_origin(expected) is not Literal else [expected]
+    choices = [str(c) for m in members if typing.get_origin(m) is Literal for c in typing.get_args(m)]
+    if choices and bool in members:
+        choices = ["true", "false", *choices]
+    if choices:
+        return f"{key}: {value!r} is not one of {', '.join(choices)}"
+    name = expected.__name__ if isinstance(expected, type) else str(expected).replace("typing.", "")
+    return f"{key}: expected {name}, got {value!r} ({type(value).__name__})"
+
+
+def section(name: str, cls: type, raw: Any, problems: list[str]):
+    """One of the recipe's own sections as its dataclass, or None with the problems added."""
+    if not isinstance(raw, dict):
+        problems.append(f"config section '{name}' must be a mapping of keys to values")
+        return None
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if unknown := unknown_keys(f"{name}.", {k: v for k, v in raw.items() if k not in fields}, fields):
+        problems.extend(unknown)
+        return None
+    try:
+        return dacite.from_dict(cls, raw, config=dacite.Config(strict=True, type_hooks={float: to_float}))
+    except dacite.MissingValueError as e:
+        problems.append(missing(f"{name}.{e.field_path}"))
+    except dacite.WrongTypeError as e:
+        problems.append(describe_type_problem(f"{name}.{e.field_path}", e.value, e.field_type))
+    return None
+
+
+def to_float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def missing(*keys: str) -> str:
+    return (
+        f"the config has no {', '.join(repr(k) for k in keys)}: add {'them' if len(keys) > 1 else 'it'}, or start "
+        "the YAML with `extends: config_smollm2_135M.yaml` to take every key you do not set from the default"
     )
 
 
-def _section(name: str, raw: Any, key_types: dict[str, Any], required: typing.Iterable[str] = ()) -> dict[str, Any]:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise RecipeError(f"config section '{name}' must be a mapping of keys to values")
-    out = {}
-    for key, value in raw.items():
-        if key not in key_types:
-            raise unknown_key_error(f"{name}.", str(key), key_types)
-        out[key] = _resolve(f"{name}.{key}", value, key_types[key])
-    for key in required:
-        if key not in out:
-            raise missing_key_error(f"{name}.{key}")
-    return out
-
-
 def build_config(raw: dict) -> RecipeConfig:
-    top_types = recipe_key_types(RecipeConfig)
-    for key in raw:
-        if key not in top_types:
-            raise unknown_key_error("", str(key), top_types)
-    values: dict[str, Any] = {
-        "model": _section("model", raw.get("model"), model_key_types()),
-        "training": _section("training", raw.get("training"), training_key_types(), required=("output_dir",)),
-    }
-    for name, cls in SECTIONS.items():
-        fields = recipe_key_types(cls)
-        values[name] = cls(**_section(name, raw.get(name), fields, required=fields))
-    for name in top_types.keys() - values.keys():
-        if name not in raw:
-            raise missing_key_error(name)
-        values[name] = _resolve(name, raw[name], top_types[name])
-    cfg = RecipeConfig(**values)
-    validate(cfg)
+    problems: list[str] = []
+    top = {f.name: f.type for f in dataclasses.fields(RecipeConfig)}
+    problems += unknown_keys("", {k: v for k, v in raw.items() if k not in top}, top)
+    if absent := [key for key in top if key not in raw]:
+        problems.append(missing(*absent))
+    for name in ("model", "training"):
+        if name in raw and not isinstance(raw[name], dict):
+            problems.append(f"config section '{name}' must be a mapping of keys to values")
+    model, training = dict(raw.get("model") or {}), dict(raw.get("training") or {})
+    problems += unknown_keys("model.", {k: v for k, v in model.items() if k not in model_keys()}, model_keys())
+    types = training_types()
+    problems += unknown_keys("training.", {k: v for k, v in training.items() if k not in types}, types)
+    problems += [p for k, v in training.items() if k in types and (p := type_problem(f"training.{k}", v, types[k]))]
+    if "output_dir" not in training:
+        problems.append(missing("training.output_dir"))
+    sections = {"data": DataConfig, "samples": SamplesConfig, "resume": ResumeConfig, "hub": HubConfig}
+    values = {name: section(name, cls, raw.get(name), problems) for name, cls in sections.items() if name in raw}
+    for key in ("name", "tokenizer", "attn_implementation", "init_from"):
+        if key in raw and (p := type_problem(key, raw[key], str | None if key == "init_from" else str)):
+            problems.append(p)
+    if problems:
+        raise RecipeError("; ".join(problems))
+    cfg = RecipeConfig(**{**{k: raw[k] for k in top}, **values, "model": model, "training": training})
+    if problems := cross_key_problems(cfg):
+        raise RecipeError("; ".join(problems))
     return cfg
 
 
-def positive(where: str, value: Any) -> None:
-    if value is None or value < 1:
-        raise RecipeError(f"{where} must be at least 1, got {value}")
-
-
-def validate(cfg: RecipeConfig) -> None:
-    """Checks between keys, and bounds no type says; the libraries check the rest in check_before_work."""
-    data, samples, training = cfg.data, cfg.samples, cfg.training
-    if data.block_size < 2:
-        raise RecipeError(f"data.block_size must be at least 2, got {data.block_size}")
+def cross_key_problems(cfg: RecipeConfig) -> list[str]:
+    """The rules between keys, and bounds no type says. Each problem is listed: fix them in one round."""
+    data, samples, training, problems = cfg.data, cfg.samples, cfg.training, []
     max_positions = cfg.model.get("max_position_embeddings")
-    if max_positions and data.block_size > max_positions:
-        raise RecipeError(
-            f"data.block_size {data.block_size} is longer than model.max_position_embeddings {max_positions}: "
-            f"use data.block_size<={max_positions}"
-        )
+    if data.block_size < 2:
+        problems.append(f"data.block_size must be at least 2, got {data.block_size}")
+    elif max_positions and data.block_size > max_positions:
+        problems.append(f"data.block_size {data.block_size} is longer than model.max_position_embeddings "
+                        f"{max_positions}: use data.block_size<={max_positions}")  # fmt: skip
     if not 0 < data.validation_fraction < 1:
-        raise RecipeError(f"data.validation_fraction must be between 0 and 1, got {data.validation_fraction}")
-    positive("data.max_validation_blocks", data.max_validation_blocks)
-    for key in ("max_steps", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        if key in training or key == "max_steps":
-            positive(f"training.{key}", training.get(key))
+        problems.append(f"data.validation_fraction must be between 0 and 1, got {data.validation_fraction}")
+    at_least_one = {"data.max_validation_blocks": data.max_validation_blocks, "resume.extra_steps": cfg.resume.extra_steps,
+                    "training.max_steps": training.get("max_steps")}  # fmt: skip
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        at_least_one[f"training.{key}"] = training.get(key, 1)
+    for key, value in at_least_one.items():
+        if value is None or value < 1:
+            problems.append(f"{key} must be at least 1, got {value}")
+    if not training.get("learning_rate", 1) > 0:
+        problems.append(f"training.learning_rate must be above 0, got {training.get('learning_rate')}: nothing would train")
+    if training.get("save_strategy", "steps") == "steps" and training.get("save_steps", 1) <= 0:
+        problems.append("training.save_steps must be above 0: a crash would lose the whole run (or set "
+                        "training.save_strategy=no to save only at the end)")  # fmt: skip
+    if data.streaming and (training.get("dataloader_num_workers") or 0) > 1:
+        problems.append("data.streaming reads each process's stream in one place: set training.dataloader_num_workers "
+                        "to 1 (a worker reads ahead while the model trains) or 0")  # fmt: skip
+    if cfg.attn_implementation not in ATTENTION and "/" not in cfg.attn_implementation:
+        problems.append(f"attn_implementation: {cfg.attn_implementation!r} is not one of {', '.join(ATTENTION)}, "
+                        "or a Hub kernel id such as kernels-community/flash-attn2")  # fmt: skip
     if samples.every_n_steps < 0:
-        raise RecipeError("samples.every_n_steps must be >= 0 (0 turns samples off)")
-    check_samples(samples)
-    positive("resume.extra_steps", cfg.resume.extra_steps)
-    if not cfg.resume.lr_factor > 0:
-        raise RecipeError(f"resume.lr_factor must be above 0, got {cfg.resume.lr_factor}")
-
-
-MAX_NEW_TOKENS = 4096  # samples longer than this would hold a run (and a stop signal) for minutes
-
-
-def check_samples(samples: SamplesConfig) -> None:
-    """generate.py's checks of the sampling settings, and a bound of its own: samples hold up training."""
-    from generate import SettingError
-
+        problems.append("samples.every_n_steps must be >= 0 (0 turns samples off)")
     try:
         samples.sampling().check()
     except SettingError as e:
-        raise RecipeError(f"samples.{e.field} {e.problem}; set e.g. samples.{e.field}={e.example}") from None
+        problems.append(e.for_key("samples"))
     if samples.max_new_tokens > MAX_NEW_TOKENS:
-        raise RecipeError(f"samples.max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {samples.max_new_tokens}")
+        problems.append(f"samples.max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {samples.max_new_tokens}")
+    if not cfg.resume.lr_factor > 0:
+        problems.append(f"resume.lr_factor must be above 0, got {cfg.resume.lr_factor}")
+    return problems
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RecipeConfig:
-    """Read the YAML at `path` (default: config_smollm2_135M.yaml), apply overrides, validate."""
+    """Read the YAML at `path` (default: config_smollm2_135M.yaml), apply the overrides, check everything."""
     raw = read_yaml(path or DEFAULT_CONFIG)
     for text in overrides:
-        keys, value, raw_text = parse_override(text)
-        apply_override(raw, keys, value, raw_text)
+        apply_override(raw, text)
     return find_shipped_files(build_config(raw))
 
 

@@ -9,12 +9,16 @@ recipe's causal SDPA), training FLOPs per token and an estimate of the peak trai
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
-from transformers.masking_utils import causal_mask_function, sdpa_mask
+from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
+from transformers.utils import is_flash_attn_2_available
 
-from config import RecipeConfig, RecipeError, first_line, hub_is_reachable, log
+from base import RecipeError, hub_is_reachable, log
+from config import RecipeConfig
 
 # --- config and model ----------------------------------------------------------------------------
 
@@ -25,7 +29,8 @@ def build_llama_config(cfg: RecipeConfig, tokenizer=None) -> LlamaConfig:
         config = LlamaConfig(**cfg.model)
         config.validate()
     except Exception as e:  # transformers' strict dataclass validation raises its own error types
-        raise RecipeError(f"model: {first_line(e)}; fix the model section of the YAML or the override") from None
+        problem = " ".join(line.strip() for line in str(e).strip().splitlines()) or type(e).__name__
+        raise RecipeError(f"model: {problem}; fix the model section of the YAML or the override") from None
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise RecipeError(
             f"the tokenizer has {len(tokenizer):,} tokens but model.vocab_size is {config.vocab_size:,}: "
@@ -53,8 +58,6 @@ def build_meta_model(config: LlamaConfig):
 
 
 def load_init_weights(name_or_path: str, config: LlamaConfig, attn_implementation: str):
-    from pathlib import Path
-
     offline = not Path(name_or_path).expanduser().exists() and not hub_is_reachable()
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -120,8 +123,6 @@ def choose_attn_implementation(requested: str, document_aware: bool = False) -> 
     """flash_attention_2 where it can run, else SDPA; SDPA over blocks that keep no documents apart is the
     recipe's causal SDPA (`register_causal_sdpa`)."""
     if requested == "flash_attention_2":
-        from transformers.utils import is_flash_attn_2_available
-
         if not (torch.cuda.is_available() and is_flash_attn_2_available()):
             why = "no CUDA GPU" if not torch.cuda.is_available() else "flash-attn is not installed"
             log(f"attention: flash_attention_2 unavailable ({why}), using sdpa")
@@ -152,10 +153,6 @@ def causal_sdpa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, m
 def register_causal_sdpa() -> str:
     """SDPA attention with `causal_sdpa_mask`, under its own name so that plain "sdpa" keeps its behaviour;
     the name is not saved with the model (config.json records no attention implementation)."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface
-
     AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
     AttentionMaskInterface.register(CAUSAL_SDPA, causal_sdpa_mask)
     return CAUSAL_SDPA

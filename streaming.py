@@ -4,22 +4,12 @@ Documents are read and tokenized as training goes, in bounded memory; the first 
 validation. Each training block carries the stream position after it. The trainer hands each batch's
 position to `StreamPositionCallback`, which writes it next to every checkpoint, and `resume_stream` seeks
 a resumed run's stream there instead of reading and tokenizing everything before it again.
-
-What the trainer calls:
-
-    splits, stats = prepare_streaming(cfg.data, tokenizer, rank, world_size)  # or data.prepare_datasets
-    check_dataloader_workers(num_workers)                 # before building TrainingArguments
-    resume_stream(splits["train"], checkpoint, args)      # on --resume
-    positions = StreamPositionCallback()                  # a Trainer callback
-    positions.take_position(inputs)                       # in compute_loss, before the model sees the batch
-    streamed_dataloader(splits["train"], args, batch_size, collate_fn)  # in get_train_dataloader
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 from functools import partial
 from itertools import chain, islice
 from pathlib import Path
@@ -29,11 +19,12 @@ import numpy as np
 import torch
 from accelerate.data_loader import prepare_data_loader
 from accelerate.utils import gather_object
+from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback, TrainingArguments
 
-from config import DataConfig, RecipeError, log
-from data import (
+from base import RecipeError, log
+from corpus import (
     CorpusSource,
     CorpusStats,
     check_readable,
@@ -43,11 +34,12 @@ from data import (
     tokenize_function,
     unreadable_data_error,
 )
+from run_folder import CHECKPOINT_PREFIX, STREAM_POSITION, read_json, write_atomically
 
 # --- the blocks ----------------------------------------------------------------------------------
 
 
-def prepare_streaming(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int = 1):
+def prepare_streaming(cfg, tokenizer, rank: int = 0, world_size: int = 1):
     """({"train": StreamedBlocks, "validation": Dataset}, CorpusStats). Each of `world_size` processes reads
     its own part of the documents (`open_stream`); the first blocks of process 0's part are held out for
     validation."""
@@ -93,7 +85,7 @@ def prepare_streaming(cfg: DataConfig, tokenizer, rank: int = 0, world_size: int
     return {"train": train, "validation": validation}, stats
 
 
-def open_stream(source: CorpusSource, cfg: DataConfig, rank: int, world_size: int):
+def open_stream(source: CorpusSource, cfg, rank: int, world_size: int):
     """The documents process `rank` reads, from a newly opened stream."""
     return part_of(load_documents(source, cfg, streaming=True)[0], rank, world_size)
 
@@ -103,8 +95,6 @@ def part_of(documents, rank: int, world_size: int):
     evenly, and otherwise every world_size-th document."""
     if world_size == 1:
         return documents
-    from datasets.distributed import split_dataset_by_node
-
     return split_dataset_by_node(documents, rank=rank, world_size=world_size)
 
 
@@ -247,15 +237,6 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
 # --- training on a stream ------------------------------------------------------------------------
 
 
-def check_dataloader_workers(num_workers: int | None) -> None:
-    """A stream is read in one place per process: the main process, or one dataloader worker."""
-    if (num_workers or 0) > 1:
-        raise RecipeError(
-            "data.streaming reads each process's stream in one place: set training.dataloader_num_workers to 1 "
-            "(a worker reads ahead while the model trains) or 0"
-        )
-
-
 def streamed_dataloader(dataset: StreamedBlocks, args: TrainingArguments, batch_size: int, collate_fn):
     """A stream is read by each process for itself (`open_stream` splits it between them), in the main
     process or in one dataloader worker; accelerate's usual loader would read it on one process and send
@@ -279,8 +260,6 @@ class StreamPositionCallback(TrainerCallback):
     so that --resume seeks the streams there instead of reading them again. The trainer hands it each
     batch's position with `take_position`."""
 
-    FILE = "stream_position.json"
-
     def __init__(self):
         self.latest: dict | None = None  # the position after the last batch trained on
 
@@ -294,10 +273,8 @@ class StreamPositionCallback(TrainerCallback):
         positions = gather_object([self.latest])  # every process's position, in rank order
         if not args.should_save or None in positions:  # nothing trained yet: --resume replays the stream
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        tmp = folder / f".{self.FILE}.tmp"
-        tmp.write_text(json.dumps({"step": state.global_step, "processes": positions}))
-        os.replace(tmp, folder / self.FILE)
+        folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+        write_atomically(folder / STREAM_POSITION, json.dumps({"step": state.global_step, "processes": positions}))
 
 
 def resume_stream(stream: StreamedBlocks, checkpoint: str | Path, args: TrainingArguments) -> None:
@@ -305,7 +282,7 @@ def resume_stream(stream: StreamedBlocks, checkpoint: str | Path, args: Training
     stream up to it (the Trainer then skips the batches it has trained on, as for any dataset)."""
     checkpoint = Path(checkpoint)
     try:
-        saved = json.loads((checkpoint / StreamPositionCallback.FILE).read_text())
+        saved = read_json(checkpoint / STREAM_POSITION)
         if len(saved["processes"]) != args.world_size:
             log(
                 f"streaming: {checkpoint.name} was written by {len(saved['processes'])} process(es) and this run has "
@@ -313,7 +290,7 @@ def resume_stream(stream: StreamedBlocks, checkpoint: str | Path, args: Training
             )
             return
         position = saved["processes"][args.process_index]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (KeyError, TypeError, IndexError):
         log(f"streaming: {checkpoint.name} holds no stream position; replaying the stream up to it")
         return
     stream.resume_at = position

@@ -6,14 +6,12 @@
     python train.py --resume                           # continue: 50 more steps at lr/10 (or finish a crashed run)
     accelerate launch train.py                         # one or many GPUs
 
-The recipe, in order (each step a function below `main`):
-    config -> check everything that can fail before the data work -> lock the output folder -> data -> model
-    -> Trainer -> train -> save `output_dir/final`.
+The recipe, in order (each step a function below `main`): config -> check everything that can fail before the
+data work -> lock the run folder and claim it for this run -> data -> model -> Trainer -> train -> save final/.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from dataclasses import dataclass
@@ -23,45 +21,39 @@ from accelerate import PartialState
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
 
 import arguments
-import checkpoints
+import base
+import callbacks
 import model as modeling
-from callbacks import (
-    ConsoleLogCallback,
-    GracefulInterruptCallback,
-    ProgressBar,
-    ResumedRunCallback,
-    RunRecordCallback,
-    SampleGenerationCallback,
-    ThroughputMonitor,
-    check_samples,
-    uses_fsdp,
-    warn_if_cpu_run_is_long,
-)
-from config import RecipeConfig, RecipeError, load_config, log
+import resume
+from base import RecipeError, log
+from config import RecipeConfig, load_config
+from corpus import find_corpus, fingerprint
 from data import collator_for, load_tokenizer, prepare_datasets, tokenizer_fingerprint
+from run_folder import RunFolder, RunLock, write_run_files
+from sampling import check_samples
 from streaming import StreamedBlocks, StreamPositionCallback, resume_stream
-from trainer import RecipeTrainer
+from trainer import RecipeTrainer, save_failed
 
 EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
         PartialState()  # which process this is, before anything logs
+        folder = RunFolder(cfg.training["output_dir"])
+        cfg.training["output_dir"] = str(folder.path)  # resolved once: the Trainer and every check use this path
         tokenizer = load_tokenizer(cfg.tokenizer)
-        plan = checkpoints.plan_resume(cfg, args.resume) if args.resume else None
-        checked = check_before_work(cfg, tokenizer, plan)
-        with lock_output_dir(cfg):
-            if plan is None:
-                checkpoints.refuse_to_overwrite(cfg)
-            else:
-                checkpoints.check_what_changed(plan, cfg, checked.fingerprints, args.resume_changed)
+        checked = check_before_work(cfg, tokenizer, folder, args.resume)
+        with lock(folder):
+            record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, args.resume_changed)
             splits = prepare_data(cfg, tokenizer)
-            code = run_phase(cfg, checked, tokenizer, splits, plan, extra_callbacks)
-            if code == 0 and should_offer_extra_phase(args) and (plan := ask_for_extra_phase(cfg)):
-                code = run_phase(cfg, check_before_work(cfg, tokenizer, plan), tokenizer, splits, plan, extra_callbacks)
+            code = run_phase(cfg, checked, record, tokenizer, splits, extra_callbacks)
+            if code == 0 and should_offer_extra_phase(args) and (latest := ask_for_extra_phase(cfg, folder)):
+                checked = check_before_work(cfg, tokenizer, folder, latest)
+                record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, False)
+                code = run_phase(cfg, checked, record, tokenizer, splits, extra_callbacks)
         return code
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -71,8 +63,8 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
         return EXIT_INTERRUPTED
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None):
+    parser = base.parser("train.py", __doc__)
     parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue from the latest checkpoint in training.output_dir, or from CHECKPOINT")  # fmt: skip
@@ -80,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="resume although the model, tokenizer or data differ from the checkpoint's")  # fmt: skip
     parser.add_argument("--no-prompt", action="store_true", help="never ask to continue after the main run")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.max_steps=20")
-    args = parser.parse_args(argv)
+    args = parser.parse(argv)
     if args.resume not in (None, "latest") and "=" in args.resume:
         args.overrides.insert(0, args.resume)  # `--resume training.max_steps=9` is an override, not a path
         args.resume = "latest"
@@ -97,33 +89,36 @@ class Checked:
     llama_config: object
     n_params: int
     args: TrainingArguments
-    phases: list[dict]
-    fingerprints: dict
+    plan: resume.ResumePlan | None
+    fingerprints: dict  # of the tokenizer and the corpus, kept in each checkpoint
+    record: dict  # what the run record says of this phase: phases, corpus, base model
 
 
-def check_before_work(cfg: RecipeConfig, tokenizer, plan: checkpoints.ResumePlan | None) -> Checked:
-    """The model config and the model on the meta device, the TrainingArguments, optimizer and schedule,
-    the samples' generation config, and the checkpoint to resume: built now, so a mistake costs seconds."""
+def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_from: str | None) -> Checked:
+    """The model config and the model on the meta device, the phase to train, the TrainingArguments, optimizer
+    and schedule, the samples' generation config, the checkpoint's files and tensors: a mistake costs seconds."""
     llama_config = modeling.build_llama_config(cfg, tokenizer)
     meta_model = modeling.build_meta_model(llama_config)
     n_params = sum(p.numel() for p in meta_model.parameters())
+    main_phase = resume.main_phase(cfg, PartialState().num_processes)
+    plan = resume.plan_resume(cfg, resume_from, folder, main_phase) if resume_from else None
     changes = {} if plan is None else {"max_steps": plan.max_steps}
-    if plan is not None and plan.extra_phase:
-        changes["learning_rate"] = plan.constant_lr
+    if plan is not None and plan.phase["name"] != "main":
+        changes["learning_rate"] = plan.phase["learning_rate"]
     args = arguments.build_training_arguments(cfg, llama_config, n_params, **changes)
     arguments.check_optimizer_and_schedule(args)
-    check_samples(cfg.samples, tokenizer, llama_config.max_position_embeddings)
+    check_samples(cfg.samples.prompts, cfg.samples.sampling(), tokenizer, llama_config.max_position_embeddings)
     if plan is not None:
-        checkpoints.verify_checkpoint(plan.checkpoint, meta_model.state_dict())
-    fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), "data.path": checkpoints.corpus_fingerprint(cfg.data)}
-    return Checked(llama_config, n_params, args, checkpoints.phases_for(cfg, args, plan), fingerprints)
+        resume.verify_checkpoint(plan, meta_model.state_dict())
+    source = find_corpus(cfg.data.path)
+    fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), "data.path": fingerprint(source, cfg.data)}
+    record = resume.record_of(cfg, plan.phases if plan else [main_phase], source)
+    return Checked(llama_config, n_params, args, plan, fingerprints, record)
 
 
-def lock_output_dir(cfg: RecipeConfig):
-    """The main process holds output_dir's lock for the whole run; a second run into it stops in one line."""
-    if not PartialState().is_main_process:
-        return contextlib.nullcontext()
-    return checkpoints.RunLock(cfg.training["output_dir"])
+def lock(folder: RunFolder):
+    """The main process holds the folder's lock for the whole run; a second run into it stops in one line."""
+    return RunLock(folder) if PartialState().is_main_process else contextlib.nullcontext()
 
 
 # --- 2. data --------------------------------------------------------------------------------------
@@ -140,41 +135,42 @@ def prepare_data(cfg: RecipeConfig, tokenizer):
 # --- 3. one phase: model, Trainer, train, save ---------------------------------------------------
 
 
-def run_phase(cfg: RecipeConfig, checked: Checked, tokenizer, splits, plan, extra_callbacks=()) -> int:
+def run_phase(cfg: RecipeConfig, checked: Checked, record: dict, tokenizer, splits, extra_callbacks=()) -> int:
     """Build the model and the Trainer, train (or resume), save final/. Returns the process exit code."""
-    args = checked.args
-    set_seed(args.seed)  # the same seed gives the same initial weights
+    plan = checked.plan
+    set_seed(checked.args.seed)  # the same seed gives the same initial weights
     attn = modeling.choose_attn_implementation(cfg.attn_implementation, cfg.data.document_aware)
     model = modeling.build_model(cfg, checked.llama_config, attn, from_weights=plan is None)
     log(modeling.parameter_breakdown(model))
-    log(arguments.describe_batch(args, cfg.data.block_size))
+    log(arguments.describe_batch(checked.args, cfg.data.block_size))
     if plan is not None:
         log(plan.describe())
-    interrupt = GracefulInterruptCallback()
-    trainer = build_trainer(cfg, checked, model, tokenizer, splits, plan, interrupt, extra_callbacks)
-    warn_if_cpu_run_is_long(trainer, checked)
-    return train_and_save(cfg, checked, trainer, plan, interrupt)
+    interrupt = callbacks.GracefulInterruptCallback()
+    start = plan.start_sample(arguments.samples_per_step(checked.args)) if plan else 0
+    run_record = callbacks.RunRecordCallback(cfg.to_dict(), record, checked.fingerprints, start, cfg.data.block_size,
+                                             12 * checked.n_params)  # bytes until a checkpoint is measured
+    trainer = build_trainer(cfg, checked, run_record, model, tokenizer, splits, interrupt, extra_callbacks)
+    callbacks.warn_if_cpu_run_is_long(trainer, checked)
+    return train_and_save(trainer, run_record, interrupt, plan)
 
 
-def build_trainer(cfg, checked: Checked, model, tokenizer, splits, plan, interrupt, extra_callbacks=()):
-    args = checked.args
+def build_trainer(cfg, checked: Checked, run_record, model, tokenizer, splits, interrupt, extra_callbacks=()):
+    args, plan = checked.args, checked.plan
     stream = splits["train"] if isinstance(splits["train"], StreamedBlocks) else None
-    stream_position = StreamPositionCallback() if stream is not None else None
     if stream is not None and plan is not None:
         resume_stream(stream, plan.checkpoint, args)
     if plan is not None and stream is None:
         args.ignore_data_skip = True  # the block order resumes by samples (trainer.BlockOrder), not by batches
-    start_sample = start_sample_of(plan, args)
-    throughput = ThroughputMonitor(model, cfg.data.block_size, samples_every=cfg.samples.every_n_steps)
-    checkpoint_bytes = 12 * checked.n_params  # fp32 weights and two optimizer moments, until one is measured
-    callbacks = [
+    throughput = callbacks.ThroughputMonitor(model, cfg.data.block_size, samples_every=cfg.samples.every_n_steps)
+    stream_position = StreamPositionCallback() if stream is not None else None
+    trainer_callbacks = [
         throughput,
-        ResumedRunCallback(constant_lr=plan.constant_lr if plan else None),
-        SampleGenerationCallback(tokenizer, cfg.samples, args.output_dir, interrupted=lambda: interrupt.requested),
-        RunRecordCallback(cfg, checked.phases, checked.fingerprints, start_sample, checkpoint_bytes),
+        callbacks.PhaseScheduleCallback(plan.phase if plan and plan.phase["name"] != "main" else None),
+        callbacks.SampleGenerationCallback(tokenizer, cfg.samples, args.output_dir, lambda: interrupt.requested),
+        *([stream_position] if stream_position is not None else []),  # before the record: its checksums come last
+        run_record,
         interrupt,
-        ConsoleLogCallback(),
-        *([stream_position] if stream_position is not None else []),
+        callbacks.ConsoleLogCallback(),
         *extra_callbacks,
     ]
     trainer = RecipeTrainer(
@@ -184,35 +180,24 @@ def build_trainer(cfg, checked: Checked, model, tokenizer, splits, plan, interru
         eval_dataset=splits["validation"],
         processing_class=tokenizer,
         data_collator=collator_for(cfg.data, tokenizer),
-        callbacks=callbacks,
-        start_sample=start_sample,
+        callbacks=trainer_callbacks,
+        start_sample=run_record.samples_seen,
         throughput=throughput,
         stream_position=stream_position,
     )
     trainer.remove_callback(PrinterCallback)  # ConsoleLogCallback prints the logs, one line each
     if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(ProgressBar)
-    if uses_fsdp(args) and not trainer.is_fsdp_enabled and not torch.cuda.is_available():
+        trainer.add_callback(callbacks.ProgressBar)
+    if callbacks.uses_fsdp(args) and not trainer.is_fsdp_enabled and not torch.cuda.is_available():
         log("FSDP: accelerate does not shard on CPU; the processes train as plain data parallel (DDP over gloo)")
     return trainer
 
 
-def start_sample_of(plan, args: TrainingArguments) -> int:
-    """Where the resumed run starts in the block order: the samples the checkpoint trained on."""
-    if plan is None:
-        return 0
-    if plan.samples_seen is not None:
-        return plan.samples_seen
-    per_step = args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
-    log(f"resume: {plan.checkpoint.name} does not record its samples; assuming {per_step} per step as now")
-    return plan.step * per_step
-
-
-def train_and_save(cfg: RecipeConfig, checked: Checked, trainer, plan, interrupt) -> int:
+def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallback, interrupt, plan) -> int:
     args = trainer.args
     arguments.make_wandb_dir()
-    if args.should_save:
-        checkpoints.write_run_files(cfg, checked.phases, args.output_dir)
+    if args.should_save:  # only now, after every check: the run record of this phase
+        write_run_files(RunFolder(args.output_dir).path, run_record.config, run_record.facts(plan.step if plan else 0))
     try:
         result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
         if interrupt.stopped_at is not None:
@@ -223,9 +208,9 @@ def train_and_save(cfg: RecipeConfig, checked: Checked, trainer, plan, interrupt
             return EXIT_INTERRUPTED
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
-        final = checkpoints.save_final_model(trainer, args.output_dir, cfg, checked.phases)
+        final = trainer.save_final(run_record.config, run_record.facts(trainer.state.global_step))
     except OSError as e:
-        raise checkpoints.save_failed(e, trainer) from None
+        raise save_failed(e, trainer) from None
     finally:
         interrupt.restore_handlers()
     log(f"saved the final model to {final}")
@@ -235,13 +220,13 @@ def train_and_save(cfg: RecipeConfig, checked: Checked, trainer, plan, interrupt
 # --- after the main run --------------------------------------------------------------------------
 
 
-def should_offer_extra_phase(args: argparse.Namespace) -> bool:
+def should_offer_extra_phase(args) -> bool:
     return not args.no_prompt and PartialState().num_processes == 1 and sys.stdin.isatty() and sys.stdout.isatty()
 
 
-def ask_for_extra_phase(cfg: RecipeConfig) -> checkpoints.ResumePlan | None:
+def ask_for_extra_phase(cfg: RecipeConfig, folder: RunFolder) -> str | None:
     """After the main run, in a terminal: offer the extra phase of --resume in the same process."""
-    latest, _ = checkpoints.find_latest_checkpoint(cfg.training["output_dir"])
+    latest, _ = folder.latest_checkpoint()
     if latest is None:  # e.g. save_strategy=no
         return None
     factor = f"lr/{1 / cfg.resume.lr_factor:g}" if cfg.resume.lr_factor < 1 else f"lr x {cfg.resume.lr_factor:g}"
@@ -251,7 +236,7 @@ def ask_for_extra_phase(cfg: RecipeConfig) -> checkpoints.ResumePlan | None:
     except (EOFError, KeyboardInterrupt):
         print()
         return None
-    return checkpoints.plan_resume(cfg, str(latest)) if answer.strip().lower() in ("y", "yes") else None
+    return str(latest) if answer.strip().lower() in ("y", "yes") else None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The recipe's Trainer: the HF `Trainer` with a data order that resumes by samples, evaluation that gives way
-to a stop signal, and perplexity and throughput next to the losses it logs.
+to a stop signal, perplexity and throughput next to the losses it logs, and the final model saved whole.
 
 The training blocks are read in a seeded order, a new permutation each pass (`BlockOrder`). Where a resumed
 run starts in that order is counted in samples, not in batches, so a run resumed with another batch size,
@@ -11,11 +11,16 @@ from __future__ import annotations
 import math
 import signal
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
+
+from base import RecipeError
+from run_folder import RunFolder, atomic_folder, write_run_files
+from streaming import StreamedBlocks, streamed_dataloader
 
 
 class BlockOrder(torch.utils.data.Sampler):
@@ -69,8 +74,6 @@ class RecipeTrainer(Trainer):
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed
 
     def get_train_dataloader(self):
-        from streaming import StreamedBlocks, streamed_dataloader
-
         if isinstance(self.train_dataset, StreamedBlocks):
             loader = streamed_dataloader(self.train_dataset, self.args, self.args.train_batch_size, self.data_collator)
         else:
@@ -89,6 +92,36 @@ class RecipeTrainer(Trainer):
             torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
             torch_loader.worker_init_fn = partial(start_worker_without_signals, torch_loader.worker_init_fn)
         return loader
+
+
+    def save_final(self, config: dict, record: dict) -> Path:
+        """Weights (safetensors), config, generation config, tokenizer and the run files in output_dir/final,
+        replacing it atomically: an interruption or a full disk leaves the previous final/ (or none), never half
+        of one. Every process takes part: under FSDP the weights are gathered from all of them."""
+        final = RunFolder(self.args.output_dir).final
+        model = self.accelerator.unwrap_model(self.model)
+        model.config.use_cache = True  # off while training; on for generation
+        state_dict = self.accelerator.get_state_dict(self.model)  # collective under FSDP
+        if self.args.should_save:
+            with atomic_folder(final) as tmp:
+                model.save_pretrained(str(tmp), state_dict=state_dict)
+                model.generation_config.save_pretrained(str(tmp))
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(str(tmp))
+                write_run_files(tmp, config, record)
+        self.accelerator.wait_for_everyone()
+        return final
+
+
+def save_failed(error: OSError, trainer: Trainer) -> RecipeError:
+    """A write that failed (disk full, permission): remove what it left half-written and say what is intact."""
+    folder, step = RunFolder(trainer.args.output_dir), trainer.state.global_step
+    removed = folder.remove_incomplete_checkpoint(step) if trainer.args.should_save else None
+    latest, _ = folder.latest_checkpoint()
+    intact = f"{latest.name} is intact, continue with --resume" if latest else "no checkpoint was saved yet"
+    where = f" writing {error.filename}" if error.filename else ""
+    partial = f"; removed the partial {removed.name}" if removed else ""
+    return RecipeError(f"step {step}:{where} failed ({error.strerror or error}){partial}; {intact} once it is fixed")
 
 
 def start_worker_without_signals(init_worker, worker_id: int) -> None:

@@ -13,7 +13,7 @@ LOG=${LOG:-bench_gpu.log}
 EXTRA=("$@")
 row() {
   echo "### $*" | tee -a "$LOG"
-  if "$PYTHON" bench.py --no-data --steps "$STEPS" --warmup "$WARMUP" "${EXTRA[@]}" "$@" >>"$LOG" 2>&1; then
+  if "$PYTHON" bench.py --steps "$STEPS" --warmup "$WARMUP" "${EXTRA[@]}" "$@" >>"$LOG" 2>&1; then
     grep -E "^\| (recipe|baseline)|^ratio" "$LOG" | tail -n "$([[ " $* " == *" --vs-baseline "* ]] && echo 3 || echo 1)"
   else
     echo "failed (see $LOG): $*"

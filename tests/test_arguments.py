@@ -7,7 +7,8 @@ from conftest import TINY_MODEL
 from transformers import Trainer, get_scheduler
 
 import arguments
-from config import RecipeError, load_config
+from base import RecipeError
+from config import load_config
 from model import build_llama_config, build_meta_model
 
 

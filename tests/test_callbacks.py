@@ -1,4 +1,4 @@
-"""Callbacks leave training as they found it; resume pins the learning rate; checkpoints are checked."""
+"""Callbacks leave training as they found it; a phase after the main one runs on its own schedule."""
 
 import random
 from types import SimpleNamespace
@@ -8,9 +8,10 @@ import torch
 from conftest import TINY_MODEL
 from transformers import get_wsd_schedule
 
-from callbacks import ResumedRunCallback, generate_samples
+from callbacks import PhaseScheduleCallback
 from config import SamplesConfig, load_config
 from model import build_llama_config, build_model
+from sampling import generate_samples
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +31,14 @@ def test_generate_samples_leaves_mode_rng_and_checkpointing_untouched(tiny_model
     expected_torch, expected_py = torch.rand(3), random.random()
     torch.manual_seed(123)
     random.seed(5)
-    first = generate_samples(tiny_model, tokenizer, samples)
+    first = generate_samples(tiny_model, tokenizer, samples.prompts, samples.sampling())
     assert torch.equal(torch.rand(3), expected_torch) and random.random() == expected_py
     assert tiny_model.training and tiny_model.is_gradient_checkpointing
-    assert generate_samples(tiny_model, tokenizer, samples) == first  # fixed seed: same samples
+    assert generate_samples(tiny_model, tokenizer, samples.prompts, samples.sampling()) == first  # fixed seed: same samples
     assert [p for p, _ in first] == ["ROMEO:", "JULIET:"]
 
 
-def test_resumed_run_callback_holds_a_constant_lr():
+def finished_schedule():
     params = [torch.nn.Parameter(torch.zeros(2))]
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     scheduler = get_wsd_schedule(optimizer, num_warmup_steps=2, num_decay_steps=2, num_training_steps=10)
@@ -45,15 +46,22 @@ def test_resumed_run_callback_holds_a_constant_lr():
         optimizer.step()
         scheduler.step()
     assert scheduler.get_last_lr()[0] == 0.0  # end of the decay
+    return optimizer, scheduler
 
-    class State:
-        max_steps = 20
 
-        def compute_steps(self, args, max_steps):
-            self.computed = max_steps
+class State:
+    max_steps = 20
 
+    def compute_steps(self, args, max_steps):
+        self.computed = max_steps
+
+
+def test_phase_schedule_holds_the_constant_lr_of_the_resume_phase():
+    optimizer, scheduler = finished_schedule()
     state = State()
-    ResumedRunCallback(constant_lr=1e-4).on_train_begin(None, state, None, optimizer=optimizer, lr_scheduler=scheduler)
+    phase = {"name": "resume", "first_step": 11, "last_step": 20, "lr_scheduler_type": "constant",
+             "learning_rate": 1e-4, "warmup_steps": 0}  # fmt: skip
+    PhaseScheduleCallback(phase).on_train_begin(None, state, None, optimizer=optimizer, lr_scheduler=scheduler)
     assert state.computed == 20
     assert scheduler.get_last_lr() == [1e-4]
     for _ in range(5):
@@ -61,6 +69,21 @@ def test_resumed_run_callback_holds_a_constant_lr():
         optimizer.step()
         scheduler.step()
         assert scheduler.get_last_lr() == [1e-4]
+
+
+def test_phase_schedule_rewarms_an_extension_and_decays_over_its_own_steps():
+    optimizer, scheduler = finished_schedule()
+    phase = {"name": "extend", "first_step": 11, "last_step": 20, "lr_scheduler_type": "warmup_stable_decay",
+             "learning_rate": 1e-3, "warmup_steps": 2, "lr_scheduler_kwargs": {"num_decay_steps": 4}}  # fmt: skip
+    PhaseScheduleCallback(phase).on_train_begin(None, State(), None, optimizer=optimizer, lr_scheduler=scheduler)
+    used = []
+    for _ in range(10):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert used[0] == 0.0 and used[1] == pytest.approx(5e-4)  # from 0, never a jump to the peak
+    assert used[2:6] == [pytest.approx(1e-3)] * 4  # stable
+    assert used[6] > used[7] > used[8] > used[9] > 0  # decayed over the last 4 of its own steps
 
 
 def test_samples_are_skipped_under_fsdp_from_either_source(monkeypatch):

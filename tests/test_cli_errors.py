@@ -96,7 +96,7 @@ def test_yaml_mistakes(tmp_path, capsys):
     bad.write_text("training:\n  max_steps: [1\n")
     for path, message in (
         (loop, "config file"),
-        (partial, "the config has no 'training.output_dir'"),
+        (partial, "the config has no 'tokenizer'"),
         (bad, f"config file {bad} is not valid YAML at line"),
     ):
         assert train.main(["--config", str(path)]) == 2

@@ -6,7 +6,8 @@ import sys
 import pytest
 from conftest import CORPUS, ROOT, TOKENIZER
 
-from config import DEFAULT_CONFIG, RecipeError, load_config
+from base import RecipeError
+from config import DEFAULT_CONFIG, load_config
 
 
 def test_default_config_is_smollm2_135m():

@@ -16,8 +16,10 @@ import datasets
 import pytest
 from conftest import CORPUS, ROOT, TOKENIZER
 
+import corpus
 import data
-from config import DataConfig, RecipeError, load_config
+from base import RecipeError
+from config import DataConfig, load_config
 
 
 def config(tmp_path, **kw) -> DataConfig:
@@ -352,13 +354,13 @@ def test_fast_batch_encoding_gives_the_ids_of_the_tokenizer(tokenizer):
         "",
     ]
     expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    assert data.batch_encoder(tokenizer)(texts) == expected
-    tokenize = data.tokenize_function(tokenizer, "text")
+    assert corpus.batch_encoder(tokenizer)(texts) == expected
+    tokenize = corpus.tokenize_function(tokenizer, "text")
     eos = tokenizer.eos_token_id
     assert tokenize({"text": texts + [None]})["input_ids"] == [ids + [eos] for ids in expected[:4]]
     truncating = copy.deepcopy(tokenizer)
     truncating.backend_tokenizer.enable_truncation(8)  # as a tokenizer.json may set it: never cut documents
-    assert data.batch_encoder(truncating)(texts) == expected
+    assert corpus.batch_encoder(truncating)(texts) == expected
 
 
 @pytest.mark.slow
@@ -407,3 +409,34 @@ sys.exit(data.main(sys.argv[1:]))
     assert err.rstrip().splitlines()[-1] == "interrupted while preparing the data; nothing was cached"
     assert "Traceback" not in err and "TimeoutError" not in err, err[-3000:]
     assert nothing_cached(tmp_path)
+
+
+def test_corpus_fingerprint_follows_the_contents_not_the_path(tmp_path):
+    text = "To be, or not to be.\n" * 100
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "c.txt").write_text(text)
+    spec = load_config(None, [f"data.path={tmp_path / 'a' / 'c.txt'}"]).data
+    here = corpus.fingerprint(corpus.find_corpus(str(tmp_path / "a" / "c.txt")), spec)
+    assert corpus.fingerprint(corpus.find_corpus(str(tmp_path / "b" / "c.txt")), spec) == here  # moved
+    with (tmp_path / "a" / "c.txt").open("a") as f:
+        f.write("That is the question.\n")
+    assert corpus.fingerprint(corpus.find_corpus(str(tmp_path / "a" / "c.txt")), spec) != here  # grown
+
+
+def test_a_csv_is_read_by_its_text_column_and_skipped_files_are_named(tmp_path, tokenizer, capsys):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "notes.csv").write_text("id,content\n" + '1,"To be, or not to be"\n2,"that is the question"\n' * 200)
+    (folder / "picture.png").write_bytes(b"\x89PNG")
+    (folder / ".hidden.csv").write_text("id,content\n")
+    source = corpus.find_corpus(str(folder))
+    assert source.builder == "csv" and [Path(f).name for f in source.files] == ["notes.csv"]
+    assert "skips 2 file(s)" in capsys.readouterr().out
+    cfg = load_config(None, [f"data.path={folder}", "data.text_column=content", "data.block_size=16",
+                             f"data.cache_dir={tmp_path / 'cache'}"]).data  # fmt: skip
+    splits, stats = data.prepare_datasets(cfg, tokenizer)
+    assert stats.documents == 400  # rows, not lines of text with their commas
+    first = tokenizer.decode(splits["train"][0]["input_ids"] + splits["validation"][0]["input_ids"])
+    assert "id," not in first and '"' not in first

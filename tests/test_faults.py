@@ -15,7 +15,7 @@ from conftest import ROOT, tiny_overrides
 from transformers import TrainerCallback
 
 import train
-from checkpoints import checkpoint_step, find_latest_checkpoint
+from run_folder import RunFolder, checkpoint_step
 from trainer import RecipeTrainer
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, cache_d
     assert not (out / ".run.lock").exists()
     monkeypatch.setattr(torch, "save", real_save)
     assert train.main(["--resume", *overrides]) == 0  # the disk has room again
-    assert find_latest_checkpoint(out)[0].name == "checkpoint-6"
+    assert RunFolder(out).latest_checkpoint()[0].name == "checkpoint-6"
 
 
 def test_sigterm_during_long_samples_saves_within_seconds(tmp_path, cache_dir):

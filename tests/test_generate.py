@@ -15,6 +15,9 @@ import torch
 from conftest import ROOT
 
 import generate
+import run_folder
+from base import RecipeError
+from sampling import SamplingSettings
 
 CONTEXT = 64  # the small model's max_position_embeddings, so that a long prompt is short to write
 
@@ -44,7 +47,7 @@ def small(small_run) -> generate.LoadedModel:
 
 
 def complete(loaded, prompt="ROMEO:", **settings) -> str:
-    return "".join(generate.stream_completion(loaded, prompt, generate.SamplingSettings(**settings)))
+    return "".join(generate.stream_completion(loaded, prompt, SamplingSettings(**settings)))
 
 
 # --- one table of mistakes -----------------------------------------------------------------------
@@ -143,7 +146,7 @@ def fake_model(folder: Path, saved: float, state: bool = False, weights: bool = 
     if weights:
         (folder / "model.safetensors").write_bytes(b"")
     if state:
-        (folder / "trainer_state.json").write_text("{}")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
         os.utime(folder / "trainer_state.json", (saved, saved))
     os.utime(folder, (saved, saved))
     return folder
@@ -155,14 +158,14 @@ def test_newest_final_or_complete_checkpoint_is_chosen_by_save_time(tmp_path):
     checkpoint = fake_model(runs / "b" / "checkpoint-4", saved=200, state=True)
     fake_model(runs / "b" / "checkpoint-6", saved=400)  # no trainer_state.json: still being written
     fake_model(runs / "c" / "final", saved=500, weights=False)  # an interrupted save
-    assert generate.find_newest_model(runs) == checkpoint
+    assert run_folder.newest_model(runs) == checkpoint
     os.utime(old_final, (300, 300))
-    assert generate.find_newest_model(runs) == old_final
+    assert run_folder.newest_model(runs) == old_final
 
 
 def test_no_run_names_the_paths_it_looked_in(tmp_path):
-    with pytest.raises(generate.LoadError, match=r"none found in .*runs/\*/final or .*runs/\*/checkpoint-N"):
-        generate.find_newest_model(tmp_path / "runs")
+    with pytest.raises(RecipeError, match=r"none found in .*runs/\*/final or .*runs/\*/checkpoint-N"):
+        run_folder.newest_model(tmp_path / "runs")
 
 
 def test_no_model_argument_uses_the_newest_run_and_says_which(small_run, tmp_path, capsys, monkeypatch):
@@ -209,7 +212,7 @@ def test_name_comes_from_config_then_card_then_folder(files, name, tmp_path):
 
 def test_a_hub_model_without_recipe_files_is_named_by_its_id(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert generate.describe_model(generate.hub_files("me/my-smollm2"), "me/my-smollm2") == ("me/my-smollm2", None)
+    assert generate.describe_hub("me/my-smollm2", offline=True) == ("me/my-smollm2", None)
 
 
 def test_step_is_the_checkpoints_own_else_the_runs(tmp_path):
@@ -234,7 +237,7 @@ def test_a_seed_repeats_and_no_seed_is_fresh_every_time(small):
 
 
 def test_sampling_settings_default_to_fresh_randomness():
-    assert generate.SamplingSettings().seed is None
+    assert SamplingSettings().seed is None
 
 
 def test_closing_the_stream_stops_the_generation(small):
@@ -246,7 +249,7 @@ def test_closing_the_stream_stops_the_generation(small):
 
     hook = small.model.register_forward_pre_hook(slow_forward)
     try:
-        pieces = generate.stream_completion(small, "", generate.SamplingSettings(max_new_tokens=CONTEXT - 1, seed=1))
+        pieces = generate.stream_completion(small, "", SamplingSettings(max_new_tokens=CONTEXT - 1, seed=1))
         next(iter(pieces))
         pieces.close()  # what the app's Stop button and Ctrl-C do
     finally:

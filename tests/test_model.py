@@ -167,7 +167,6 @@ def test_final_model_is_saved_from_the_gathered_state_dict(tmp_path, cache_dir, 
     from conftest import tiny_overrides
 
     import arguments
-    import checkpoints
     from trainer import RecipeTrainer
 
     cfg = load_config(None, tiny_overrides(tmp_path / "run", cache_dir))
@@ -176,7 +175,7 @@ def test_final_model_is_saved_from_the_gathered_state_dict(tmp_path, cache_dir, 
     trainer = RecipeTrainer(model=model, args=args)
     gathered = {k: v.clone() + 1 for k, v in model.state_dict().items()}  # what the other ranks would add
     monkeypatch.setattr(trainer.accelerator, "get_state_dict", lambda m: gathered)
-    final = checkpoints.save_final_model(trainer, args.output_dir, cfg, phases=[])
+    final = trainer.save_final(cfg.to_dict(), {"run_id": "test"})
     reloaded = AutoModelForCausalLM.from_pretrained(final).state_dict()
     for name, tensor in gathered.items():
         assert torch.equal(reloaded[name], tensor), name
@@ -194,3 +193,19 @@ def test_init_from_loads_saved_weights_with_the_recipes_attention(tmp_path):
     assert model.config._attn_implementation == CAUSAL_SDPA
     for name, tensor in saved.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_shapes_are_checked_both_ways():
+    import pytest
+
+    from base import RecipeError
+    from model import check_shapes
+
+    expected = {"a": torch.empty(2, 3), "lm_head.weight": torch.empty(4)}
+    check_shapes(expected, {"a": torch.empty(2, 3)}, "checkpoint-4")  # a tied head need not be stored
+    with pytest.raises(RecipeError, match=r"tensor 'a' has shape \(3, 2\) but the config gives \(2, 3\)"):
+        check_shapes(expected, {"a": torch.empty(3, 2)}, "checkpoint-4")
+    with pytest.raises(RecipeError, match="has no tensor 'a'"):
+        check_shapes(expected, {}, "checkpoint-4")
+    with pytest.raises(RecipeError, match="has tensor 'model.layers.2.x' and 1 more, which this model config lacks"):
+        check_shapes(expected, {"a": torch.empty(2, 3), "model.layers.2.x": torch.empty(1), "y": torch.empty(1)}, "c")

@@ -18,6 +18,7 @@ from hub_stub import HubStub
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import card
 import push
 
 TOKEN = "hf_stubtoken1234567890"
@@ -100,14 +101,19 @@ def tiny_weights(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
-def write_run(root: Path, weights: Path, global_step: int = 110, phases: dict | None = PHASES) -> Path:
-    """A run folder as train.py leaves it after the main run and --resume: final/ and the run's files above it."""
+def write_run(root: Path, weights: Path, global_step: int = 110, record: str = "run.json") -> Path:
+    """A run folder as train.py leaves it after the main run and --resume: final/ and the run's files above it;
+    the run record as today's recipe writes it (run.json), as older versions did (training_phases.json), or none."""
     run = root / "run"
     shutil.copytree(weights, run / "final")
     (run / "trainer_state.json").write_text(json.dumps(trainer_state(global_step)))
     (run / "recipe_config.yaml").write_text(yaml.safe_dump(RECIPE))
-    if phases is not None:
-        (run / "training_phases.json").write_text(json.dumps(phases))
+    if record == "run.json":  # 110 steps x 4 sequences x 2 accumulation x 2 processes x 64 tokens
+        phases = [{**p, "processes": 2} for p in PHASES["phases"]]
+        (run / "run.json").write_text(json.dumps({"run_id": "r", "phases": phases, "tokens_trained": 112_640,
+                                                  "corpus": {"hub_id": None, "files": ["tinyshakespeare.txt"]}}))  # fmt: skip
+    elif record == "training_phases.json":
+        (run / "training_phases.json").write_text(json.dumps(PHASES))
     samples = [{"step": s, "prompt": "ROMEO:", "completion": f" at step {s}"} for s in (50, 100)]
     (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     return run
@@ -150,9 +156,9 @@ def assert_phases_match_trainer_state(rows: list[dict], state: dict) -> None:
             assert max(logged) == pytest.approx(row["lr"])
 
 
-@pytest.mark.parametrize("with_phases_file", [True, False], ids=["training_phases.json", "derived from the log"])
-def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, tmp_path, with_phases_file):
-    run = write_run(tmp_path, tiny_weights, phases=PHASES if with_phases_file else None)
+@pytest.mark.parametrize("record", ["run.json", "training_phases.json"])
+def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, tmp_path, record):
+    run = write_run(tmp_path, tiny_weights, record=record)
     card = push_dry_run(run / "final", tmp_path / "pushed")
     rows = phase_rows(card)
     assert [(r["name"], r["first"], r["last"], r["schedule"]) for r in rows] == [
@@ -161,13 +167,16 @@ def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, 
     assert rows[0]["warmup"] == "10"  # an integer, not 10.0
     assert_phases_match_trainer_state(rows, trainer_state(110))
     intro = card.split("\n## ", 1)[0]
-    # 110 steps x 4 sequences x 2 accumulation x 2 processes (tokens/s total / per device) x 64 tokens
-    assert "110 optimizer steps in 2 phases, 112,640 tokens" in intro
-    assert "[SmolLM2-360M](https://huggingface.co/HuggingFaceTB/SmolLM2-360M)" in intro and "135M" not in card
+    if record == "run.json":  # the tokens as the run counted them; an older run recorded none
+        assert "110 optimizer steps in 2 phases, 112,640 tokens on 2 process(es)." in intro
+    else:
+        assert intro.rstrip().endswith("110 optimizer steps in 2 phases.")
+    assert "in the [SmolLM2-360M](https://huggingface.co/HuggingFaceTB/SmolLM2-360M) configuration" in intro
+    assert "135M" not in card
     assert "`tinyshakespeare.txt`" in intro and "../shared" not in card and "datasets:" not in card
     assert "max_steps" not in card and "10.0" not in card
     assert "| `gradient_accumulation_steps` | `2` |" in section(card, "Settings")
-    assert ("No training_phases.json" in card) is not with_phases_file
+    assert "No run record" not in card  # the phases of either file
     assert "## Samples at step 100" in card and "ROMEO: at step 100" in card
     assert (tmp_path / "pushed" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -186,25 +195,21 @@ def test_card_of_an_interrupted_phase_says_where_it_stopped(tiny_weights, tmp_pa
     [
         (PHASES, 40, [("main", 1, 40, 60)]),  # a checkpoint inside the main phase, the run's file above it
         (PHASES, None, [("main", 1, 60, 60), ("resume", 61, 110, 110)]),  # no trainer_state.json: as planned
-        (None, 40, [("main", 1, 40, 60)]),
-        (None, 110, [("main", 1, 60, 60), ("resume", 61, 110, None)]),
+        (None, 40, [("training", 1, 40, 60)]),  # no record of the phases: one, as far as the log goes
+        (None, None, []),
     ],
 )
 def test_training_phases_end_where_trainer_state_says(phases, global_step, expected):
-    record = push.RunRecord(
-        recipe=RECIPE,
-        state=trainer_state(global_step) if global_step else None,
-        phases=phases["phases"] if phases else None,
-        samples_file=None,
-    )
-    found = push.training_phases(record)
+    state = trainer_state(global_step) if global_step else None
+    record = card.TrainingRecord(recipe=RECIPE, state=state, run=phases or {}, samples_file=None)
+    found = card.training_phases(record)
     assert [(p.name, p.first_step, p.last_step, p.planned_last_step) for p in found] == expected
 
 
 def test_loss_curve_marks_each_phase_and_shows_the_learning_rate():
     state = trainer_state(110)
-    record = push.RunRecord(recipe=RECIPE, state=state, phases=PHASES["phases"], samples_file=None)
-    figure = push.draw_loss_curve(state["log_history"], push.training_phases(record))
+    record = card.TrainingRecord(recipe=RECIPE, state=state, run=PHASES, samples_file=None)
+    figure = card.draw_loss_curve(state["log_history"], card.training_phases(record))
     loss_axis, lr_axis = figure.axes
     boundaries = [line.get_xdata()[0] for line in loss_axis.get_lines() if line.get_linestyle() == ":"]
     assert boundaries == [60.5]
@@ -214,21 +219,23 @@ def test_loss_curve_marks_each_phase_and_shows_the_learning_rate():
 
 
 @pytest.mark.parametrize(
-    "path, hub_dataset, expected",
+    "path, corpus, hub_dataset, expected",
     [
-        ("../shared/data/tinyshakespeare.txt", None, "`tinyshakespeare.txt`"),
-        ("/home/me/corpus/", None, "`corpus`"),
-        (["a/b.txt", "c/d.txt"], None, "`b.txt`, `d.txt`"),
-        ("karpathy/tiny_shakespeare", None, "[karpathy/tiny_shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare)"),
-        ("input.txt", "me/corpus", "[me/corpus](https://huggingface.co/datasets/me/corpus)"),
+        ("../shared/data/tinyshakespeare.txt", None, None, "`tinyshakespeare.txt`"),
+        ("/home/me/corpus/", None, None, "`corpus`"),
+        (["a/b.txt", "c/d.txt"], None, None, "`b.txt`, `d.txt`"),
+        ("/home/me/books", {"files": [f"{i}.txt" for i in range(7)]}, None, "`0.txt`, `1.txt`, `2.txt`, `3.txt`, `4.txt` and 2 more files"),
+        ("karpathy/tiny_shakespeare", {"hub_id": "karpathy/tiny_shakespeare"}, None, "[karpathy/tiny_shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare)"),
+        ("input.txt", None, "me/corpus", "[me/corpus](https://huggingface.co/datasets/me/corpus)"),
     ],
 )  # fmt: skip
-def test_dataset_is_a_hub_id_or_a_file_name_never_a_local_path(path, hub_dataset, expected):
-    assert push.dataset_description(path, hub_dataset) == expected
+def test_dataset_is_a_hub_id_or_a_file_name_never_a_local_path(path, corpus, hub_dataset, expected):
+    record = card.TrainingRecord(recipe={"data": {"path": path}}, state=None, run={"corpus": corpus}, samples_file=None)
+    assert card.dataset_description(record, hub_dataset) == expected
 
 
 def test_settings_print_integers_as_integers():
-    assert [push.plain(v) for v in (10.0, 0.0003, 1e-08, 4, True, {"num_decay_steps": 12.0})] == [
+    assert [card.plain(v) for v in (10.0, 0.0003, 1e-08, 4, True, {"num_decay_steps": 12.0})] == [
         "10", "0.0003", "1e-08", "4", "True", "num_decay_steps=12",
     ]  # fmt: skip
 
@@ -245,15 +252,20 @@ def test_card_of_weights_the_recipe_did_not_train_says_only_what_is_known(tiny_w
     assert not (tmp_path / "pushed" / "loss_curve.png").exists()
 
 
-def test_card_of_continued_pretraining_names_its_base_model(tiny_weights, tmp_path):
+@pytest.mark.parametrize("init_from", ["HuggingFaceTB/SmolLM2-135M", "/some/local/folder"])
+def test_card_of_continued_pretraining_names_a_hub_base_model_never_a_local_path(tiny_weights, tmp_path, init_from):
     folder = tmp_path / "final"
     shutil.copytree(tiny_weights, folder)
-    recipe = {**RECIPE, "init_from": "HuggingFaceTB/SmolLM2-135M", "name": "SmolLM2-135M"}
+    recipe = {**RECIPE, "init_from": init_from, "name": "SmolLM2-135M"}
     (folder / "recipe_config.yaml").write_text(yaml.safe_dump(recipe))
-    card = push_dry_run(folder, tmp_path / "pushed")
-    assert "base_model: HuggingFaceTB/SmolLM2-135M" in card.split("---")[1]
-    assert "continued from `HuggingFaceTB/SmolLM2-135M`" in card
-    assert "How many steps ran was not recorded" in card and "The steps are the planned ones" in card
+    text = push_dry_run(folder, tmp_path / "pushed")
+    if init_from.startswith("/"):
+        assert "base_model" not in text.split("---")[1] and init_from not in text
+        assert "continued from local weights" in text
+    else:
+        assert "base_model: HuggingFaceTB/SmolLM2-135M" in text.split("---")[1]
+        assert "continued from [HuggingFaceTB/SmolLM2-135M](https://huggingface.co/HuggingFaceTB/SmolLM2-135M)" in text
+    assert "How many steps ran was not recorded" in text
 
 
 # --- flags: each mistake is one line, exit 2, nothing written ------------------------------------
@@ -286,8 +298,8 @@ FLAG_ERRORS = [
     (["--repo-id", "me/x", "--checkpoint", "{tmp}/full"], "error: {tmp}/full holds no model"),
     (["--repo-id", "me/x", "--out", "{tmp}/full"], "error: --out {tmp}/full already holds files"),
     (["--repo-id", "me/x", "--out", "{tmp}/a-file"], "error: --out {tmp}/a-file is a file"),
-    (["--repo-id", "me/x", "--out", "{tmp}/a-file/sub"], "error: --out {tmp}/a-file/sub: "),
-    (["--repo-id", "me/x", "--out", "/proc/pushed"], "error: --out /proc/pushed cannot be written"),
+    (["--repo-id", "me/x", "--out", "{tmp}/a-file/sub"], "error: --out {tmp}/a-file/sub lies under the file"),
+    (["--repo-id", "me/x", "--out", "/proc/pushed"], "error: --out /proc/pushed cannot be created in /proc"),
     (["--repo-id", "a/b/c", "--out", "{tmp}/new/sub"], "error: --repo-id 'a/b/c'"),
     (["--repo-id", "me/x", "--out", "{tmp}/new/sub"], "error: could not build the repo folder from"),  # no weights
     (["--repo-id", "me/x", "--dtype", "int8"], "error: argument --dtype: invalid choice: 'int8'"),
@@ -312,7 +324,7 @@ def test_bad_flag_is_one_line_exit_2_and_nothing_written(fake_model, tmp_path, c
 def test_without_checkpoint_the_newest_run_final_is_used(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cfg = push.load_config(None, ["training.output_dir=runs/not-trained"])
-    with pytest.raises(push.RecipeError, match=r"no trained model: looked in runs/not-trained/final and runs/\*/final or"):
+    with pytest.raises(push.RecipeError, match=r"no trained model: looked in .*/runs/not-trained/final and runs/\*/final"):
         push.find_source(None, cfg)
     for age, name in [(200, "older"), (100, "newer"), (0, "no-model")]:
         final = tmp_path / "runs" / name / "final"
@@ -324,7 +336,7 @@ def test_without_checkpoint_the_newest_run_final_is_used(tmp_path, monkeypatch, 
     assert push.find_source(None, cfg) == Path("runs/newer/final")
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [
-        "no --checkpoint and no runs/not-trained/final: using runs/newer/final, the newest model in runs/"
+        f"no --checkpoint and no {tmp_path}/runs/not-trained/final: using runs/newer/final, the newest model in runs/"
     ]
 
 
@@ -411,7 +423,7 @@ def test_upload_sends_the_folder_to_the_hub_api(tiny_run, hub, tmp_path, capsys)
         (local / name).write_bytes(content)
     assert AutoModelForCausalLM.from_pretrained(local).config.num_hidden_layers == 2
     space = hub.repos["space:me/tiny-demo"]
-    assert set(space["files"]) == {"app.py", "generate.py", "requirements.txt", "README.md"}
+    assert set(space["files"]) == {*push.SPACE_FILES, "requirements.txt", "README.md"}
     assert b"sdk: gradio" in space["files"]["README.md"]
     assert hub.variables["me/tiny-demo"] == {"MODEL_ID": "me/tiny-smollm2"}
     printed = capsys.readouterr()

@@ -1,15 +1,171 @@
-"""--resume: which checkpoint, what it checks before writing anything, and what it refuses."""
+"""--resume: which phase it trains, what it checks before writing anything, and what it refuses."""
 
+import hashlib
+import json
 import shutil
+from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from conftest import tiny_overrides
+from safetensors.torch import save_file
 
+import resume
+import run_folder
 import train
-from checkpoints import find_latest_checkpoint, plan_resume
+from base import RecipeError
 from config import load_config
+from run_folder import RunFolder
+from trainer import BlockOrder
 
-pytestmark = pytest.mark.slow
+MAIN = {"name": "main", "first_step": 1, "last_step": 60, "lr_scheduler_type": "warmup_stable_decay",
+        "learning_rate": 3e-4, "warmup_steps": 6, "lr_scheduler_kwargs": {"num_decay_steps": 12}}  # fmt: skip
+
+
+def checkpoint(folder: Path, step: int, phases=(MAIN,), run_id="run-a", overrides=(), legacy=False) -> Path:
+    """A checkpoint as the recipe leaves it, without the weights' contents: what plan_resume reads."""
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    attributes = {"samples_seen": step * 8} | ({} if legacy else {"run_id": run_id})
+    state = {"global_step": step, "stateful_callbacks": {run_folder.RECORD_KEY: {"attributes": attributes}}}
+    (path / "trainer_state.json").write_text(json.dumps(state))
+    save_file({"a": torch.zeros(2)}, path / "model.safetensors")
+    (path / "recipe_config.yaml").write_text(yaml.safe_dump(load_config(None, list(overrides)).to_dict()))
+    if not legacy:
+        (path / "run.json").write_text(json.dumps({"run_id": run_id, "phases": list(phases)}))
+        run_folder.write_manifest(path)
+    return path
+
+
+def plan(tmp_path, step, phases=(MAIN,), overrides=(), **kw):
+    checkpoint(tmp_path / "run", step, phases, **kw)
+    cfg = load_config(None, ["training.max_steps=60", "training.warmup_steps=6", *overrides])
+    return resume.plan_resume(cfg, "latest", RunFolder(tmp_path / "run"), resume.main_phase(cfg, 1))
+
+
+def test_an_interrupted_phase_continues_on_its_own_schedule(tmp_path):
+    p = plan(tmp_path, 30)
+    assert p.continues and p.phases == [MAIN] and p.max_steps == 60
+    assert p.describe() == "resuming from checkpoint-30 (step 30): continuing the main phase to step 60 on its own schedule"
+
+
+def test_a_finished_run_gets_the_extra_phase_at_a_tenth_of_the_learning_rate(tmp_path):
+    p = plan(tmp_path, 60)
+    assert not p.continues and p.phases[0] == MAIN
+    assert p.phase | {"lr_scheduler_kwargs": None} == p.phase | {
+        "name": "resume", "first_step": 61, "last_step": 110, "lr_scheduler_type": "constant",
+        "learning_rate": pytest.approx(3e-5), "warmup_steps": 0, "lr_scheduler_kwargs": None}  # fmt: skip
+    assert "resuming from checkpoint-60 (step 60) for 50 steps at lr 3e-05: a new phase 'resume'" in p.describe()
+
+
+def test_a_larger_max_steps_extends_a_finished_run_rewarmed_over_its_own_steps(tmp_path):
+    p = plan(tmp_path, 60, overrides=["training.max_steps=80"])
+    extend = p.phase
+    assert (extend["name"], extend["first_step"], extend["last_step"]) == ("extend", 61, 80)
+    assert extend["lr_scheduler_type"] == "warmup_stable_decay" and extend["learning_rate"] == 3e-4
+    assert extend["warmup_steps"] == 2 and extend["lr_scheduler_kwargs"]["num_decay_steps"] == 4  # 20% of 20
+    assert "re-warmed over 2 step(s) from 0 to lr 0.0003" in p.describe()
+
+
+def test_an_interrupted_extra_phase_continues_it_and_a_finished_one_starts_another(tmp_path):
+    extra = {**MAIN, "name": "resume", "first_step": 61, "last_step": 110, "lr_scheduler_type": "constant",
+             "learning_rate": 3e-5, "warmup_steps": 0}  # fmt: skip
+    p = plan(tmp_path / "a", 80, phases=(MAIN, extra))
+    assert p.continues and p.phases == [MAIN, extra] and p.max_steps == 110
+    p = plan(tmp_path / "b", 110, phases=(MAIN, extra))
+    assert p.phase["name"] == "resume 2" and (p.phase["first_step"], p.phase["last_step"]) == (111, 160)
+
+
+def test_a_smaller_max_steps_ends_an_interrupted_main_phase_at_its_checkpoint(tmp_path, capsys):
+    p = plan(tmp_path, 30, overrides=["training.max_steps=30"])
+    assert p.phases[0] == {**p.phases[0], "name": "main", "last_step": 30} and p.phase["name"] == "resume"
+    assert (p.phase["first_step"], p.phase["last_step"]) == (31, 80)
+    assert "the main phase was planned to step 60: it now ends at step 30" in capsys.readouterr().out
+
+
+def test_a_checkpoint_of_an_older_version_continues_the_configured_run(tmp_path):
+    p = plan(tmp_path, 30, legacy=True)
+    assert p.continues and p.phases[0]["last_step"] == 60 and p.run_id is None
+
+
+def test_a_checkpoint_resumes_into_its_own_folder_or_a_new_one_never_another_runs(tmp_path, capsys):
+    p = plan(tmp_path, 60)
+    assert resume.check_ownership(p, RunFolder(tmp_path / "run")) is None
+    forked = resume.check_ownership(p, RunFolder(tmp_path / "new"))
+    assert forked == {"run_id": "run-a", "checkpoint": str(p.checkpoint)} and "is new" in capsys.readouterr().out
+    other = tmp_path / "other"
+    checkpoint(other, 10, run_id="run-b")
+    (other / "run.json").write_text(json.dumps({"run_id": "run-b"}))
+    with pytest.raises(RecipeError, match=r"holds another run \(run-b: checkpoint-10, run.json\) and .* belongs to run run-a"):
+        resume.check_ownership(p, RunFolder(other))
+    with pytest.raises(RecipeError, match="already holds checkpoint-10: continue it with --resume"):
+        resume.refuse_to_overwrite(RunFolder(other))
+
+
+def test_a_damaged_checkpoint_names_the_file_and_the_newest_intact_one(tmp_path):
+    checkpoint(tmp_path / "run", 30)
+    p = plan(tmp_path, 60)
+    resume.verify_checkpoint(p, {"a": torch.zeros(2)})
+    save_file({"a": torch.ones(2)}, p.checkpoint / "model.safetensors")  # same header, other numbers
+    with pytest.raises(RecipeError) as error:
+        resume.verify_checkpoint(p, {"a": torch.zeros(2)})
+    assert str(error.value) == (
+        f"--resume: {p.checkpoint} is damaged: model.safetensors differs from the hash recorded when it was saved; "
+        f"resume from {tmp_path / 'run' / 'checkpoint-30'} instead: python train.py --resume {tmp_path / 'run' / 'checkpoint-30'}"
+    )
+
+
+@pytest.mark.parametrize("change, listed", [
+    (["model.rope_theta=10000.0"], "model.rope_theta 100000.0 -> 10000.0"),
+    (["model.num_attention_heads=3", "model.num_key_value_heads=1"], "model.num_attention_heads 9 -> 3"),
+    (["data.block_size=1024"], "data.block_size 2048 -> 1024"),
+    (["tokenizer=/elsewhere/tokenizer"], "tokenizer "),
+    (["data.path=other.txt"], "data.path "),
+    (["training.learning_rate=1.0e-3"], "training.learning_rate 0.0003 -> 0.001"),
+])  # fmt: skip
+def test_resume_with_another_model_tokenizer_or_data_stops_listing_it(change, listed, tmp_path):
+    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, [MAIN])
+    with pytest.raises(RecipeError, match="--resume: the config differs from checkpoint-4's: ") as error:
+        resume.check_what_changed(p, load_config(None, change), {}, allow_changes=False)
+    assert listed in str(error.value) and "pass --resume-changed if you mean it" in str(error.value)
+    resume.check_what_changed(p, load_config(None, change), {}, allow_changes=True)  # said, and goes on
+
+
+def test_free_changes_go_through_with_one_line_each(tmp_path, capsys):
+    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, [MAIN])
+    changes = ["training.save_steps=100", "training.per_device_train_batch_size=16", "samples.every_n_steps=50"]
+    resume.check_what_changed(p, load_config(None, changes), {}, allow_changes=False)
+    out = capsys.readouterr().out.splitlines()
+    assert "resume: training.save_steps changed from 500 to 100" in out
+    assert "resume: training.per_device_train_batch_size changed from 8 to 16" in out
+    assert "resume: samples.every_n_steps changed from 500 to 50" in out
+
+
+def test_same_names_with_other_contents_are_changes_too(tmp_path):
+    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, [MAIN], {"tokenizer": "abc", "data.path": "corpus-1"})
+    same = {"tokenizer": "abc", "data.path": "corpus-1"}
+    resume.check_what_changed(p, load_config(), same, allow_changes=False)
+    with pytest.raises(RecipeError, match="corpus files changed"):
+        resume.check_what_changed(p, load_config(), {**same, "data.path": "corpus-2"}, allow_changes=False)
+    with pytest.raises(RecipeError, match="tokenizer files changed"):
+        resume.check_what_changed(p, load_config(), {**same, "tokenizer": "xyz"}, allow_changes=False)
+
+
+def test_block_order_resumes_by_samples_whatever_the_batch():
+    straight = [i for _, i in zip(range(25), BlockOrder(10, seed=3), strict=False)]
+    assert sorted(straight[:10]) == list(range(10)) and sorted(straight[10:20]) == list(range(10))
+    assert straight[:10] != straight[10:20]  # a new order each pass
+    for start in (0, 4, 10, 13):
+        resumed = [i for _, i in zip(range(25 - start), BlockOrder(10, seed=3, start=start), strict=False)]
+        assert resumed == straight[start:]
+
+
+# --- end to end: a real run, copied and resumed ----------------------------------------------------------------
+
+
+def md5s(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
@@ -21,23 +177,7 @@ def checkpointed_run(tiny_run, tmp_path, cache_dir):
     return out, overrides
 
 
-def test_incomplete_checkpoint_is_never_latest(checkpointed_run, tmp_path, capsys):
-    out, _ = checkpointed_run
-    partial = out / "checkpoint-9"
-    partial.mkdir()
-    (partial / "model.safetensors").write_bytes(b"half")  # killed while writing: no trainer_state.json
-    try:
-        latest, skipped = find_latest_checkpoint(str(out))
-        assert latest.name == "checkpoint-4" and skipped == [partial]
-        cfg = load_config(None, [f"training.output_dir={out}", "training.max_steps=4"])
-        plan = plan_resume(cfg, "latest")
-        assert plan.step == 4 and plan.extra_phase
-        assert "skipping incomplete checkpoint" in capsys.readouterr().out
-    finally:
-        partial.joinpath("model.safetensors").unlink()
-        partial.rmdir()
-
-
+@pytest.mark.slow
 def test_resume_without_checkpoint_is_one_line_and_writes_nothing(tmp_path, cache_dir, capsys):
     out = tmp_path / "empty-run"
     assert train.main(["--resume", *tiny_overrides(out, cache_dir)]) == 2
@@ -46,37 +186,82 @@ def test_resume_without_checkpoint_is_one_line_and_writes_nothing(tmp_path, cach
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_resume_with_mismatching_shapes_names_the_tensor(checkpointed_run, capsys):
     out, overrides = checkpointed_run
-    before = sorted(p.name for p in out.iterdir())
-    code = train.main(["--resume", *overrides, "model.intermediate_size=96"])
-    assert code == 2
+    before = md5s(out)
+    assert train.main(["--resume", *overrides, "model.intermediate_size=96"]) == 2
     assert "tensor 'model.layers.0.mlp.gate_proj.weight' has shape (128, 64) but the config gives (96, 64)" in (
         capsys.readouterr().err
     )
-    assert sorted(p.name for p in out.iterdir()) == before
+    assert md5s(out) == before
 
 
-def test_resume_from_corrupt_checkpoint(checkpointed_run, tmp_path, capsys):
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"])
+def test_a_flipped_byte_in_any_file_is_refused_in_one_line_with_nothing_written(checkpointed_run, capsys, name):
     out, overrides = checkpointed_run
-    copy = tmp_path / "copy"
-    shutil.copytree(out, copy)
-    weights = copy / "checkpoint-4" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    overrides = [o.replace(str(out), str(copy)) for o in overrides]
+    damaged = out / "checkpoint-4" / name
+    data = bytearray(damaged.read_bytes())
+    data[-len(data) // 3] ^= 0x04  # past a safetensors header: the file still loads, with other numbers
+    damaged.write_bytes(bytes(data))
+    before = md5s(out)
     assert train.main(["--resume", *overrides]) == 2
-    assert f"checkpoint file {weights} is corrupt" in capsys.readouterr().err
-    opt = copy / "checkpoint-4" / "optimizer.pt"
-    shutil.copy(out / "checkpoint-4" / "model.safetensors", weights)
-    opt.write_bytes(opt.read_bytes()[:-50])
-    assert train.main(["--resume", *overrides]) == 2
-    assert f"checkpoint file {opt} is corrupt" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    intact = out / "checkpoint-2"
+    assert err == [f"error: --resume: {out / 'checkpoint-4'} is damaged: {name} differs from the hash recorded when it "
+                   f"was saved; resume from {intact} instead: python train.py --resume {intact}"]  # fmt: skip
+    assert md5s(out) == before
 
 
-
-def test_new_run_into_a_folder_with_checkpoints_is_refused(checkpointed_run, capsys):
+@pytest.mark.slow
+def test_resume_from_another_runs_checkpoint_into_a_finished_run_is_refused(checkpointed_run, tmp_path, cache_dir, capsys):
     out, overrides = checkpointed_run
-    before = sorted(p.name for p in out.iterdir())
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    (other / "run.json").write_text(json.dumps({**json.loads((other / "run.json").read_text()), "run_id": "run-b"}))
+    before = md5s(other)
+    assert train.main(["--resume", str(out / "checkpoint-2"), *[o.replace(str(out), str(other)) for o in overrides]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--resume: {other} holds another run (run-b: " in err[0], err
+    assert md5s(other) == before
+    fork = tmp_path / "fork"  # an empty folder: the checkpoint continues there as a run of its own
+    assert train.main(["--resume", str(out / "checkpoint-2"), *[o.replace(str(out), str(fork)) for o in overrides]]) == 0
+    record = json.loads((fork / "run.json").read_text())
+    assert record["forked_from"]["checkpoint"] == str(out / "checkpoint-2")
+    assert record["run_id"] != json.loads((out / "run.json").read_text())["run_id"]
+
+
+@pytest.mark.slow
+def test_a_new_run_into_a_folder_with_a_run_is_refused(checkpointed_run, capsys):
+    out, overrides = checkpointed_run
+    before = md5s(out)
     assert train.main(overrides) == 2
     assert "already holds checkpoint-4: continue it with --resume" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == before
+    assert md5s(out) == before
+
+
+@pytest.mark.slow
+def test_home_relative_output_dir_is_one_folder_for_the_lock_the_refusal_and_resume(checkpointed_run, tmp_path,
+                                                                                    monkeypatch, capsys):  # fmt: skip
+    out, overrides = checkpointed_run
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "run")  # a literal ./~ would land here
+    home_relative = [o.replace(str(out), "~/run") for o in overrides]
+    assert train.main(home_relative) == 2
+    assert f"{out} already holds checkpoint-4" in capsys.readouterr().err
+    assert train.main(["--resume", *home_relative, "resume.extra_steps=2"]) == 0
+    assert (out / "checkpoint-6").is_dir() and not (tmp_path / "run" / "~").exists()
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_is_its_own_rewarmed_phase(checkpointed_run, capsys):
+    out, overrides = checkpointed_run
+    assert train.main(["--resume", *overrides, "training.max_steps=8", "training.logging_steps=1"]) == 0
+    assert "resuming from checkpoint-4 (step 4) for 4 steps: a new phase 'extend' after" in capsys.readouterr().out
+    record = json.loads((out / "final" / "run.json").read_text())
+    assert [p["name"] for p in record["phases"]] == ["main", "extend"] and record["global_step"] == 8
+    assert record["tokens_trained"] == 8 * 4 * 64  # 8 steps of 4 blocks of 64 tokens
+    logged = {h["step"]: h["learning_rate"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"]
+              if "learning_rate" in h}  # fmt: skip
+    assert logged[5] == 0.0 and 0 < logged[6] <= 3e-3  # re-warmed from 0, no jump to the peak

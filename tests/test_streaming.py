@@ -8,9 +8,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import CORPUS
 
+import corpus
 import data
 import streaming
-from config import DataConfig, RecipeError, load_config
+from base import RecipeError
+from config import DataConfig, load_config
 
 
 def config(tmp_path, **kw) -> DataConfig:
@@ -37,11 +39,11 @@ def test_streamed_blocks_resume_exactly_where_a_checkpoint_stood(tmp_path, token
     inside a window, at a window's edge and across the end of a pass, after a JSON round trip."""
     monkeypatch.setattr(streaming.StreamedBlocks, "WINDOW", 7)
     monkeypatch.setattr(streaming.PackedReader, "DOCUMENTS_PER_BATCH", 5)
-    corpus = tmp_path / "small.txt"
-    corpus.write_text(open(CORPUS).read()[:30_000])
-    cfg = config(tmp_path, path=str(corpus), sample_by="paragraph", max_validation_blocks=3)
+    small = tmp_path / "small.txt"
+    small.write_text(open(CORPUS).read()[:30_000])
+    cfg = config(tmp_path, path=str(small), sample_by="paragraph", max_validation_blocks=3)
     splits, _ = streaming.prepare_streaming(cfg, tokenizer)
-    documents, text_column = data.load_documents(data.find_corpus(cfg.path), cfg, streaming=True)
+    documents, text_column = corpus.load_documents(corpus.find_corpus(cfg.path), cfg, streaming=True)
     whole_pass = len(streaming.PackedReader(documents, splits["train"].tokenize, text_column, 64).take(10**6)) - 3
     wanted = {5, 7, 13, 14, whole_pass - 1, whole_pass, whole_pass + 1, 2 * whole_pass + 4}
     stream, blocks, positions = splits["train"], [], {}
@@ -163,6 +165,6 @@ def test_a_checkpoint_without_a_usable_position_replays_the_stream(tmp_path, cap
 
 
 def test_streaming_with_several_dataloader_workers_is_one_line():
-    streaming.check_dataloader_workers(1)
+    load_config(None, ["data.streaming=true", "training.dataloader_num_workers=1"])
     with pytest.raises(RecipeError, match="set training.dataloader_num_workers to 1"):
-        streaming.check_dataloader_workers(2)
+        load_config(None, ["data.streaming=true", "training.dataloader_num_workers=2"])

@@ -1,0 +1,364 @@
+"""The model card of a trained model: what the run recorded, and nothing it did not.
+
+`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py.
+Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules,
+processes and tokens trained, trainer_state.json's log (steps, losses, learning rate), recipe_config.yaml's
+settings, the samples. A folder the recipe did not train gets a card that says only what config.json says.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+from huggingface_hub import ModelCard, ModelCardData
+
+from base import RecipeError, first_line, looks_like_hub_id
+from run_folder import (
+    OLDER_PHASES,
+    RECIPE_CONFIG,
+    RECORD,
+    SAMPLES,
+    read_json,
+    read_record,
+    read_trainer_state,
+    read_yaml,
+    run_file,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the backend that needs no screen
+
+CARD_TAGS = ["smollm2", "llama", "pretraining", "smollm2-recipe"]
+# settings of recipe_config.yaml shown in the card; the schedule and step counts are in the phase table
+SETTING_KEYS = [
+    "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "weight_decay", "max_grad_norm", "bf16", "activation_checkpointing", "seed",
+]  # fmt: skip
+SETTINGS_NOTE = (
+    "As configured in the run's recipe_config.yaml (on a CPU without native bf16, train.py trains in fp32 "
+    "whatever `bf16` says)."
+)
+PUBLISHED_SMOLLM2 = ("SmolLM2-135M", "SmolLM2-360M", "SmolLM2-1.7B")
+
+
+@dataclass
+class TrainingRecord:
+    """What train.py left next to the weights; None or empty where a file is missing."""
+
+    recipe: dict | None  # recipe_config.yaml
+    state: dict | None  # trainer_state.json
+    run: dict  # run.json
+    samples_file: Path | None  # samples.jsonl
+
+    @property
+    def trained_here(self) -> bool:
+        return self.recipe is not None or self.state is not None
+
+    @property
+    def global_step(self) -> int | None:
+        return (self.state or {}).get("global_step", self.run.get("global_step"))
+
+    @property
+    def history(self) -> list[dict]:
+        return (self.state or {}).get("log_history", [])
+
+    def training(self, key: str, default=None):
+        return ((self.recipe or {}).get("training") or {}).get(key, default)
+
+    def data(self, key: str, default=None):
+        return ((self.recipe or {}).get("data") or {}).get(key, default)
+
+
+def read_training_record(source: Path) -> TrainingRecord:
+    for name in (RECIPE_CONFIG, RECORD):
+        path = run_file(source, name)
+        if path is not None and (read_yaml(path) if name == RECIPE_CONFIG else read_json(path)) is None:
+            raise RecipeError(f"cannot read {path}: not valid {'YAML' if name == RECIPE_CONFIG else 'JSON'}; fix or remove it")
+    recipe, run = run_file(source, RECIPE_CONFIG), run_file(source, RECORD)
+    older = run_file(source, OLDER_PHASES)
+    return TrainingRecord(
+        recipe=read_yaml(recipe) if recipe else None,
+        state=read_trainer_state(source) or read_trainer_state(source.parent),
+        run=read_record(run.parent) if run else {"phases": (read_json(older) or {}).get("phases")} if older else {},
+        samples_file=run_file(source, SAMPLES),
+    )
+
+
+@dataclass
+class Phase:
+    name: str
+    first_step: int
+    last_step: int  # the real last step where trainer_state.json says it, else the planned one
+    planned_last_step: int | None
+    schedule: str | None
+    learning_rate: float | None
+    warmup_steps: float | None = None
+
+
+def training_phases(record: TrainingRecord) -> list[Phase]:
+    """The phases of the run record (or of an older version's training_phases.json), ended where
+    trainer_state.json says; a run without either is one phase as far as its log goes."""
+    spec, step = record.run.get("phases"), record.global_step
+    if not spec:
+        if step is None:
+            return []
+        return [Phase("training", 1, step, record.training("max_steps"), record.training("lr_scheduler_type"),
+                      record.training("learning_rate"), record.training("warmup_steps"))]  # fmt: skip
+    ran = [p for p in spec if step is None or p["first_step"] <= step]
+    phases = []
+    for p, following in zip(ran, [*ran[1:], None], strict=True):
+        last = following["first_step"] - 1 if following else (step if step is not None else p["last_step"])
+        phases.append(Phase(p["name"], p["first_step"], last, p.get("last_step"), p.get("lr_scheduler_type"),
+                            p.get("learning_rate"), p.get("warmup_steps")))  # fmt: skip
+    return phases
+
+
+def trained_tokens(record: TrainingRecord) -> str | None:
+    """The tokens trained on, as the run counted them; None when it did not record them."""
+    if record.run.get("tokens_trained"):
+        processes = sorted({p.get("processes") for p in record.run.get("phases", []) if p.get("processes")})
+        on = f" on {' then '.join(map(str, processes))} process(es)" if processes else ""
+        return f"{record.run['tokens_trained']:,} tokens{on}"
+    seen = (record.state or {}).get("num_input_tokens_seen") or 0
+    return f"{seen:,} tokens (counted by the Trainer)" if seen > 0 else None
+
+
+def dataset_description(record: TrainingRecord, hub_dataset: str | None) -> str | None:
+    """The corpus as a Hub id or file names: a local path says nothing on the Hub and leaks the trainer's disk."""
+    corpus = record.run.get("corpus") or {}
+    if hub_dataset or corpus.get("hub_id"):
+        name = hub_dataset or corpus["hub_id"]
+        return f"[{name}](https://huggingface.co/datasets/{name})"
+    path = record.data("path")
+    names = corpus.get("files") or [Path(p).name for p in ([path] if isinstance(path, str) else path or [])]
+    shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {len(names) - 5} more files" if len(names) > 5 else "")
+    return shown or None
+
+
+def plain(value) -> str:
+    """A setting as a reader expects it: 10 not 10.0, 0.0003 not 0.00030000000000000003."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value)
+    return str(value)
+
+
+# --- the loss curve --------------------------------------------------------------------------------------------
+
+
+def draw_loss_curve(history: list[dict], phases: list[Phase]):
+    """Train and validation loss against step, the learning rate on a second axis, and a dotted line with the
+    phase's name where each phase after the first begins."""
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    lrs = [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h]
+    if not train and not evals:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
+    handles, labels = ax.get_legend_handles_labels()
+    if lrs:
+        lr_axis = ax.twinx()
+        lr_axis.plot(*zip(*lrs, strict=True), color="gray", linestyle="--", linewidth=1, label="learning rate")
+        lr_axis.set_ylabel("learning rate")
+        lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        handles, labels = handles + lr_axis.get_lines(), labels + ["learning rate"]
+    for i, phase in enumerate(phases):
+        x = phase.first_step - 0.5 if i else phase.first_step
+        if i:
+            ax.axvline(x, color="black", linestyle=":", linewidth=1)
+        ax.annotate(f" {phase.name}", (x, 1), xycoords=("data", "axes fraction"), va="top", fontsize=8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss")
+    ax.grid(alpha=0.3)
+    ax.legend(handles, labels, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_curve(history: list[dict], phases: list[Phase], path: Path) -> bool:
+    figure = draw_loss_curve(history, phases)
+    if figure is None:
+        return False
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+# --- the card --------------------------------------------------------------------------------------------------
+
+
+def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, dtype, hub: dict) -> None:
+    """README.md (and loss_curve.png) in `folder`. `hub`: the config's hub section (license, dataset)."""
+    hub = {**hub, **{k: v for k, v in ((record.recipe or {}).get("hub") or {}).items() if v}}
+    hub_dataset = hub.get("dataset") or (record.run.get("corpus") or {}).get("hub_id")
+    init_from = (record.recipe or {}).get("init_from")
+    base_model = record.run.get("base_model", init_from if init_from and looks_like_hub_id(init_from) else None)
+    card_data = ModelCardData(
+        license=hub.get("license"),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=CARD_TAGS if record.trained_here else [model.config.model_type],
+        datasets=[hub_dataset] if hub_dataset else None,
+        base_model=base_model,
+    )
+    sections = [introduction(record, model, repo_id, hub_dataset, base_model), architecture_section(model, record, dtype)]
+    if record.trained_here:
+        phases = training_phases(record)
+        has_curve = plot_loss_curve(record.history, phases, folder / "loss_curve.png")
+        sections += [phases_section(record, phases), settings_section(record), results_section(record, has_curve),
+                     samples_section(read_samples(record.samples_file, record.global_step))]  # fmt: skip
+    body = "\n\n".join(s for s in [*sections, usage_section(repo_id)] if s)
+    ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n").save(folder / "README.md")
+
+
+def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str | None, base_model: str | None) -> str:
+    title = f"# {repo_id.split('/')[-1]}\n\n"
+    kind = f"A `{architecture(model)}` model with {sum(p.numel() for p in model.parameters()):,} parameters"
+    if not record.trained_here:
+        return (f"{title}{kind}. No record of its training came with it (no recipe_config.yaml or "
+                "trainer_state.json), so this card shows only what its `config.json` says.")  # fmt: skip
+    name = (record.recipe or {}).get("name")
+    if name:
+        shown = f"[{name}](https://huggingface.co/HuggingFaceTB/{name})" if name in PUBLISHED_SMOLLM2 else name
+        kind += f" in the {shown} configuration"
+    how = f"continued from [{base_model}](https://huggingface.co/{base_model})" if base_model else (
+        "continued from local weights" if (record.recipe or {}).get("init_from") else "trained from scratch")  # fmt: skip
+    line = f"{kind}, {how} with smollm2-recipe (Hugging Face `Trainer`)"
+    if dataset := dataset_description(record, hub_dataset):
+        block = record.data("block_size")
+        line += f" on {dataset}" + (f" in blocks of {block:,} tokens" if block else "")
+    step = record.global_step
+    if step is None:
+        return f"{title}{line}. How many steps ran was not recorded (no trainer_state.json came with it)."
+    phases = len(record.run.get("phases") or [])
+    line += f": {step:,} optimizer steps" + (f" in {phases} phases" if phases > 1 else "")
+    tokens = trained_tokens(record)
+    return f"{title}{line}" + (f", {tokens}." if tokens else ".")
+
+
+def architecture(model) -> str:
+    return (model.config.architectures or [type(model).__name__])[0]
+
+
+def architecture_section(model, record: TrainingRecord, dtype) -> str:
+    c = model.config
+    block = record.data("block_size")
+    context = f"| context length (trained) | {block:,} tokens |\n" if block else ""
+    return f"""## Architecture
+
+| | |
+| --- | --- |
+| architecture | `{architecture(model)}` |
+| parameters | {sum(p.numel() for p in model.parameters()):,} |
+| layers | {c.num_hidden_layers} |
+| hidden size | {c.hidden_size} |
+| attention heads / KV heads | {c.num_attention_heads} / {c.num_key_value_heads} |
+| MLP size | {c.intermediate_size} |
+| vocabulary | {c.vocab_size:,} |
+{context}| max position embeddings (RoPE) | {c.max_position_embeddings:,} |
+| tied embeddings | {c.tie_word_embeddings} |
+| weights | {str(dtype).replace("torch.", "")} |"""
+
+
+def phases_section(record: TrainingRecord, phases: list[Phase]) -> str:
+    if not phases:
+        return ""
+    rows = ["| phase | steps | optimizer steps | schedule | learning rate | warmup steps |",
+            "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for p in phases:
+        rows.append(
+            f"| {p.name} | {p.first_step:,}–{p.last_step:,} | {p.last_step - p.first_step + 1:,} "
+            f"| {f'`{p.schedule}`' if p.schedule else 'not recorded'} "
+            f"| {plain(p.learning_rate) if p.learning_rate is not None else 'not recorded'} "
+            f"| {plain(p.warmup_steps) if p.warmup_steps else ''} |"
+        )
+    notes = []
+    end = phases[-1]
+    if record.global_step is None:
+        notes.append("The steps are the planned ones: no trainer_state.json recorded how far the run went.")
+    elif end.planned_last_step and end.planned_last_step != end.last_step:
+        notes.append(f"The {end.name} phase was planned to step {end.planned_last_step:,} and stopped at {end.last_step:,}.")
+    if not record.run.get("phases"):
+        notes.append("No run record (run.json) came with the model: the phase is read from recipe_config.yaml.")
+    kwargs = next((p.get("lr_scheduler_kwargs") for p in record.run.get("phases", []) if p.get("lr_scheduler_kwargs")), None)
+    if kwargs:
+        notes.append(f"Schedule settings of the main phase: `{plain(kwargs)}`.")
+    return "\n".join(["## Training phases", "", *rows, *(["", " ".join(notes)] if notes else [])])
+
+
+def settings_section(record: TrainingRecord) -> str:
+    if record.recipe is None:
+        return ""
+    rows = [f"| `{k}` | `{plain(record.training(k))}` |" for k in SETTING_KEYS if record.training(k) is not None]
+    if block := record.data("block_size"):
+        rows.insert(2, f"| `data.block_size` | `{plain(block)}` |")
+    return "\n".join(["## Settings", "", SETTINGS_NOTE, "", "| setting | value |", "| --- | --- |", *rows])
+
+
+def last(history: list[dict], key: str, until_step: int | None) -> float | None:
+    values = [h[key] for h in history if key in h and (until_step is None or h.get("step", 0) <= until_step)]
+    return values[-1] if values else None
+
+
+def results_section(record: TrainingRecord, has_curve: bool) -> str:
+    history, step = record.history, record.global_step
+    rows = []
+    if (train_loss := last(history, "loss", step)) is not None:
+        rows.append(f"| train loss (last logged) | {train_loss:.4f} |")
+    if (eval_loss := last(history, "eval_loss", step)) is not None:
+        rows.append(f"| validation loss | {eval_loss:.4f} |")
+        rows.append(f"| validation perplexity | {math.exp(min(eval_loss, 50)):,.2f} |")
+    if (throughput := last(history, "tokens_per_second", step)) is not None:
+        rows.append(f"| training throughput (tokens/s, last logged) | {throughput:,.0f} |")
+    if (mfu := last(history, "mfu", step)) is not None:
+        rows.append(f"| MFU | {mfu:.1%} |")
+    if not rows:
+        return ""
+    curve = ["", "![loss curve](loss_curve.png)"] if has_curve else []
+    return "\n".join(["## Results", "", "| metric | value |", "| --- | --- |", *rows, *curve])
+
+
+def read_samples(path: Path | None, step: int | None) -> list[dict]:
+    """The samples of the newest step that the model's weights reached."""
+    if path is None:
+        return []
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise RecipeError(f"cannot read {path}: {first_line(e)}; fix or remove the file") from None
+    rows = [r for r in rows if step is None or r["step"] <= step]
+    newest = max((r["step"] for r in rows), default=None)
+    return [r for r in rows if r["step"] == newest]
+
+
+def samples_section(samples: list[dict]) -> str:
+    if not samples:
+        return ""
+    text = "\n\n".join(f"```text\n{s['prompt']}{s['completion']}\n```" for s in samples)
+    return f"## Samples at step {samples[0]['step']:,}\n\n{text}"
+
+
+def usage_section(repo_id: str) -> str:
+    return f"""## Use it
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("{repo_id}")
+model = AutoModelForCausalLM.from_pretrained("{repo_id}")
+inputs = tokenizer("ROMEO:", return_tensors="pt")
+print(tokenizer.decode(model.generate(**inputs, max_new_tokens=50, do_sample=True)[0]))
+```"""

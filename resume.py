@@ -1,0 +1,313 @@
+"""`--resume`: which checkpoint, which phase it trains, and every check before anything is written.
+
+A run is a list of phases, recorded in its run record (run.json) as they are planned:
+
+    main       steps 1..max_steps, the configured schedule
+    resume     after a finished phase: resume.extra_steps more steps at resume.lr_factor x learning_rate, constant
+    extend     after a finished phase, with a larger training.max_steps: the configured schedule again over the
+               new steps, re-warmed over a tenth of them from 0 to learning_rate (the optimizer's moments kept)
+
+A checkpoint inside a phase continues that phase exactly, on its own schedule. Before any work the checkpoint is
+checked: its files against their content hashes, its tensors against the model config, its run against the
+run that owns the output folder, its config and data against the current ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import safe_open
+
+from arguments import schedule_kwargs
+from base import RecipeError, log, looks_like_hub_id
+from config import RecipeConfig
+from corpus import CorpusSource
+from model import check_shapes
+from run_folder import (
+    MANIFEST,
+    OLDER_PHASES,
+    RECIPE_CONFIG,
+    RunFolder,
+    checkpoint_number,
+    damaged_file,
+    new_run_id,
+    read_json,
+    read_record,
+    read_trainer_state,
+    read_yaml,
+    run_file,
+    trainer_record,
+)
+
+
+@dataclass
+class ResumePlan:
+    checkpoint: Path
+    step: int
+    phases: list[dict]  # every phase of the run, the one this resume trains last
+    state: dict = field(default_factory=dict)  # what the recipe kept in the checkpoint's trainer state
+    continues: bool = True  # the checkpoint's phase goes on (False: a new phase starts after it)
+
+    @property
+    def phase(self) -> dict:
+        return self.phases[-1]
+
+    @property
+    def max_steps(self) -> int:
+        return self.phase["last_step"]
+
+    @property
+    def run_id(self) -> str | None:
+        return self.state.get("run_id")
+
+    def start_sample(self, per_step: int) -> int:
+        """Where the run goes on in the block order: the samples the checkpoint trained on."""
+        if self.state.get("samples_seen") is not None:
+            return self.state["samples_seen"]
+        log(f"resume: {self.checkpoint.name} does not record its samples; assuming {per_step} per step as now")
+        return self.step * per_step
+
+    def describe(self) -> str:
+        p, start = self.phase, f"resuming from {self.checkpoint.name} (step {self.step})"
+        if self.continues:
+            return f"{start}: continuing the {p['name']} phase to step {p['last_step']} on its own schedule"
+        steps = f"{start} for {p['last_step'] - self.step} steps"
+        if p["lr_scheduler_type"] == "constant":
+            return f"{steps} at lr {p['learning_rate']:g}: a new phase '{p['name']}' after the finished run, constant"
+        return (
+            f"{steps}: a new phase '{p['name']}' after the finished run, {p['lr_scheduler_type']} re-warmed over "
+            f"{p['warmup_steps']} step(s) from 0 to lr {p['learning_rate']:g}"
+        )
+
+
+def main_phase(cfg: RecipeConfig, processes: int) -> dict:
+    """The main phase as the run records it: steps, schedule (with its own kwargs, resolved), processes."""
+    t = cfg.training
+    warmup = t.get("warmup_steps", 0)
+    return {
+        "name": "main",
+        "first_step": 1,
+        "last_step": t["max_steps"],
+        "lr_scheduler_type": str(t.get("lr_scheduler_type", "linear")),
+        "learning_rate": t.get("learning_rate", 5e-5),
+        "warmup_steps": int(warmup) if warmup >= 1 else math.ceil(t["max_steps"] * warmup),  # as TrainingArguments
+        "lr_scheduler_kwargs": schedule_kwargs(t),
+        "processes": processes,
+        "samples_per_step": processes * t.get("per_device_train_batch_size", 8) * t.get("gradient_accumulation_steps", 1),
+    }
+
+
+def find_checkpoint(folder: RunFolder, resume: str) -> Path:
+    if resume == "latest":
+        checkpoint, skipped = folder.latest_checkpoint()
+        for path in skipped:
+            log(f"resume: skipping incomplete checkpoint {path}")
+        if checkpoint is None:
+            raise RecipeError(f"--resume: no complete checkpoint in {folder}; train first, or pass --resume PATH")
+        return checkpoint
+    checkpoint = RunFolder(resume).path
+    if not checkpoint.is_dir():
+        raise RecipeError(f"--resume: checkpoint folder not found: {resume}")
+    if read_trainer_state(checkpoint) is None and not (checkpoint / MANIFEST).is_file():
+        raise RecipeError(f"--resume: {checkpoint} is not a complete checkpoint (no readable trainer_state.json)")
+    return checkpoint
+
+
+def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, main_phase: dict) -> ResumePlan:
+    """What `--resume` trains: the interrupted phase to its end, or after a finished run a new phase."""
+    checkpoint = find_checkpoint(folder, resume)
+    state = read_trainer_state(checkpoint)
+    step = state["global_step"] if state else checkpoint_number(checkpoint)
+    record = trainer_record(state)
+    legacy = read_json(checkpoint / OLDER_PHASES) or read_json(checkpoint.parent / OLDER_PHASES)
+    phases = read_record(checkpoint).get("phases") or (legacy or {}).get("phases") or [main_phase]
+    index = next((i for i, p in enumerate(phases) if p["first_step"] <= max(step, 1) <= p["last_step"]), -1)
+    current, earlier = phases[index], phases[:index] if index >= 0 else phases[:-1]
+    new_max = cfg.training["max_steps"]
+    if step < current["last_step"] and current["name"] == "main" and new_max != current["last_step"]:
+        log(f"resume: training.max_steps is {new_max}, the main phase was planned to step {current['last_step']}: "
+            f"it now ends at step {max(new_max, step)}")  # fmt: skip
+        current = {**main_phase, "last_step": max(new_max, step)}  # at or before the checkpoint: it ends there
+    if step < current["last_step"]:  # interrupted inside a phase: it goes on, on its own schedule
+        return ResumePlan(checkpoint, step, [*earlier, current], record)
+    finished = [*earlier, current]
+    return ResumePlan(checkpoint, step, [*finished, next_phase(cfg, finished, step, main_phase)], record, continues=False)
+
+
+def next_phase(cfg: RecipeConfig, earlier: list[dict], step: int, main_phase: dict) -> dict:
+    """After a finished phase: extend to a larger training.max_steps, else the extra steps of resume:."""
+    if cfg.training["max_steps"] > step:
+        kind, steps = "extend", cfg.training["max_steps"] - step
+        kwargs = schedule_kwargs({**cfg.training, "max_steps": steps})  # a share of decay steps: of this phase's
+        phase = {**main_phase, "warmup_steps": max(1, round(steps / 10)), "lr_scheduler_kwargs": kwargs}
+    else:
+        kind, steps = "resume", cfg.resume.extra_steps
+        lr = cfg.training.get("learning_rate", 5e-5) * cfg.resume.lr_factor
+        phase = {**main_phase, "lr_scheduler_type": "constant", "learning_rate": lr, "warmup_steps": 0,
+                 "lr_scheduler_kwargs": {}}  # fmt: skip
+    count = sum(p["name"].split()[0] == kind for p in earlier)
+    return {**phase, "name": kind if count == 0 else f"{kind} {count + 1}", "first_step": step + 1,
+            "last_step": step + steps}  # fmt: skip
+
+
+# --- checks before any work ------------------------------------------------------------------------------
+
+
+def verify_checkpoint(plan: ResumePlan, expected_state_dict: dict) -> None:
+    """Every file as it was saved (content hashes), and tensors of the shapes the config gives."""
+    try:
+        damage = damaged_file(plan.checkpoint)
+    except FileNotFoundError:
+        log(f"resume: {plan.checkpoint.name} has no checksums (saved by an older version of the recipe): unverified")
+        damage = None
+    if damage is not None:
+        intact = newest_intact_checkpoint(plan.checkpoint)
+        instead = f"resume from {intact} instead: python train.py --resume {intact}" if intact else (
+            "no older checkpoint of this run is intact; start a new run")  # fmt: skip
+        raise RecipeError(f"--resume: {plan.checkpoint} is damaged: {damage}; {instead}")
+    weights = plan.checkpoint / "model.safetensors"
+    if weights.is_file():
+        try:
+            with safe_open(str(weights), framework="pt") as f:
+                found = {name: _Shape(f.get_slice(name).get_shape()) for name in f.keys()}
+        except Exception:
+            raise RecipeError(f"checkpoint file {weights} is corrupt; resume from an earlier checkpoint") from None
+        check_shapes(expected_state_dict, found, f"checkpoint {plan.checkpoint.name}")
+
+
+@dataclass
+class _Shape:
+    shape: list[int]
+
+
+def newest_intact_checkpoint(damaged: Path) -> Path | None:
+    for folder in RunFolder(damaged.parent).checkpoints():
+        if folder != damaged and (checkpoint_number(folder) or 0) < (checkpoint_number(damaged) or math.inf):
+            try:
+                if damaged_file(folder) is None:
+                    return folder
+            except FileNotFoundError:
+                continue
+    return None
+
+
+def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
+    """A checkpoint resumes into its own run folder, or into a new one (a fork), never into another run's.
+    Returns what a fork records of where it came from, or None."""
+    if plan.checkpoint.parent == folder.path:
+        return None
+    held = folder.run_files()
+    owner = folder.record().get("run_id")
+    if held and (owner is None or owner != plan.run_id):
+        raise RecipeError(
+            f"--resume: {folder} holds another run ({owner or 'no run id'}: {', '.join(held)}) and {plan.checkpoint} "
+            f"belongs to run {plan.run_id or 'unknown'}; resume into its own folder "
+            f"(training.output_dir={plan.checkpoint.parent}) or into a new one"
+        )
+    if held:
+        return None
+    log(f"resume: {folder} is new: it continues {plan.checkpoint} as a run of its own")
+    return {"run_id": plan.run_id, "checkpoint": str(plan.checkpoint)}
+
+
+def record_of(cfg: RecipeConfig, phases: list[dict], source: CorpusSource) -> dict:
+    """What the run record says of a run, besides its id: its phases, its corpus as a card may name it (a Hub
+    id or file names, never a local path), the Hub model it continues, if any."""
+    corpus = {"hub_id": source.hub_id, "files": source.names() if not source.hub_id else []}
+    base_model = cfg.init_from if cfg.init_from and looks_like_hub_id(cfg.init_from) else None
+    return {"phases": phases, "corpus": corpus, "base_model": base_model}
+
+
+def claim(folder: RunFolder, plan: ResumePlan | None, cfg: RecipeConfig, record: dict, fingerprints: dict,
+          allow_changes: bool) -> dict:  # fmt: skip
+    """The run record this run writes: a new run into a folder of its own, or the checkpoint's run continued in
+    its folder (or forked into a new one); another run's folder is refused, before anything is written."""
+    if plan is None:
+        refuse_to_overwrite(folder)
+        return {"run_id": new_run_id(), "forked_from": None, **record}
+    forked = check_ownership(plan, folder)
+    check_what_changed(plan, cfg, fingerprints, allow_changes)
+    later_files(plan, folder)
+    run_id = plan.run_id if plan.run_id and not forked else new_run_id()
+    return {"run_id": run_id, "forked_from": forked or folder.record().get("forked_from"), **record}
+
+
+def refuse_to_overwrite(folder: RunFolder) -> None:
+    """A new run into a folder that holds a run's files would mix two runs."""
+    if held := folder.run_files():
+        raise RecipeError(
+            f"{folder} already holds {held[0]}: continue it with --resume, or start a new run in another "
+            "training.output_dir"
+        )
+
+
+def later_files(plan: ResumePlan, folder: RunFolder) -> None:
+    """Resuming an older checkpoint of the run: say which of its later files the run will replace."""
+    later = [p.name for p in folder.checkpoints() if (checkpoint_number(p) or 0) > plan.step]
+    if plan.checkpoint.parent == folder.path and later:
+        log(f"resume: {', '.join(later)} come after {plan.checkpoint.name}; the run replaces them as it passes them")
+
+
+# --- what changed since the checkpoint ----------------------------------------------------------------------
+
+# Keys that may change on --resume without a word of warning beyond one line each.
+FREE_KEYS = (
+    "name", "samples.", "hub.", "resume.", "data.num_proc", "data.cache_dir", "training.logging_", "training.eval_",
+    "training.save_", "training.report_to", "training.output_dir", "training.disable_tqdm", "training.run_name",
+    "training.dataloader_", "training.per_device_eval_batch_size", "training.torch_compile",
+    "training.activation_checkpointing", "training.use_liger_kernel", "training.liger_kernel_config",
+    "training.max_steps", "training.push_to_hub", "training.hub_", "attn_implementation", "training.use_cpu",
+    "training.bf16", "training.include_", "training.ddp_",
+)  # fmt: skip
+# Keys whose change is handled: the data position is counted in samples, so a new batch continues exactly.
+BATCH_KEYS = ("training.per_device_train_batch_size", "training.gradient_accumulation_steps")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "lr_scheduler_kwargs":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(recorded: dict, current: dict) -> list[tuple[str, object, object]]:
+    old, new = flatten(recorded), flatten(current)
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def check_what_changed(plan: ResumePlan, cfg: RecipeConfig, fingerprints: dict, allow_changes: bool) -> None:
+    """Stop in one line when the model, tokenizer, data or schedule differ from the checkpoint's, unless the
+    user says they mean it (`--resume-changed`); say in one line each what else changed."""
+    recorded = read_yaml(run_file(plan.checkpoint, RECIPE_CONFIG) or plan.checkpoint / RECIPE_CONFIG)
+    if recorded is None:
+        log(f"resume: {plan.checkpoint.name} has no readable {RECIPE_CONFIG}; the config cannot be compared")
+    blocking = []
+    for key, old, new in config_changes(recorded or {}, cfg.to_dict() if recorded else {}):
+        if key == "training.learning_rate" and not plan.continues:
+            continue  # a new phase sets its own
+        if key.startswith(FREE_KEYS) or key in BATCH_KEYS:
+            log(f"resume: {key} changed from {old!r} to {new!r}")
+        elif key in ("tokenizer", "data.path") and fingerprints.get(key) and fingerprints[key] == plan.state.get(key):
+            log(f"resume: {key} moved from {old!r} to {new!r}; its contents are the same")
+        else:
+            blocking.append(f"{key} {old!r} -> {new!r}")
+    for key, what in (("tokenizer", "tokenizer files"), ("data.path", "corpus files")):
+        recorded_print = plan.state.get(key)
+        if recorded_print and fingerprints.get(key) and recorded_print != fingerprints[key]:
+            if not any(b.startswith(f"{key} ") for b in blocking):
+                blocking.append(f"{what} changed (same name, other contents)")
+    if not blocking:
+        return
+    if allow_changes:
+        for change in blocking:
+            log(f"resume: --resume-changed: continuing although {change}")
+        return
+    raise RecipeError(
+        f"--resume: the config differs from {plan.checkpoint.name}'s: {'; '.join(blocking)}; "
+        "resume with the same settings, or pass --resume-changed if you mean it"
+    )

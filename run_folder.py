@@ -1,0 +1,394 @@
+"""The run folder: every file a run leaves behind, where it lies, and which run it belongs to.
+
+A run folder (`training.output_dir`) belongs to one run, named by the id in its run record:
+
+    .run.lock              the PID and host of the process writing into it (RunLock)
+    run.json               the run record: run id, phases and their schedules, processes, tokens trained
+    recipe_config.yaml     the resolved config
+    samples.jsonl          text samples, one JSON object a line
+    checkpoint-N/          the Trainer's checkpoint, the two run files as of step N, and checksums.json,
+                           written last: the content hash of every other file of the checkpoint
+    final/                 the model: safetensors, config, generation config, tokenizer, the run files
+
+Every path is resolved once (`~`, relative paths, symbolic links), and every module reads and writes a run
+through this one: train.py, push.py, generate.py, app.py, eval.py and bench.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import xxhash
+import yaml
+
+from base import RecipeError, first_line, log
+
+RUNS_DIR = Path("runs")  # the parent of the YAML's training.output_dir
+CHECKPOINT_PREFIX = "checkpoint-"
+FINAL = "final"
+LOCK = ".run.lock"
+RECORD = "run.json"
+RECIPE_CONFIG = "recipe_config.yaml"
+SAMPLES = "samples.jsonl"
+TRAINER_STATE = "trainer_state.json"
+MANIFEST = "checksums.json"
+STREAM_POSITION = "stream_position.json"
+EVAL_RESULTS = "eval_results.json"
+OLDER_PHASES = "training_phases.json"  # the phases, as versions before run.json kept them
+RUN_FILES = (RECORD, RECIPE_CONFIG, SAMPLES, OLDER_PHASES)
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+RECORD_KEY = "RunRecordCallback"  # the callback whose state the Trainer keeps in trainer_state.json
+
+
+def resolve(path: str | Path) -> Path:
+    """The one absolute form of a path: `~` expanded, relative to the working directory, links followed."""
+    return Path(os.path.expanduser(str(path))).resolve()
+
+
+# --- what a folder holds -------------------------------------------------------------------------
+
+
+def has_weights(folder: Path) -> bool:
+    return any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS)
+
+
+def holds_model(folder: Path) -> bool:
+    """A folder transformers can load a model from: config.json and weights."""
+    return folder.is_dir() and (folder / "config.json").is_file() and has_weights(folder)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_yaml(path: Path) -> dict | None:
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def read_trainer_state(folder: Path) -> dict | None:
+    """A checkpoint's trainer_state.json, or None if it is missing or unreadable."""
+    state = read_json(Path(folder) / TRAINER_STATE)
+    return state if state is not None and isinstance(state.get("global_step"), int) else None
+
+
+def trainer_record(state: dict | None) -> dict:
+    """What the recipe kept inside a trainer state: samples trained on, fingerprints, the run id."""
+    try:
+        return dict(state["stateful_callbacks"][RECORD_KEY]["attributes"])
+    except (TypeError, KeyError):
+        return {}
+
+
+def read_record(folder: Path) -> dict:
+    """The run record (run.json) of a run folder, checkpoint or final/; {} where there is none."""
+    return read_json(Path(folder) / RECORD) or {}
+
+
+def run_file(folder: Path, name: str) -> Path | None:
+    """A run file of a model folder: in final/ or checkpoint-N itself, else in the run folder above it."""
+    for where in (folder, folder.parent):
+        if (where / name).is_file():
+            return where / name
+    return None
+
+
+def checkpoint_number(folder: Path) -> int | None:
+    suffix = folder.name.removeprefix(CHECKPOINT_PREFIX)
+    return int(suffix) if folder.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of a complete checkpoint, else None. The recipe writes checksums.json last: a checkpoint with it
+    is complete (and `damaged_file` says whether its files are still as saved). A checkpoint of an older version
+    of the recipe, which recorded no run id, is complete with its trainer_state.json and weights."""
+    if (folder / MANIFEST).is_file():
+        return checkpoint_number(folder)
+    state = read_trainer_state(folder)
+    if state is None or not has_weights(folder) or trainer_record(state).get("run_id"):
+        return None  # still being written, or stopped between the Trainer's files and the checksums
+    return state["global_step"]
+
+
+def is_complete_model(folder: Path) -> bool:
+    """A final/ with a model, or a complete checkpoint-N."""
+    if not holds_model(folder):
+        return False
+    return folder.name == FINAL or checkpoint_step(folder) is not None
+
+
+def newest_model(runs_dir: Path = RUNS_DIR) -> Path:
+    """The most recently saved final/ or complete checkpoint-N of any run under runs_dir."""
+    folders = [*runs_dir.glob(f"*/{FINAL}"), *runs_dir.glob(f"*/{CHECKPOINT_PREFIX}*")]
+    complete = [folder for folder in folders if folder.is_dir() and is_complete_model(folder)]
+    if not complete:
+        raise RecipeError(
+            f"no model given and none found in {runs_dir}/*/{FINAL} or {runs_dir}/*/{CHECKPOINT_PREFIX}N "
+            f"(under {Path.cwd()}); pass a model folder or a Hub id, or train one first with train.py"
+        )
+    return max(complete, key=lambda f: ((f / TRAINER_STATE) if (f / TRAINER_STATE).is_file() else f).stat().st_mtime)
+
+
+# --- content hashes ------------------------------------------------------------------------------
+
+
+def file_hash(path: Path) -> str:
+    """xxh3-128 of a file's bytes: about 10 GB/s from the page cache, so a checkpoint just written costs
+    fractions of a second (BENCHMARKS.md)."""
+    digest = xxhash.xxh3_128()
+    with path.open("rb") as f:
+        while chunk := f.read(16 * 2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
+
+
+def write_manifest(folder: Path) -> None:
+    """Record the size and hash of every file of a checkpoint, last, in one rename."""
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "xxh3_128": file_hash(p)} for p in checkpoint_files(folder)}
+    write_atomically(folder / MANIFEST, json.dumps({"files": files}, indent=1))
+
+
+def damaged_file(folder: Path) -> str | None:
+    """The first file of a checkpoint that is missing or differs from its recorded hash, with why; None when
+    every file matches. Raises FileNotFoundError for a checkpoint that has no checksums (older versions)."""
+    manifest = read_json(folder / MANIFEST)
+    if manifest is None:
+        if (folder / MANIFEST).exists():
+            return f"{MANIFEST} is unreadable"
+        raise FileNotFoundError(folder / MANIFEST)
+    for name, expected in sorted(manifest.get("files", {}).items()):
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"] or file_hash(path) != expected["xxh3_128"]:
+            return f"{name} differs from the hash recorded when it was saved"
+    return None
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """The file whole or not at all: written beside it, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path):
+    """Yield a temporary folder beside `path`; when the block ends, it replaces `path` in one rename. If the
+    block fails, the temporary folder is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        follow_umask(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            old.rename(path)  # the previous one back in place
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def follow_umask(folder: Path) -> None:
+    """Files readable as the user's umask says: safetensors 0.8 writes its files 0600, which another user or a
+    container running as one cannot read."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
+
+
+def write_run_files(folder: Path, config: dict, record: dict) -> None:
+    """The resolved config and the run record, into a run folder, a checkpoint or final/."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomically(folder / RECIPE_CONFIG, yaml.safe_dump(config, sort_keys=False))
+    write_atomically(folder / RECORD, json.dumps(record, indent=2))
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def bytes_in(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def warn_if_disk_is_short(folder: Path, checkpoint_bytes: int) -> bool:
+    """Before a save: True (and one line) when the disk has less room than one more checkpoint needs."""
+    free = shutil.disk_usage(folder).free
+    if free >= checkpoint_bytes * 1.1:
+        return False
+    log(
+        f"disk: {free / 2**30:.2f} GiB free in {folder} and a checkpoint takes {checkpoint_bytes / 2**30:.2f} "
+        "GiB: the next save may fail; free some space or lower training.save_total_limit"
+    )
+    return True
+
+
+# --- the run folder ------------------------------------------------------------------------------
+
+
+class RunFolder:
+    """`training.output_dir`, resolved once, with what it holds."""
+
+    def __init__(self, path: str | Path):
+        self.path = resolve(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def final(self) -> Path:
+        return self.path / FINAL
+
+    def checkpoint(self, step: int) -> Path:
+        return self.path / f"{CHECKPOINT_PREFIX}{step}"
+
+    def checkpoints(self) -> list[Path]:
+        """Every checkpoint-N folder, complete or not, newest first."""
+        if not self.path.is_dir():
+            return []
+        found = [p for p in self.path.iterdir() if p.is_dir() and checkpoint_number(p) is not None]
+        return sorted(found, key=checkpoint_number, reverse=True)
+
+    def latest_checkpoint(self) -> tuple[Path | None, list[Path]]:
+        """(newest complete checkpoint, the newer incomplete ones skipped). transformers' `get_last_checkpoint`
+        returns the newest by number whether or not it was fully written."""
+        skipped = []
+        for folder in self.checkpoints():
+            if checkpoint_step(folder) is not None:
+                return folder, skipped
+            skipped.append(folder)
+        return None, skipped
+
+    def record(self) -> dict:
+        return read_record(self.path)
+
+    def run_files(self) -> list[str]:
+        """What of a run the folder holds: checkpoints, final/, run files; [] for a new or unrelated folder."""
+        held = [p.name for p in self.checkpoints()[:1]] + [FINAL] * self.final.is_dir()
+        return held + [name for name in RUN_FILES if (self.path / name).is_file()]
+
+    def check_writable(self) -> None:
+        """One line when the folder is a file, lies under a file, or cannot be created or written."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RecipeError(f"training.output_dir {self.path} is a file; set training.output_dir to a folder")
+        ancestor = next(p for p in (self.path, *self.path.parents) if p.exists())
+        if not ancestor.is_dir():
+            raise RecipeError(f"training.output_dir {self.path} lies under the file {ancestor}; choose another folder")
+        try:  # os.access says yes to root even on a read-only file system: try it
+            os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=ancestor))
+        except OSError as e:
+            raise RecipeError(
+                f"training.output_dir {self.path} cannot be created in {ancestor} ({e.strerror or first_line(e)}); "
+                "choose a folder you can write to"
+            ) from None
+
+    def remove_incomplete_checkpoint(self, step: int) -> Path | None:
+        """After a failed save: remove checkpoint-`step` if it was left half-written."""
+        folder = self.checkpoint(step)
+        if folder.is_dir() and checkpoint_step(folder) is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            return folder
+        return None
+
+
+class RunLock:
+    """`.run.lock` holds the PID and host of the run writing into the folder. A second run stops in one line
+    naming the first; a lock whose process is gone (same host) is stale and taken over."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder, self.path = folder, folder.path / LOCK
+        self.held = self.made_folder = False
+
+    def acquire(self) -> RunLock:
+        self.folder.check_writable()
+        self.made_folder = not self.folder.path.exists()
+        self.folder.path.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and not self._is_stale(holder):
+                    raise RecipeError(
+                        f"{self.folder} is in use by another run (PID {holder['pid']} on {holder['host']}); wait for "
+                        f"it, or use another training.output_dir (if that run is gone, delete {self.path})"
+                    ) from None
+                gone = f"PID {holder['pid']} on {holder['host']}" if holder else "an unreadable lock"
+                log(f"lock: taking over the stale lock of {gone} in {self.folder}")
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
+            self.held = True
+            return self
+        raise RecipeError(f"could not take the lock {self.path}; another run may be starting: try again")
+
+    def _holder(self) -> dict | None:
+        holder = read_json(self.path)
+        try:
+            return {"pid": int(holder["pid"]), "host": str(holder["host"])}
+        except (TypeError, KeyError, ValueError):
+            return None  # half-written by a run that died at once, or not ours: stale
+
+    @staticmethod
+    def _is_stale(holder: dict) -> bool:
+        if holder["host"] != socket.gethostname():
+            return False  # another machine's process cannot be checked from here
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self) -> None:
+        """Remove the lock, and the folder too if the lock made it and the run wrote nothing into it."""
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+            if self.made_folder:
+                with contextlib.suppress(OSError):
+                    self.folder.path.rmdir()  # only if empty
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -69,7 +69,7 @@ done
 # 2.11 and Triton 3.6). The image has huggingface-hub 1.33, tokenizers 0.23.2, safetensors 0.8, accelerate
 # 1.15, pyarrow, pandas, xxhash, typer, matplotlib: new enough for these.
 WHEELS=(transformers==5.24.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 fsspec==2026.9.0 regex==2026.5.9
-  liger-kernel==0.8.5)
+  liger-kernel==0.8.5 dacite==1.9.2)
 PLATFORM=(--python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 
@@ -289,7 +289,7 @@ phase_baseline() {
     not_started baseline "$title" "$s" "$P2_MIN"
     return 0
   fi
-  run baseline "$s" "$PY" bench.py --vs-baseline --no-data --steps "$P2_STEPS" --warmup "$P2_WARMUP" "${TINY[@]}" \
+  run baseline "$s" "$PY" bench.py --vs-baseline --steps "$P2_STEPS" --warmup "$P2_WARMUP" "${TINY[@]}" \
     "${SHAPE[@]}" "data.cache_dir=$WORK/cache" "${EXTRA[@]}"
   report baseline "$title" bench "$WORK/baseline.log" --vs-baseline --env-out "$WORK/baseline.env"
   BASELINE_TOKPS=$(envval baseline tokps)
@@ -373,7 +373,7 @@ phase_switches() {
       continue
     fi
     # shellcheck disable=SC2086  # $switch holds several overrides
-    run "switch$i" "$s" "$PY" bench.py --no-data --steps "$P5_STEPS" --warmup "$P5_WARMUP" "${TINY[@]}" "${SHAPE[@]}" \
+    run "switch$i" "$s" "$PY" bench.py --steps "$P5_STEPS" --warmup "$P5_WARMUP" "${TINY[@]}" "${SHAPE[@]}" \
       "data.cache_dir=$WORK/cache" $switch "${EXTRA[@]}"
     local status=ok note=""
     case $RC in 0) ;; 124 | 137) status=cut note="stopped by its timeout after $WALL s" ;; *) status=failed note="exit status $RC" ;; esac

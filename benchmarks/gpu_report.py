@@ -24,7 +24,7 @@ from pathlib import Path
 
 STAMP = re.compile(r"^\[\s*(\d+(?:\.\d+)?)s\] ?(.*)$")
 STEP = re.compile(r"^step (\d+)/(\d+) \| (.*)$")
-RESUMED = re.compile(r"resuming from checkpoint-(\d+) \(step (\d+)\) for (\d+) steps at lr (\S+)")
+RESUMED = re.compile(r"resuming from checkpoint-(\d+) \(step (\d+)\) for (\d+) steps at lr ([0-9.e+-]+)")
 MIN_RATIO = 0.95  # the recipe's goal: the Trainer within 5% of a hand-written loop
 
 

@@ -477,7 +477,10 @@ def merge_results(earlier: dict | None, new: dict) -> tuple[dict, list[str]]:
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
+    """A temporary file renamed into place. The folder keeps its modification time: that is when a final/
+    was saved, which decides the newest model (saved_at), and results beside a model must not change it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    folder = path.parent.stat()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -490,6 +493,9 @@ def write_json_atomically(path: Path, data: dict) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.utime(path.parent, ns=(folder.st_atime_ns, folder.st_mtime_ns))
 
 
 def show(value: float) -> str:

@@ -1,8 +1,13 @@
 """eval.py: the model it finds, the block size as context, the offline task, eval_results.json, the
-model card's model-index, and every mistake in one line."""
+model card's model-index, and every mistake in one line.
+
+The tests that go past eval.py's first check need lm-eval (pip install -r requirements-eval.txt). Outside CI they skip without it;
+in CI (CI=true) they fail instead, so that CI cannot pass without evaluating.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,6 +26,15 @@ OFFLINE_METRICS = {
     "tinyshakespeare_nextline": ["acc", "acc_norm"],
     "tinyshakespeare_perplexity": ["word_perplexity", "byte_perplexity", "bits_per_byte"],
 }
+
+
+@pytest.fixture(scope="session")  # session: checked before tiny_run trains
+def lm_eval_installed():
+    if importlib.util.find_spec("lm_eval") is None:
+        reason = "lm-eval is not installed: pip install -r requirements-eval.txt"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason} (CI must run the evaluation tests)")
+        pytest.skip(reason)
 
 
 def fake_model(folder: Path, saved: float = 0, state: bool = False, weights: bool = True) -> Path:
@@ -112,19 +126,21 @@ def test_python_eval_py_without_lm_eval_prints_one_line_and_exits_2(tmp_path):
         (lambda p: p / "missing" / "final", "no model at '{p}/missing/final' (no such folder)"),
     ],
 )
-def test_a_folder_without_a_model_is_one_line(tmp_path, capsys, make, message):
+def test_a_folder_without_a_model_is_one_line(lm_eval_installed, tmp_path, capsys, make, message):
     target = make(tmp_path)
     assert eval.main([str(target)]) == 2
     assert message.format(p=tmp_path) in error_line(capsys)
 
 
-def test_no_model_anywhere_is_one_line(tmp_path, monkeypatch, capsys):
+def test_no_model_anywhere_is_one_line(lm_eval_installed, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert eval.main([]) == 2
     assert "no model given and none found in runs/*/final" in error_line(capsys)
 
 
-def test_a_hub_id_offline_fails_in_seconds(tmp_path, monkeypatch, capsys):  # conftest: HF_HUB_OFFLINE=1
+def test_a_hub_id_offline_fails_in_seconds(
+    lm_eval_installed, tmp_path, monkeypatch, capsys
+):  # conftest: HF_HUB_OFFLINE=1
     monkeypatch.chdir(tmp_path)
     started = time.monotonic()
     assert eval.main(["someone/not-cached-model"]) == 2
@@ -134,7 +150,7 @@ def test_a_hub_id_offline_fails_in_seconds(tmp_path, monkeypatch, capsys):  # co
     )
 
 
-def test_an_unknown_task_is_one_line_with_suggestions(tmp_path, capsys):
+def test_an_unknown_task_is_one_line_with_suggestions(lm_eval_installed, tmp_path, capsys):
     assert eval.main([str(fake_model(tmp_path / "final")), "--tasks", "tinyshakespeare,hellaswagg"]) == 2
     line = error_line(capsys)
     assert "unknown task 'hellaswagg' for --tasks: did you mean 'hellaswag'" in line
@@ -289,13 +305,24 @@ def test_new_results_replace_the_same_tasks_and_keep_the_others():
     assert merged["tasks"][1]["limit"] is None
 
 
+def test_results_are_written_whole_and_leave_the_folder_time_alone(tmp_path):
+    folder = fake_model(tmp_path / "final", saved=1_000)  # the newest model is found by that time
+    eval.write_json_atomically(folder / "eval_results.json", RESULTS)
+    assert eval.read_eval_results(folder) == RESULTS
+    assert folder.stat().st_mtime == 1_000
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "eval_results.json", "model.safetensors",
+                                                          "tokenizer.json"]  # fmt: skip
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_evaluates_the_tiny_run_with_its_block_size_and_writes_eval_results(tiny_run, capsys):
+def test_evaluates_the_tiny_run_with_its_block_size_and_writes_eval_results(lm_eval_installed, tiny_run, capsys):
     final = tiny_run / "final"
+    saved = final.stat().st_mtime_ns
     assert eval.main([str(final), "--limit", "16"]) == 0
+    assert final.stat().st_mtime_ns == saved  # still the same age for generate.py's newest model
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"model: {final} | max_length 64 (data.block_size of ")  # not 8,192
     metric_lines = [line.split(" | ") for line in out[1:-1]]

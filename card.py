@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from base import RecipeError, first_line, looks_like_hub_id
 from run_folder import (
+    EVAL_RESULTS,
     OLDER_PHASES,
     RECIPE_CONFIG,
     RECORD,
@@ -43,6 +44,8 @@ SETTINGS_NOTE = (
     "whatever `bf16` says)."
 )
 PUBLISHED_SMOLLM2 = ("SmolLM2-135M", "SmolLM2-360M", "SmolLM2-1.7B")
+RESULTS_FORMAT = 1  # of eval_results.json, which eval.py writes
+HARNESS_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 
 
 @dataclass
@@ -53,6 +56,7 @@ class TrainingRecord:
     state: dict | None  # trainer_state.json
     run: dict  # run.json
     samples_file: Path | None  # samples.jsonl
+    evaluation: dict | None = None  # eval_results.json, next to the model
 
     @property
     def trained_here(self) -> bool:
@@ -85,6 +89,7 @@ def read_training_record(source: Path) -> TrainingRecord:
         state=read_trainer_state(source) or read_trainer_state(source.parent),
         run=read_record(run.parent) if run else {"phases": (read_json(older) or {}).get("phases")} if older else {},
         samples_file=run_file(source, SAMPLES),
+        evaluation=read_eval_results(source),
     )
 
 
@@ -152,6 +157,43 @@ def plain(value) -> str:
     return str(value)
 
 
+# --- evaluation results (eval.py) -----------------------------------------------------------------------------
+
+
+def number(value) -> float | None:
+    """A metric value or stderr as a float; lm-eval writes "N/A" where it has none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_eval_results(path: Path) -> dict | None:
+    """eval_results.json (of a model folder, or the file), or None when it is missing or not in this format."""
+    data = read_json(path if path.suffix == ".json" else path / EVAL_RESULTS) or {}
+    return data if data.get("format") == RESULTS_FORMAT and isinstance(data.get("tasks"), list) else None
+
+
+def model_index_results(results: dict) -> list[EvalResult]:
+    """eval_results.json -> EvalResult objects for ModelCardData(eval_results=..., model_name=...): one per
+    task and metric."""
+    out = []
+    for entry in results.get("tasks", []):
+        dataset, notes = entry.get("dataset") or {}, []
+        if entry.get("num_fewshot"):
+            notes.append(f"{entry['num_fewshot']}-shot")
+        if entry.get("limit") is not None and entry.get("examples") != entry.get("examples_total"):
+            notes.append(f"first {entry['examples']:,} of {entry['examples_total']:,} examples")
+        for metric in (m for m in entry.get("metrics", []) if number(m.get("value")) is not None):
+            out.append(EvalResult(
+                task_type="text-generation", task_name=entry["task"], dataset_type=dataset.get("type") or entry["task"],
+                dataset_name=dataset.get("name") or entry["task"], dataset_config=dataset.get("config"),
+                dataset_split=dataset.get("split"), metric_type=metric["name"], metric_value=round(metric["value"], 4),
+                metric_name=f"{metric['name']} ({', '.join(notes)})" if notes else metric["name"],
+                source_name=f"lm-evaluation-harness {entry.get('lm_eval_version', '')}".strip(), source_url=HARNESS_URL,
+            ))  # fmt: skip
+    return out
+
+
 # --- the loss curve --------------------------------------------------------------------------------------------
 
 
@@ -213,6 +255,8 @@ def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, 
         tags=CARD_TAGS if record.trained_here else [model.config.model_type],
         datasets=[hub_dataset] if hub_dataset else None,
         base_model=base_model,
+        model_name=repo_id.split("/")[-1] if record.evaluation else None,  # the model-index needs a name
+        eval_results=model_index_results(record.evaluation) if record.evaluation else None,
     )
     sections = [introduction(record, model, repo_id, hub_dataset, base_model), architecture_section(model, record, dtype)]
     if record.trained_here:
@@ -220,6 +264,7 @@ def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, 
         has_curve = plot_loss_curve(record.history, phases, folder / "loss_curve.png")
         sections += [phases_section(record, phases), settings_section(record), results_section(record, has_curve),
                      samples_section(read_samples(record.samples_file, record.global_step))]  # fmt: skip
+    sections.append(evaluation_section(record.evaluation))
     body = "\n\n".join(s for s in [*sections, usage_section(repo_id)] if s)
     ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n").save(folder / "README.md")
 
@@ -342,6 +387,17 @@ def read_samples(path: Path | None, step: int | None) -> list[dict]:
     rows = [r for r in rows if step is None or r["step"] <= step]
     newest = max((r["step"] for r in rows), default=None)
     return [r for r in rows if r["step"] == newest]
+
+
+def evaluation_section(results: dict | None) -> str:
+    """eval.py's results, as the model-index in the header says them, for a reader."""
+    rows = [f"| {e['task']} | {m['name']} | {m['value']:.4g} | {e.get('examples') or ''} | {e.get('num_fewshot') or 0} |"
+            for e in (results or {}).get("tasks", []) for m in e.get("metrics", []) if number(m.get("value")) is not None]  # fmt: skip
+    if not rows:
+        return ""
+    version = results["tasks"][0].get("lm_eval_version", "")
+    return "\n".join([f"## Evaluation\n\nWith [lm-evaluation-harness]({HARNESS_URL}) {version} (`python eval.py`).\n",
+                      "| task | metric | value | examples | shots |", "| --- | --- | --- | --- | --- |", *rows])  # fmt: skip
 
 
 def samples_section(samples: list[dict]) -> str:

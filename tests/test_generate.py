@@ -145,6 +145,7 @@ def fake_model(folder: Path, saved: float, state: bool = False, weights: bool = 
     (folder / "config.json").write_text("{}")
     if weights:
         (folder / "model.safetensors").write_bytes(b"")
+        os.utime(folder / "model.safetensors", (saved, saved))
     if state:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
         os.utime(folder / "trainer_state.json", (saved, saved))
@@ -159,7 +160,7 @@ def test_newest_final_or_complete_checkpoint_is_chosen_by_save_time(tmp_path):
     fake_model(runs / "b" / "checkpoint-6", saved=400)  # no trainer_state.json: still being written
     fake_model(runs / "c" / "final", saved=500, weights=False)  # an interrupted save
     assert run_folder.newest_model(runs) == checkpoint
-    os.utime(old_final, (300, 300))
+    os.utime(old_final / "model.safetensors", (300, 300))
     assert run_folder.newest_model(runs) == old_final
 
 
@@ -171,7 +172,7 @@ def test_no_run_names_the_paths_it_looked_in(tmp_path):
 def test_no_model_argument_uses_the_newest_run_and_says_which(small_run, tmp_path, capsys, monkeypatch):
     shutil.copytree(small_run, tmp_path / "runs" / "older")
     shutil.copytree(small_run, tmp_path / "runs" / "newer")
-    os.utime(tmp_path / "runs" / "older" / "final", (time.time() - 60,) * 2)
+    os.utime(tmp_path / "runs" / "older" / "final" / "model.safetensors", (time.time() - 60,) * 2)
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(["--prompt", "ROMEO:", "--max-new-tokens", "3"], capsys)
     assert code == 0, err

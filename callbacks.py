@@ -70,8 +70,9 @@ class SampleGenerationCallback(TrainerCallback):
         self.rows: list[list] = []
 
     def due(self, state) -> bool:
-        every = self.samples.every_n_steps
-        return bool(every) and state.global_step % every == 0 and state.global_step != self.last_step
+        """Every N steps and at the last one, where they come before the run's `done in` line."""
+        every, step = self.samples.every_n_steps, state.global_step
+        return bool(every) and (step % every == 0 or step == state.max_steps) and step != self.last_step
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.due(state) and not control.should_save:
@@ -79,10 +80,6 @@ class SampleGenerationCallback(TrainerCallback):
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if self.due(state):
-            self.sample(args, state, model)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.samples.every_n_steps and state.global_step != self.last_step:
             self.sample(args, state, model)
 
     def sample(self, args, state, model) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import PartialState
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
+from transformers.utils import logging as transformers_logging
 
 import arguments
 import base
@@ -38,6 +39,8 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
+    transformers_logging.disable_progress_bar()  # no bar for each save's "Writing model shards": seconds of work
+    transformers_logging.get_logger("transformers.trainer_utils").setLevel("ERROR")  # resume.py says what changed
     try:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)

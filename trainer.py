@@ -49,6 +49,12 @@ class RecipeTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.start_sample, self.throughput, self.stream_position = start_sample, throughput, stream_position
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A tied head is not stored in a checkpoint (it is the embedding): not a missing key to warn about."""
+        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+        load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result)
+
     def compute_loss(self, model, inputs, *args, **kwargs):
         if self.stream_position is not None:  # streamed batches carry where the stream stands after them
             self.stream_position.take_position(inputs)

@@ -213,6 +213,8 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
         trainer.save_state()
         final = trainer.save_final(run_record.config, run_record.facts(trainer.state.global_step))
     except OSError as e:
+        with contextlib.suppress(OSError):
+            run_record.finish_hashing()  # the checkpoint before the failure: complete, or not, before it is named
         raise save_failed(e, trainer) from None
     finally:
         interrupt.restore_handlers()

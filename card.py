@@ -262,7 +262,8 @@ def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, 
     if record.trained_here:
         phases = training_phases(record)
         has_curve = plot_loss_curve(record.history, phases, folder / "loss_curve.png")
-        sections += [phases_section(record, phases), settings_section(record), results_section(record, has_curve),
+        sections += [phases_section(record, phases), sources_section(record), settings_section(record),
+                     results_section(record, has_curve),
                      samples_section(read_samples(record.samples_file, record.global_step))]  # fmt: skip
     sections.append(evaluation_section(record.evaluation))
     body = "\n\n".join(s for s in [*sections, usage_section(repo_id)] if s)
@@ -342,6 +343,22 @@ def phases_section(record: TrainingRecord, phases: list[Phase]) -> str:
     if kwargs:
         notes.append(f"Schedule settings of the main phase: `{plain(kwargs)}`.")
     return "\n".join(["## Training phases", "", *rows, *(["", " ".join(notes)] if notes else [])])
+
+
+def sources_section(record: TrainingRecord) -> str:
+    """A mixture's sources as the run recorded them: names, weights, share of the training blocks, passes."""
+    if not (sources := record.run.get("sources")):
+        return ""
+    rows = ["| source | corpus | documents | tokens | weight | share of the training blocks | passes |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for s in sources:
+        more = f" and {len(s['corpus']) - 3} more" if len(s["corpus"]) > 3 else ""
+        names = ", ".join(f"`{n}`" for n in s["corpus"][:3]) + more
+        counts = [f"{n:,}" if n is not None else "streamed" for n in (s["documents"], s["tokens"])]
+        passes = format(s["passes"], ",.2f") if s["passes"] else ""
+        rows.append(f"| {s['name']} | {names} | {' | '.join(counts)} | {plain(s['weight'])} | {s['share']:.1%} "
+                    f"| {passes} |")
+    return "\n".join(["## Training data", "", "Blocks drawn from each source in proportion to its weight:", "", *rows])
 
 
 def settings_section(record: TrainingRecord) -> str:

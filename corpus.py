@@ -43,6 +43,8 @@ class CorpusStats:
     tokenize_seconds: float = 0.0
     from_cache: bool = False
     cache_path: str | None = None
+    sources: list[dict] | None = None  # a mixture's: a row per source, as the run record keeps them
+    lines: list[str] | None = None  # and its summary: a line per source
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -51,6 +53,8 @@ class CorpusStats:
         return self.tokens / self.tokenize_seconds
 
     def summary(self) -> str:
+        if self.lines:
+            return "\n".join(self.lines)
         if self.tokens is None:  # streaming: nothing is counted ahead
             return (
                 f"data: streaming; the first {self.validation_blocks:,} blocks of {self.block_size} are held out for "

@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
         checked = check_before_work(cfg, tokenizer, folder, args.resume)
         with lock(folder):
             record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, args.resume_changed)
-            splits = prepare_data(cfg, tokenizer)
-            code = run_phase(cfg, checked, record, tokenizer, splits, extra_callbacks)
+            splits, sources = prepare_data(cfg, tokenizer, checked)
+            code = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks)
             if code == 0 and should_offer_extra_phase(args) and (latest := ask_for_extra_phase(cfg, folder)):
                 checked = check_before_work(cfg, tokenizer, folder, latest)
                 record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, False)
-                code = run_phase(cfg, checked, record, tokenizer, splits, extra_callbacks)
+                code = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks)
         return code
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -113,9 +113,9 @@ def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_fr
     check_samples(cfg.samples.prompts, cfg.samples.sampling(), tokenizer, llama_config.max_position_embeddings)
     if plan is not None:
         resume.verify_checkpoint(plan, meta_model.state_dict())
-    source = find_corpus(cfg.data.path)
-    fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), "data.path": fingerprint(source, cfg.data)}
-    record = resume.record_of(cfg, plan.phases if plan else [main_phase], source)
+    corpora = {key: (find_corpus(spec.path, key), spec) for key, spec in cfg.data.specs().items()}  # each source's
+    fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), **{k: fingerprint(*c) for k, c in corpora.items()}}
+    record = resume.record_of(cfg, plan.phases if plan else [main_phase], [c for c, _ in corpora.values()])
     return Checked(llama_config, n_params, args, plan, fingerprints, record)
 
 
@@ -127,12 +127,13 @@ def lock(folder: RunFolder):
 # --- 2. data --------------------------------------------------------------------------------------
 
 
-def prepare_data(cfg: RecipeConfig, tokenizer):
-    state = PartialState()
+def prepare_data(cfg: RecipeConfig, tokenizer, checked: Checked):  # the blocks, and the run record's sources
+    state, drawn = PartialState(), checked.args.max_steps * arguments.samples_per_step(checked.args)
     with state.main_process_first():  # the main process tokenizes and caches; the others load the cache
-        splits, stats = prepare_datasets(cfg.data, tokenizer, rank=state.process_index, world_size=state.num_processes)
+        splits, stats = prepare_datasets(cfg.data, tokenizer, rank=state.process_index, world_size=state.num_processes,
+                                         drawn=drawn)  # fmt: skip
     log(stats.summary())
-    return splits
+    return splits, {"sources": stats.sources} if stats.sources else {}
 
 
 # --- 3. one phase: model, Trainer, train, save ---------------------------------------------------

@@ -1,7 +1,8 @@
 """The recipe's Trainer: the HF `Trainer` with a data order that resumes by samples, evaluation that gives way
 to a stop signal, perplexity and throughput next to the losses it logs, and the final model saved whole.
 
-The training blocks are read in a seeded order, a new permutation each pass (`BlockOrder`). Where a resumed
+The training blocks are read in a seeded order, a new permutation each pass (`BlockOrder`); a mixture's are drawn
+from its sources by weight, each source in a BlockOrder of its own (`MixtureOrder`). Where a resumed
 run starts in that order is counted in samples, not in batches, so a run resumed with another batch size,
 accumulation or number of processes still trains every block of a pass exactly once.
 """
@@ -19,8 +20,9 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from base import RecipeError
+from data import MixedBlocks
 from run_folder import RunFolder, atomic_folder, write_run_files
-from streaming import StreamedBlocks, streamed_dataloader
+from streaming import StreamedBlocks, draw_round, streamed_dataloader
 
 
 class BlockOrder(torch.utils.data.Sampler):
@@ -35,6 +37,26 @@ class BlockOrder(torch.utils.data.Sampler):
         while True:
             yield from np.random.default_rng([self.seed, epoch]).permutation(self.n)[offset:].tolist()
             epoch, offset = epoch + 1, 0
+
+
+class MixtureOrder(torch.utils.data.Sampler):
+    """Indices of a mixture's blocks (data.MixedBlocks): each sample's source as streaming.draw_round says, each
+    source's own blocks in a BlockOrder of their own, so a source that runs out is repeated in a new order. Like
+    BlockOrder, a function of the sample's number alone; the first `start` samples are skipped."""
+
+    def __init__(self, sizes: list[int], weights, seed: int, start: int = 0):
+        self.sizes, self.weights, self.seed, self.start = sizes, weights, seed, start
+
+    def __iter__(self):
+        (number, offset), offsets = divmod(self.start, 1000), np.cumsum([0, *self.sizes[:-1]])
+        count = partial(np.bincount, minlength=len(self.sizes))  # each source's samples before start:
+        before = sum((count(draw_round(self.weights, self.seed, n)) for n in range(number)),
+                     count(draw_round(self.weights, self.seed, number)[:offset]))  # fmt: skip
+        orders = [iter(BlockOrder(n, self.seed + s, int(before[s]))) for s, n in enumerate(self.sizes)]
+        while True:
+            for source in draw_round(self.weights, self.seed, number)[offset:].tolist():
+                yield int(offsets[source]) + next(orders[source])
+            number, offset = number + 1, 0
 
 
 class StopEvaluation(Exception):
@@ -61,20 +83,27 @@ class RecipeTrainer(Trainer):
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "eval_loss" in logs:
-            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        for key in [k for k in logs if k.startswith("eval_") and k.endswith("_loss")]:  # each source's, and overall
+            logs[f"{key.removesuffix('loss')}perplexity"] = math.exp(min(logs[key], 50.0))
         if "loss" in logs and self.throughput is not None:
             logs.update(self.throughput.measure())
         super().log(logs, start_time)
 
-    def evaluate(self, *args, **kwargs):
-        """An evaluation cut short by a stop signal logs nothing; the checkpoint is saved right after it."""
+    def evaluate(self, eval_dataset=None, *args, **kwargs):
+        """An evaluation cut short by a stop signal logs nothing; the checkpoint is saved right after it. A mixture's
+        validation sets (a dict, by source) are logged each as `eval_<name>_loss`, then pooled: `eval_loss` is the
+        mean over all their blocks, as one validation set of them all would give."""
         try:
-            return super().evaluate(*args, **kwargs)
+            metrics = super().evaluate(eval_dataset, *args, **kwargs)
         except StopEvaluation:
             self.control.should_save = True
             self.control.should_training_stop = True
             return {}
+        sizes = {n: len(ds) for n, ds in self.eval_dataset.items()} if isinstance(self.eval_dataset, dict) else {}
+        if eval_dataset is None and sizes and all(f"eval_{n}_loss" in metrics for n in sizes):
+            metrics["eval_loss"] = sum(metrics[f"eval_{n}_loss"] * k for n, k in sizes.items()) / sum(sizes.values())
+            self.log({"eval_loss": metrics["eval_loss"]})
+        return metrics
 
     def data_order_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed
@@ -83,17 +112,14 @@ class RecipeTrainer(Trainer):
         if isinstance(self.train_dataset, StreamedBlocks):
             loader = streamed_dataloader(self.train_dataset, self.args, self.args.train_batch_size, self.data_collator)
         else:
-            loader = self.accelerator.prepare(
-                DataLoader(
-                    self.train_dataset,
-                    batch_size=self.args.train_batch_size,
-                    sampler=BlockOrder(len(self.train_dataset), self.data_order_seed(), self.start_sample),
-                    collate_fn=self.data_collator,
-                    num_workers=self.args.dataloader_num_workers,
-                    pin_memory=self.args.dataloader_pin_memory,
-                    prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers else None,
-                )
-            )
+            blocks, seed, start = self.train_dataset, self.data_order_seed(), self.start_sample
+            order = (MixtureOrder(blocks.sizes, blocks.weights, seed, start) if isinstance(blocks, MixedBlocks)
+                     else BlockOrder(len(blocks), seed, start))  # fmt: skip
+            workers = self.args.dataloader_num_workers
+            loader = self.accelerator.prepare(DataLoader(
+                blocks, batch_size=self.args.train_batch_size, sampler=order, collate_fn=self.data_collator,
+                num_workers=workers, pin_memory=self.args.dataloader_pin_memory,
+                prefetch_factor=self.args.dataloader_prefetch_factor if workers else None))  # fmt: skip
         if self.args.dataloader_num_workers:
             torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
             torch_loader.worker_init_fn = partial(start_worker_without_signals, torch_loader.worker_init_fn)

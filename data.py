@@ -47,6 +47,7 @@ from corpus import (
     find_corpus,
     fingerprint,
     load_documents,
+    progress_bars,
     tokenize_function,
 )
 from run_folder import atomic_folder
@@ -126,7 +127,8 @@ def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int, cache_di
 
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))})
     fingerprint = f"{tokens._fingerprint}-blocks-{block_size}"  # the tokens' fingerprint covers files and tokenizer
-    return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint, cache_dir=cache_dir)
+    with progress_bars(False):  # seconds of work, under the tokenizing bar's
+        return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint, cache_dir=cache_dir)
 
 
 def split_train_validation(blocks, cfg: DataConfig) -> datasets.DatasetDict:
@@ -217,7 +219,7 @@ def save_atomically(splits: datasets.DatasetDict, stats: CorpusStats, path: Path
     crash never leaves a half-written cache. A write that fails is fine only where another process has put
     the same, verified cache in place first."""
     try:
-        with atomic_folder(path) as tmp:
+        with atomic_folder(path) as tmp, progress_bars(False):
             splits.save_to_disk(str(tmp))
             (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
     except OSError as e:

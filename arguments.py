@@ -268,10 +268,12 @@ def samples_per_step(args: TrainingArguments) -> int:
     return args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
 
 
-def describe_batch(args: TrainingArguments, block_size: int) -> str:
+def describe_batch(args: TrainingArguments, block_size: int, train_blocks: int | None = None) -> str:
+    """The batch line; a corpus of fewer training blocks than a step takes repeats each block within the step."""
     n, micro, accum = args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps
     sequences = samples_per_step(args)
-    return (
-        f"batch: {n} process{'es' if n > 1 else ''} x {micro} sequences x {accum} accumulation = "
-        f"{sequences:,} sequences = {sequences * block_size:,} tokens per step"
-    )
+    line = (f"batch: {n} process{'es' if n > 1 else ''} x {micro} sequences x {accum} accumulation = "
+            f"{sequences:,} sequences = {sequences * block_size:,} tokens per step")  # fmt: skip
+    if train_blocks is not None and train_blocks < sequences:
+        line += f"; the corpus has {train_blocks:,} training blocks, so each repeats within every step"
+    return line

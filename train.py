@@ -146,7 +146,7 @@ def run_phase(cfg: RecipeConfig, checked: Checked, record: dict, tokenizer, spli
     attn = modeling.choose_attn_implementation(cfg.attn_implementation, cfg.data.document_aware)
     model = modeling.build_model(cfg, checked.llama_config, attn, from_weights=plan is None)
     log(modeling.parameter_breakdown(model))
-    log(arguments.describe_batch(checked.args, cfg.data.block_size))
+    log(arguments.describe_batch(checked.args, cfg.data.block_size, getattr(splits["train"], "num_rows", None)))
     if plan is not None:
         log(plan.describe())
     interrupt = callbacks.GracefulInterruptCallback()

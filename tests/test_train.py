@@ -2,6 +2,9 @@
 
 from types import SimpleNamespace
 
+import pytest
+from conftest import CORPUS, tiny_overrides
+
 import callbacks
 import train
 from callbacks import format_duration
@@ -47,3 +50,14 @@ def test_overrides_may_come_before_between_or_after_the_flags():
     assert args.no_prompt and args.overrides == ["training.report_to=none", "training.max_steps=5"]
     args = train.parse_args(["data.block_size=64", "--resume", "checkpoint-4", "training.max_steps=9"])
     assert args.resume == "checkpoint-4" and args.overrides == ["data.block_size=64", "training.max_steps=9"]
+
+
+@pytest.mark.slow
+def test_a_corpus_smaller_than_a_batch_says_each_block_repeats(tmp_path, cache_dir, capsys):
+    small = tmp_path / "small.txt"
+    small.write_text(open(CORPUS).read()[:1_200])  # about 5 blocks of 64 tokens: 4 to train on, 1 held out
+    overrides = tiny_overrides(tmp_path / "run", cache_dir, max_steps=1, per_device_train_batch_size=8)
+    assert train.main([*overrides, f"data.path={small}", "samples.every_n_steps=0"]) == 0
+    batch = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("batch: "))
+    assert batch.endswith("8 sequences = 512 tokens per step; the corpus has 4 training blocks, so each repeats "
+                          "within every step")  # fmt: skip

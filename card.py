@@ -1,6 +1,7 @@
 """The model card of a trained model: what the run recorded, and nothing it did not.
 
-`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py.
+`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py;
+`push_final` uploads final/ with that card at the end of a run with training.push_to_hub.
 Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules,
 processes and tokens trained, trainer_state.json's log (steps, losses, learning rate), recipe_config.yaml's
 settings, the samples. A folder the recipe did not train gets a card that says only what config.json says.
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
 
-from base import RecipeError, first_line, looks_like_hub_id
+from base import RecipeError, first_line, log, looks_like_hub_id
 from run_folder import (
     OLDER_PHASES,
     RECIPE_CONFIG,
@@ -222,6 +224,20 @@ def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, 
                      samples_section(read_samples(record.samples_file, record.global_step))]  # fmt: skip
     body = "\n\n".join(s for s in [*sections, usage_section(repo_id)] if s)
     ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n").save(folder / "README.md")
+
+
+def push_final(trainer, final: Path) -> None:
+    """training.push_to_hub, at the end: final/ and the recipe's card (not the Trainer's) in one commit."""
+    model, repo = trainer.accelerator.unwrap_model(trainer.model), trainer.hub_model_id
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model_card(Path(tmp), read_training_record(final), model, repo, model.dtype, {})
+        files = [(p.relative_to(d).as_posix(), str(p)) for d in (final, Path(tmp)) for p in sorted(d.rglob("*")) if p.is_file()]
+        try:
+            HfApi().create_commit(repo, [CommitOperationAdd(*f) for f in files], revision=trainer.args.hub_revision,
+                                  commit_message="End of training: the final model and its card (smollm2-recipe)")  # fmt: skip
+        except Exception as e:
+            raise RecipeError(f"the Hub refused the final model ({first_line(e)}); push it: push.py --checkpoint {final}") from None
+    log(f"hub: pushed {final.name}/ and its model card to {repo}")
 
 
 def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str | None, base_model: str | None) -> str:

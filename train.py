@@ -23,6 +23,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainingArguments, s
 import arguments
 import base
 import callbacks
+import card
 import model as modeling
 import resume
 from base import RecipeError, log
@@ -67,7 +68,8 @@ def parse_args(argv: list[str] | None = None):
     parser = base.parser("train.py", __doc__)
     parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the latest checkpoint in training.output_dir, or from CHECKPOINT")  # fmt: skip
+                        help="continue from the latest checkpoint in training.output_dir, from CHECKPOINT, or from "
+                             "the Hub (`--resume hub`: training.hub_model_id's last-checkpoint/)")  # fmt: skip
     parser.add_argument("--resume-changed", action="store_true",
                         help="resume although the model, tokenizer or data differ from the checkpoint's")  # fmt: skip
     parser.add_argument("--no-prompt", action="store_true", help="never ask to continue after the main run")
@@ -101,6 +103,7 @@ def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_fr
     meta_model = modeling.build_meta_model(llama_config)
     n_params = sum(p.numel() for p in meta_model.parameters())
     main_phase = resume.main_phase(cfg, PartialState().num_processes)
+    arguments.check_hub_backup(cfg.training, resume_from)  # a repo id, a token and the Hub, before any download
     plan = resume.plan_resume(cfg, resume_from, folder, main_phase) if resume_from else None
     changes = {} if plan is None else {"max_steps": plan.max_steps}
     if plan is not None and plan.phase["name"] != "main":
@@ -214,6 +217,8 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
     finally:
         interrupt.restore_handlers()
     log(f"saved the final model to {final}")
+    if args.push_to_hub and trainer.is_world_process_zero():
+        card.push_final(trainer, final)
     return 0
 
 

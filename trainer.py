@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from base import RecipeError
+from base import RecipeError, first_line, log
 from run_folder import RunFolder, atomic_folder, write_run_files
 from streaming import StreamedBlocks, streamed_dataloader
 
@@ -69,6 +69,20 @@ class RecipeTrainer(Trainer):
             self.control.should_save = True
             self.control.should_training_stop = True
             return {}
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        self.unpushed = checkpoint_folder  # training.push_to_hub: pushed once on_save has written the checksums into it
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+        if (folder := getattr(self, "unpushed", None)) is not None:
+            self.unpushed = None
+            super()._push_from_checkpoint(folder)
+
+    def _finish_current_push(self) -> None:
+        super()._finish_current_push()  # the Trainer never looks at how its uploads ended: say if the last one failed
+        for job in [j for j in getattr(getattr(self, "push_in_progress", None), "jobs", ()) if j.done() and j.exception() is not None]:
+            log(f"hub: an upload to {self.hub_model_id} failed: {first_line(job.exception())}")
 
     def data_order_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed

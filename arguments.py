@@ -41,6 +41,7 @@ def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int
         say(f"warning: training.warmup_steps {warmup:g} is not below training.max_steps {max_steps}: the learning rate "
             f"never reaches its peak {kwargs.get('learning_rate', 5e-5):g}; set fewer (or a share, e.g. 0.1)")  # fmt: skip
     kwargs.setdefault("project", "smollm2-recipe")  # trackio's project (TrainingArguments.project)
+    kwargs.setdefault("trackio_static_space_id", False)  # push_to_hub would publish trackio's logs as a Space too
     try:
         args = TrainingArguments(**kwargs)
     except (ValueError, TypeError, ImportError) as e:

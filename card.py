@@ -231,12 +231,14 @@ def push_final(trainer, final: Path) -> None:
     model, repo = trainer.accelerator.unwrap_model(trainer.model), trainer.hub_model_id
     with tempfile.TemporaryDirectory() as tmp:
         write_model_card(Path(tmp), read_training_record(final), model, repo, model.dtype, {})
-        files = [(p.relative_to(d).as_posix(), str(p)) for d in (final, Path(tmp)) for p in sorted(d.rglob("*")) if p.is_file()]
+        files = [(p.relative_to(d).as_posix(), str(p)) for d in (final, Path(tmp)) for p in sorted(d.rglob("*"))
+                 if p.is_file()]  # fmt: skip
         try:
             HfApi().create_commit(repo, [CommitOperationAdd(*f) for f in files], revision=trainer.args.hub_revision,
                                   commit_message="End of training: the final model and its card (smollm2-recipe)")  # fmt: skip
         except Exception as e:
-            raise RecipeError(f"the Hub refused the final model ({first_line(e)}); push it: push.py --checkpoint {final}") from None
+            raise RecipeError(f"the Hub refused the final model ({first_line(e)}); it is saved: python push.py "
+                              f"--checkpoint {final} --repo-id {repo}") from None  # fmt: skip
     log(f"hub: pushed {final.name}/ and its model card to {repo}")
 
 

@@ -20,6 +20,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors import safe_open
@@ -163,14 +164,15 @@ def download_last_checkpoint(cfg: RecipeConfig, folder: RunFolder) -> Path:
     """`--resume hub`: the repo's last-checkpoint/ beside the run folder; `claim` moves it in once it is checked."""
     repo, staging = cfg.training["hub_model_id"], folder.path.with_name(f".{folder.path.name}{HUB_DOWNLOAD}")
     try:
-        checkpoint = Path(snapshot_download(repo, allow_patterns=f"{HUB_CHECKPOINT}/*", local_dir=staging)) / HUB_CHECKPOINT
+        with PartialState().main_process_first():  # under a GPU launch the others then find the files there
+            checkpoint = Path(snapshot_download(repo, allow_patterns=f"{HUB_CHECKPOINT}/*", local_dir=staging)) / HUB_CHECKPOINT
     except RepositoryNotFoundError:
         shutil.rmtree(staging, ignore_errors=True)
         raise RecipeError(f"--resume hub: no repo {repo} on the Hub (or your token may not read it)") from None
-    except Exception as e:
+    except Exception as e:  # what came is kept: the next --resume hub fetches only the rest
         raise RecipeError(f"--resume hub: downloading {repo}/{HUB_CHECKPOINT} failed: {first_line(e)}") from None
     if read_trainer_state(checkpoint) is None or not (checkpoint / MANIFEST).is_file():
-        shutil.rmtree(staging, ignore_errors=True)  # a partial download of a failed one is kept: it resumes
+        shutil.rmtree(staging, ignore_errors=True)
         raise RecipeError(f"--resume hub: {repo} has no complete {HUB_CHECKPOINT}/ (training.hub_strategy=checkpoint)")
     return checkpoint
 
@@ -254,15 +256,17 @@ def claim(folder: RunFolder, plan: ResumePlan | None, cfg: RecipeConfig, record:
     forked = check_ownership(plan, folder)
     check_what_changed(plan, cfg, fingerprints, allow_changes)
     if plan.checkpoint.parent.name.endswith(HUB_DOWNLOAD):  # downloaded and checked: the run's checkpoint-N
-        staging, plan.checkpoint = plan.checkpoint.parent, folder.checkpoint(plan.step)
-        shutil.rmtree(plan.checkpoint, ignore_errors=True)  # that step of the same run, if it is here
-        (staging / HUB_CHECKPOINT).rename(plan.checkpoint)
-        shutil.rmtree(staging, ignore_errors=True)
-        log(f"resume: the Hub's {HUB_CHECKPOINT} is now {plan.checkpoint}")
+        staging, plan.checkpoint, state = plan.checkpoint.parent, folder.checkpoint(plan.step), PartialState()
+        state.wait_for_everyone()  # every process has checked the download before the main one moves it in
+        if state.is_main_process:
+            shutil.rmtree(plan.checkpoint, ignore_errors=True)  # that step of the same run, if it is here
+            (staging / HUB_CHECKPOINT).rename(plan.checkpoint)
+            shutil.rmtree(staging, ignore_errors=True)
+            log(f"resume: the Hub's {HUB_CHECKPOINT} is now {plan.checkpoint}")
+        state.wait_for_everyone()
     later_files(plan, folder)
     run_id = plan.run_id if plan.run_id and not forked else new_run_id()
     return {"run_id": run_id, "forked_from": forked or folder.record().get("forked_from"), **record}
-
 
 
 def refuse_to_overwrite(folder: RunFolder) -> None:
@@ -290,7 +294,7 @@ FREE_KEYS = (
     "training.dataloader_", "training.per_device_eval_batch_size", "training.torch_compile",
     "training.activation_checkpointing", "training.use_liger_kernel", "training.liger_kernel_config",
     "training.max_steps", "training.push_to_hub", "training.hub_", "attn_implementation", "training.use_cpu",
-    "training.bf16", "training.include_", "training.ddp_",
+    "training.bf16", "training.include_", "training.ddp_", "training.project", "training.trackio_",
 )  # fmt: skip
 # Keys whose change is handled: the data position is counted in samples, so a new batch continues exactly.
 BATCH_KEYS = ("training.per_device_train_batch_size", "training.gradient_accumulation_steps")

@@ -71,7 +71,7 @@ class RecipeTrainer(Trainer):
             return {}
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        self.unpushed = checkpoint_folder  # training.push_to_hub: pushed once on_save has written the checksums into it
+        self.unpushed = checkpoint_folder  # push_to_hub: pushed below, once on_save has written its checksums
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
         super()._maybe_log_save_evaluate(*args, **kwargs)
@@ -81,8 +81,9 @@ class RecipeTrainer(Trainer):
 
     def _finish_current_push(self) -> None:
         super()._finish_current_push()  # the Trainer never looks at how its uploads ended: say if the last one failed
-        for job in [j for j in getattr(getattr(self, "push_in_progress", None), "jobs", ()) if j.done() and j.exception() is not None]:
-            log(f"hub: an upload to {self.hub_model_id} failed: {first_line(job.exception())}")
+        for job in getattr(getattr(self, "push_in_progress", None), "jobs", ()):
+            if job.done() and job.exception() is not None:
+                log(f"hub: an upload to {self.hub_model_id} failed: {first_line(job.exception())}")
 
     def data_order_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed

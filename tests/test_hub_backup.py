@@ -5,15 +5,19 @@ end is the recipe's; a missing repo id, token, repo or Hub is one line before th
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
+from conftest import ROOT, tiny_overrides
 from hub_stub import HubStub
 from transformers import Trainer, TrainerCallback
 
 import train
+from trainer import RecipeTrainer
 
 TOKEN = "hf_stubtoken1234567890"
 BACKUP = ["training.push_to_hub=true", "training.hub_model_id=me/run", "training.hub_strategy=checkpoint"]
@@ -91,6 +95,19 @@ def test_a_hub_mistake_is_one_line_before_the_data_work(hub, tmp_path, monkeypat
     assert TOKEN not in err and "data:" not in stdout and not cache.exists() and not list(tmp_path.glob("runs/*"))
 
 
+def test_a_failed_upload_is_said_when_training_ends(capsys):
+    """The Trainer uploads in the background and never looks at how an upload ended."""
+    from transformers.utils.hub import PushInProgress
+
+    failed, done = Future(), Future()
+    failed.set_exception(OSError("507 Insufficient Storage\nmore"))
+    done.set_result(None)
+    trainer = RecipeTrainer.__new__(RecipeTrainer)  # only what _finish_current_push reads
+    trainer.push_in_progress, trainer.hub_model_id = PushInProgress([done, failed]), "me/run"
+    trainer._finish_current_push()
+    assert capsys.readouterr().out == "hub: an upload to me/run failed: 507 Insufficient Storage\n"
+
+
 # --- the backup and the resume -------------------------------------------------------------------
 
 
@@ -120,6 +137,18 @@ def md5s(folder) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
 
 
+SETTINGS = dict(max_steps=12, save_steps=3, eval_steps=6, bf16="false")  # fp32: the same losses to the bit
+
+
+def straight_and_died(hub, tmp_path, cache_dir) -> tuple[Path, Path]:
+    """A run that never stops, and the same run backed up to the Hub, dead with its machine during step 7."""
+    straight, died = tmp_path / "straight", tmp_path / "died"
+    assert train.main(tiny_overrides(straight, cache_dir, **SETTINGS)) == 0
+    with pytest.raises(SystemError):
+        train.main([*tiny_overrides(died, cache_dir, **SETTINGS), *BACKUP], extra_callbacks=[WaitForBackup(hub, 6)])
+    return straight, died
+
+
 @pytest.mark.slow
 def test_a_run_backed_up_to_the_hub_resumes_from_it_exactly_in_a_new_folder_or_its_own(hub, tmp_path, cache_dir,
                                                                                         capsys, monkeypatch):  # fmt: skip
@@ -127,14 +156,8 @@ def test_a_run_backed_up_to_the_hub_resumes_from_it_exactly_in_a_new_folder_or_i
     push = Trainer._push_from_checkpoint
     monkeypatch.setattr(Trainer, "_push_from_checkpoint",
                         lambda self, folder: pushed_whole.append((Path(folder) / "checksums.json").is_file()) or push(self, folder))  # fmt: skip
-    settings = dict(max_steps=12, save_steps=3, eval_steps=6, bf16="false")
-    straight = tmp_path / "straight"
-    assert train.main(tiny_overrides(straight, cache_dir, **settings)) == 0
-
-    # the run backs up each checkpoint, whole, then dies with its machine during step 7
-    died = tmp_path / "died"
-    with pytest.raises(SystemError):
-        train.main([*tiny_overrides(died, cache_dir, **settings), *BACKUP], extra_callbacks=[WaitForBackup(hub, 6)])
+    settings = SETTINGS
+    straight, died = straight_and_died(hub, tmp_path, cache_dir)
     assert [m for r, m in hub.commits if m.endswith("checkpoint")] == [f"Training in progress, step {s}, checkpoint"
                                                                       for s in (3, 6)]  # fmt: skip
     assert pushed_whole == [True, True]  # RecipeTrainer pushes each checkpoint once its checksums complete it
@@ -177,3 +200,23 @@ def test_a_run_backed_up_to_the_hub_resumes_from_it_exactly_in_a_new_folder_or_i
     assert train.main(["--resume", "hub", *tiny_overrides(died, cache_dir, **settings), *BACKUP]) == 0
     assert losses(died) == losses(straight)
     assert json.loads((died / "final" / "run.json").read_text())["run_id"] == run_id
+
+
+@pytest.mark.slow
+def test_two_processes_resume_from_the_hub_moving_it_in_once(hub, tmp_path, cache_dir):
+    """On a CPU the processes download side by side (huggingface_hub locks each file); the main one moves the
+    checkpoint in once every process has checked it; one model and card reach the Hub at the end."""
+    straight, _ = straight_and_died(hub, tmp_path, cache_dir)
+    fresh = tmp_path / "two" / "run"
+    overrides = [*tiny_overrides(fresh, cache_dir, **{**SETTINGS, "per_device_train_batch_size": 2}), *BACKUP]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+               str(ROOT / "train.py"), "--no-prompt", "--resume", "hub", *overrides]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("resume: the Hub's last-checkpoint is now") == 1
+    assert "batch: 2 processes x 2 sequences" in result.stdout and not list(fresh.parent.glob(".*hub-download"))
+    expected, got = losses(straight), losses(fresh)
+    assert [s for s, _ in got] == [s for s, _ in expected]
+    assert all(a == pytest.approx(b, abs=1e-4) for (_, a), (_, b) in zip(expected, got, strict=True))
+    assert hub.commits[-1][1].startswith("End of training") and "README.md" in hub_files(hub)  # from one process
+    assert sum(m.startswith("End of training") for _, m in hub.commits) == 1

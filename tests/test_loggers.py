@@ -38,12 +38,14 @@ def test_a_logger_among_several_is_checked_too(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.startswith("error: training.report_to=trackio: trackio is not installed")
 
 
-def test_trackio_project_is_the_recipe_s_unless_the_config_names_one(tmp_path):
+def test_trackio_project_is_the_recipe_s_and_stays_local_unless_the_config_says_otherwise(tmp_path):
     overrides = tiny_overrides(tmp_path / "run", tmp_path / "cache", report_to="trackio")
     args = arguments.build_training_arguments(load_config(None, overrides), quiet=True)
     assert args.report_to == ["trackio"] and args.project == "smollm2-recipe"
-    named = arguments.build_training_arguments(load_config(None, [*overrides, "training.project=shakespeare"]), quiet=True)
-    assert named.project == "shakespeare"
+    assert args.trackio_space_id is None and args.trackio_static_space_id is False  # no Space, even with push_to_hub
+    named = load_config(None, [*overrides, "training.project=shakespeare", "training.trackio_static_space_id=me/logs"])
+    args = arguments.build_training_arguments(named, quiet=True)
+    assert args.project == "shakespeare" and args.trackio_static_space_id == "me/logs"
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import HfApi, constants, get_token
 from transformers import SchedulerType, Trainer, TrainingArguments, get_scheduler
-from transformers.integrations import get_available_reporting_integrations
+from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
 from base import HUB_NAME, RecipeError, first_line, hub_is_reachable, log
 from config import RecipeConfig
@@ -229,11 +229,12 @@ def _shifted(factor, offset: int, step: int) -> float:
 
 
 def check_loggers(report_to: list[str]) -> None:
-    """Each logger of training.report_to installed, or one line saying how to install it."""
+    """Each logger of training.report_to known and installed, or one line saying how to install it."""
     for name in set(report_to) - set(get_available_reporting_integrations() if report_to else ()):
         extra = Path(__file__).with_name(f"requirements-{name}.txt")
         install = f"pip install -r {extra.name}" if extra.is_file() else f"pip install {name}"
-        raise RecipeError(f"training.report_to={name}: {name} is not installed; {install}")
+        why = f"{name} is not installed; {install}" if name in INTEGRATION_TO_CALLBACK else "no such logger (see README.md)"
+        raise RecipeError(f"training.report_to={name}: {why}")
 
 
 def check_hub_backup(training: dict, resume_from: str | None) -> None:

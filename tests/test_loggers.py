@@ -38,6 +38,11 @@ def test_a_logger_among_several_is_checked_too(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.startswith("error: training.report_to=trackio: trackio is not installed")
 
 
+def test_a_logger_the_trainer_does_not_know_is_one_line_too(tmp_path, capsys):
+    assert train.main(tiny_overrides(tmp_path / "run", tmp_path / "cache", report_to="[wandb,wandbb]")) == 2
+    assert capsys.readouterr().err == "error: training.report_to=wandbb: no such logger (see README.md)\n"
+
+
 def test_trackio_project_is_the_recipe_s_and_stays_local_unless_the_config_says_otherwise(tmp_path):
     overrides = tiny_overrides(tmp_path / "run", tmp_path / "cache", report_to="trackio")
     args = arguments.build_training_arguments(load_config(None, overrides), quiet=True)

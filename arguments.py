@@ -42,6 +42,7 @@ def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int
             f"never reaches its peak {kwargs.get('learning_rate', 5e-5):g}; set fewer (or a share, e.g. 0.1)")  # fmt: skip
     kwargs.setdefault("project", "smollm2-recipe")  # trackio's project (TrainingArguments.project)
     kwargs.setdefault("trackio_static_space_id", False)  # push_to_hub would publish trackio's logs as a Space too
+    check_hub_backup(kwargs)
     try:
         args = TrainingArguments(**kwargs)
     except (ValueError, TypeError, ImportError) as e:
@@ -121,18 +122,23 @@ def choose_speed(training: dict, model_config=None, n_params: int | None = None,
     return line
 
 
-def keep_freed_memory() -> bool:
-    """On the CPU, glibc hands buffers above 128 KB back to the kernel when they are freed, and every step
-    then page-faults its activations, logits and gradients in again; keeping them (buffers up to 32 MB
-    from the heap, no trimming below 1 GB) made training steps about twice as fast on a 2-core machine
-    (BENCHMARKS.md). True where glibc took the setting."""
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # from glibc's malloc.h
+
+
+def keep_freed_memory(keep: bool = True) -> bool:
+    """On the CPU, glibc hands large buffers back to the kernel when they are freed (every one above 32 MB is
+    its own mmap), and every step then page-faults its logits, gradients and activations in again. Kept in
+    the heap instead (no mmap, no trimming below 1 GB), the quickstart trained several times as fast on a
+    2-core machine for a few hundred MB more memory (BENCHMARKS.md). `keep=False` puts glibc's defaults back.
+    True where glibc took the setting."""
     name = ctypes.util.find_library("c")
     if not name or "libc.so" not in name:
         return False  # not glibc: musl, macOS
+    kept = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**30}
+    settings = kept if keep else {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 128 * 2**10, M_TRIM_THRESHOLD: 128 * 2**10}
     try:
         libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20) and libc.mallopt(m_trim_threshold, 2**30))
+        return all(libc.mallopt(option, value) for option, value in settings.items())
     except (OSError, AttributeError):
         return False
 
@@ -237,7 +243,7 @@ def check_loggers(report_to: list[str]) -> None:
         raise RecipeError(f"training.report_to={name}: {why}")
 
 
-def check_hub_backup(training: dict, resume_from: str | None) -> None:
+def check_hub_backup(training: dict, resume_from: str | None = None) -> None:
     """push_to_hub and `--resume hub` need a repo id, a token and the Hub; the repo is made now, as the Trainer would."""
     if training.get("hub_token"):
         raise RecipeError("training.hub_token would be uploaded in each checkpoint's config; set HF_TOKEN instead")

@@ -18,9 +18,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from transformers import TrainerCallback, set_seed
+from transformers import PrinterCallback, TrainerCallback, set_seed
 
 import arguments
 import base
@@ -80,13 +81,22 @@ def reset_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak resident memory starts again from now
 
 
 def peak_memory(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    """GiB: the GPU's peak allocated memory, or on the CPU the process's peak resident memory (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1]) / 2**20
+    return None
 
 
-def bench_recipe(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
+def bench_recipe(cfg, blocks, collate, warmup: int, steps: int, keep_freed_memory: bool = True) -> Measurement:
     with tempfile.TemporaryDirectory() as out:
         args = arguments.build_training_arguments(
             cfg,
@@ -101,15 +111,18 @@ def bench_recipe(cfg, blocks, collate, warmup: int, steps: int) -> Measurement:
             logging_first_step=False,
             disable_tqdm=True,
         )
+        if not keep_freed_memory and args.device.type == "cpu":
+            arguments.keep_freed_memory(False)  # glibc's defaults, for the pair of --allocator
         model = build(cfg, args)
         timer = StepTimer()
         reset_memory(args.device)
-        trainer = RecipeTrainer(
-            model=model, args=args, train_dataset=blocks, data_collator=collate, callbacks=[timer]
-        )
+        trainer = RecipeTrainer(model=model, args=args, train_dataset=blocks, data_collator=collate, callbacks=[timer])
+        trainer.remove_callback(PrinterCallback)  # the table says it; not the Trainer's dict of strings
         trainer.train()
         name = f"recipe (Trainer): {switches(cfg, args, model)}"
-        return measurement(name, timer.seconds[warmup:], args, model, cfg)
+        result = measurement(name, timer.seconds[warmup:], args, model, cfg)
+        arguments.keep_freed_memory(True)
+        return result
 
 
 def switches(cfg, args, model) -> str:
@@ -219,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps (median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from the measurement")
     parser.add_argument("--vs-baseline", action="store_true", help="also time a hand-written PyTorch loop")
+    parser.add_argument("--allocator", action="store_true",
+                        help="CPU: the recipe with freed memory returned to the kernel too (glibc's defaults)")  # fmt: skip
     parser.add_argument("overrides", nargs="*")
     try:
         args = parser.parse(argv)
@@ -231,13 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         needed *= train_cfg.get("gradient_accumulation_steps", 1)
         blocks = splits["train"].select(range(min(needed, len(splits["train"]))))
         collate = collator_for(cfg.data, tokenizer)
-        results = [bench_recipe(cfg, blocks, collate, args.warmup, args.steps)]
+        results = []
+        if args.allocator:  # first: what the kept memory costs shows in the peak of the runs after it
+            returned = bench_recipe(cfg, blocks, collate, args.warmup, args.steps, keep_freed_memory=False)
+            returned.name = returned.name.replace("recipe (Trainer)", "recipe, freed memory returned")
+            results.append(returned)
+        results.append(bench_recipe(cfg, blocks, collate, args.warmup, args.steps))
         if args.vs_baseline:
             results.append(bench_baseline(cfg, blocks, collate, args.warmup, args.steps))
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    m = results[0]
+    m = results[-1]
     print(f"\n{environment()}")
     print(f"{m.flops_per_token:,} training FLOPs per token (6N + 12·L·d·T); {m.tokens_per_step:,} tokens per "
           f"optimizer step; median of {args.steps} steps after {args.warmup} warm-up steps")  # fmt: skip
@@ -247,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         print(result.row())
     for result in results:
         print(f"step times (s), {result.name.split(':')[0]}: " + " ".join(f"{s:.3f}" for s in result.step_seconds))
+    recipe = results[int(args.allocator)]
+    if args.allocator:
+        print(f"freed memory kept / returned (tokens/s): {recipe.tokens_per_second / results[0].tokens_per_second:.2f}")
     if args.vs_baseline:
-        print(f"ratio recipe/baseline (tokens/s): {results[0].tokens_per_second / results[1].tokens_per_second:.3f}")
+        print(f"ratio recipe/baseline (tokens/s): {recipe.tokens_per_second / results[-1].tokens_per_second:.3f}")
     return 0
 
 

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -70,8 +71,9 @@ class SampleGenerationCallback(TrainerCallback):
         self.rows: list[list] = []
 
     def due(self, state) -> bool:
-        every = self.samples.every_n_steps
-        return bool(every) and state.global_step % every == 0 and state.global_step != self.last_step
+        """Every N steps and at the last one, where they come before the run's `done in` line."""
+        every, step = self.samples.every_n_steps, state.global_step
+        return bool(every) and (step % every == 0 or step == state.max_steps) and step != self.last_step
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.due(state) and not control.should_save:
@@ -79,10 +81,6 @@ class SampleGenerationCallback(TrainerCallback):
 
     def on_save(self, args, state, control, model=None, **kwargs):
         if self.due(state):
-            self.sample(args, state, model)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.samples.every_n_steps and state.global_step != self.last_step:
             self.sample(args, state, model)
 
     def sample(self, args, state, model) -> None:
@@ -262,6 +260,7 @@ class RunRecordCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args, state, control, **kwargs):
         self.samples_seen += samples_per_step(args)
         if control.should_save and args.should_save:
+            self.finish_hashing()
             warn_if_disk_is_short(Path(args.output_dir), self.checkpoint_bytes)
 
     def facts(self, step: int) -> dict:
@@ -271,13 +270,34 @@ class RunRecordCallback(TrainerCallback, ExportableState):
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
+            self.finish_hashing()
             folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
             record = self.facts(state.global_step)
             write_run_files(Path(args.output_dir), self.config, record)
             write_run_files(folder, self.config, record)
             follow_umask(folder)
-            write_manifest(folder)  # last: a checkpoint with its checksums is complete
             self.checkpoint_bytes = bytes_in(folder)
+            # last, while training goes on (BENCHMARKS.md): a checkpoint with its checksums is complete
+            self.hashing = threading.Thread(target=self.hash_files, args=(folder,), name="checksums")
+            self.hashing.start()
+
+    def hash_files(self, folder: Path) -> None:
+        try:
+            write_manifest(folder)
+        except OSError as e:  # a full disk: said where the save failures are said
+            self.hashing_error = e
+
+    def finish_hashing(self) -> None:
+        """Wait for the checksums of the last checkpoint (before the next save, the end, or a failure's message)."""
+        if getattr(self, "hashing", None) is not None:
+            self.hashing.join()
+            self.hashing = None
+        if (error := getattr(self, "hashing_error", None)) is not None:
+            self.hashing_error = None
+            raise error
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.finish_hashing()  # before the final save, a resume in the same process, or the exit
 
 
 # --- the console ---------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 """The model card of a trained model: what the run recorded, and nothing it did not.
 
-`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py;
-`push_final` uploads final/ with that card at the end of a run with training.push_to_hub.
-Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules,
+`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py and
+for `push_final`, which uploads final/ with it at the end of a run with training.push_to_hub. Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules,
 processes and tokens trained, trainer_state.json's log (steps, losses, learning rate), recipe_config.yaml's
 settings, the samples. A folder the recipe did not train gets a card that says only what config.json says.
 """
@@ -11,15 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 from base import RecipeError, first_line, log, looks_like_hub_id
 from run_folder import (
+    EVAL_RESULTS,
     OLDER_PHASES,
     RECIPE_CONFIG,
     RECORD,
@@ -45,6 +44,8 @@ SETTINGS_NOTE = (
     "whatever `bf16` says)."
 )
 PUBLISHED_SMOLLM2 = ("SmolLM2-135M", "SmolLM2-360M", "SmolLM2-1.7B")
+RESULTS_FORMAT = 1  # of eval_results.json, which eval.py writes
+HARNESS_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TrainingRecord:
     state: dict | None  # trainer_state.json
     run: dict  # run.json
     samples_file: Path | None  # samples.jsonl
+    evaluation: dict | None = None  # eval_results.json, next to the model
 
     @property
     def trained_here(self) -> bool:
@@ -87,6 +89,7 @@ def read_training_record(source: Path) -> TrainingRecord:
         state=read_trainer_state(source) or read_trainer_state(source.parent),
         run=read_record(run.parent) if run else {"phases": (read_json(older) or {}).get("phases")} if older else {},
         samples_file=run_file(source, SAMPLES),
+        evaluation=read_eval_results(source),
     )
 
 
@@ -154,6 +157,43 @@ def plain(value) -> str:
     return str(value)
 
 
+# --- evaluation results (eval.py) -----------------------------------------------------------------------------
+
+
+def number(value) -> float | None:
+    """A metric value or stderr as a float; lm-eval writes "N/A" where it has none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def read_eval_results(path: Path) -> dict | None:
+    """eval_results.json (of a model folder, or the file), or None when it is missing or not in this format."""
+    data = read_json(path if path.suffix == ".json" else path / EVAL_RESULTS) or {}
+    return data if data.get("format") == RESULTS_FORMAT and isinstance(data.get("tasks"), list) else None
+
+
+def model_index_results(results: dict) -> list[EvalResult]:
+    """eval_results.json -> EvalResult objects for ModelCardData(eval_results=..., model_name=...): one per
+    task and metric."""
+    out = []
+    for entry in results.get("tasks", []):
+        dataset, notes = entry.get("dataset") or {}, []
+        if entry.get("num_fewshot"):
+            notes.append(f"{entry['num_fewshot']}-shot")
+        if entry.get("limit") is not None and entry.get("examples") != entry.get("examples_total"):
+            notes.append(f"first {entry['examples']:,} of {entry['examples_total']:,} examples")
+        for metric in (m for m in entry.get("metrics", []) if number(m.get("value")) is not None):
+            out.append(EvalResult(
+                task_type="text-generation", task_name=entry["task"], dataset_type=dataset.get("type") or entry["task"],
+                dataset_name=dataset.get("name") or entry["task"], dataset_config=dataset.get("config"),
+                dataset_split=dataset.get("split"), metric_type=metric["name"], metric_value=round(metric["value"], 4),
+                metric_name=f"{metric['name']} ({', '.join(notes)})" if notes else metric["name"],
+                source_name=f"lm-evaluation-harness {entry.get('lm_eval_version', '')}".strip(), source_url=HARNESS_URL,
+            ))  # fmt: skip
+    return out
+
+
 # --- the loss curve --------------------------------------------------------------------------------------------
 
 
@@ -215,31 +255,31 @@ def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, 
         tags=CARD_TAGS if record.trained_here else [model.config.model_type],
         datasets=[hub_dataset] if hub_dataset else None,
         base_model=base_model,
+        model_name=repo_id.split("/")[-1] if record.evaluation else None,  # the model-index needs a name
+        eval_results=model_index_results(record.evaluation) if record.evaluation else None,
     )
     sections = [introduction(record, model, repo_id, hub_dataset, base_model), architecture_section(model, record, dtype)]
     if record.trained_here:
         phases = training_phases(record)
         has_curve = plot_loss_curve(record.history, phases, folder / "loss_curve.png")
-        sections += [phases_section(record, phases), settings_section(record), results_section(record, has_curve),
+        sections += [phases_section(record, phases), sources_section(record), settings_section(record),
+                     results_section(record, has_curve),
                      samples_section(read_samples(record.samples_file, record.global_step))]  # fmt: skip
+    sections.append(evaluation_section(record.evaluation))
     body = "\n\n".join(s for s in [*sections, usage_section(repo_id)] if s)
     ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n").save(folder / "README.md")
 
 
 def push_final(trainer, final: Path) -> None:
-    """training.push_to_hub, at the end: final/ and the recipe's card (not the Trainer's) in one commit."""
+    """training.push_to_hub, at the end: final/ with the recipe's card as its README.md (never the Trainer's)."""
     model, repo = trainer.accelerator.unwrap_model(trainer.model), trainer.hub_model_id
-    with tempfile.TemporaryDirectory() as tmp:
-        write_model_card(Path(tmp), read_training_record(final), model, repo, model.dtype, {})
-        files = [(p.relative_to(d).as_posix(), str(p)) for d in (final, Path(tmp)) for p in sorted(d.rglob("*"))
-                 if p.is_file()]  # fmt: skip
-        try:
-            HfApi().create_commit(repo, [CommitOperationAdd(*f) for f in files], revision=trainer.args.hub_revision,
-                                  commit_message="End of training: the final model and its card (smollm2-recipe)")  # fmt: skip
-        except Exception as e:
-            raise RecipeError(f"the Hub refused the final model ({first_line(e)}); it is saved: python push.py "
-                              f"--checkpoint {final} --repo-id {repo}") from None  # fmt: skip
-    log(f"hub: pushed {final.name}/ and its model card to {repo}")
+    write_model_card(final, read_training_record(final), model, repo, model.dtype, {})
+    try:
+        HfApi().upload_folder(repo_id=repo, folder_path=final, revision=trainer.args.hub_revision,
+                              commit_message="End of training: the final model and its card (smollm2-recipe)")  # fmt: skip
+    except Exception as e:
+        raise RecipeError(f"the Hub refused {final} ({first_line(e)}); push it with: python push.py --checkpoint {final}") from None
+    log(f"hub: pushed {final} and its model card to {repo}")
 
 
 def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str | None, base_model: str | None) -> str:
@@ -317,6 +357,22 @@ def phases_section(record: TrainingRecord, phases: list[Phase]) -> str:
     return "\n".join(["## Training phases", "", *rows, *(["", " ".join(notes)] if notes else [])])
 
 
+def sources_section(record: TrainingRecord) -> str:
+    """A mixture's sources as the run recorded them: names, weights, share of the training blocks, passes."""
+    if not (sources := record.run.get("sources")):
+        return ""
+    rows = ["| source | corpus | documents | tokens | weight | share of the training blocks | passes |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for s in sources:
+        more = f" and {len(s['corpus']) - 3} more" if len(s["corpus"]) > 3 else ""
+        names = ", ".join(f"`{n}`" for n in s["corpus"][:3]) + more
+        counts = [f"{n:,}" if n is not None else "streamed" for n in (s["documents"], s["tokens"])]
+        passes = format(s["passes"], ",.2f") if s["passes"] else ""
+        rows.append(f"| {s['name']} | {names} | {' | '.join(counts)} | {plain(s['weight'])} | {s['share']:.1%} "
+                    f"| {passes} |")
+    return "\n".join(["## Training data", "", "Blocks drawn from each source in proportion to its weight:", "", *rows])
+
+
 def settings_section(record: TrainingRecord) -> str:
     if record.recipe is None:
         return ""
@@ -360,6 +416,17 @@ def read_samples(path: Path | None, step: int | None) -> list[dict]:
     rows = [r for r in rows if step is None or r["step"] <= step]
     newest = max((r["step"] for r in rows), default=None)
     return [r for r in rows if r["step"] == newest]
+
+
+def evaluation_section(results: dict | None) -> str:
+    """eval.py's results, as the model-index in the header says them, for a reader."""
+    rows = [f"| {e['task']} | {m['name']} | {m['value']:.4g} | {e.get('examples') or ''} | {e.get('num_fewshot') or 0} |"
+            for e in (results or {}).get("tasks", []) for m in e.get("metrics", []) if number(m.get("value")) is not None]  # fmt: skip
+    if not rows:
+        return ""
+    version = results["tasks"][0].get("lm_eval_version", "")
+    return "\n".join([f"## Evaluation\n\nWith [lm-evaluation-harness]({HARNESS_URL}) {version} (`python eval.py`).\n",
+                      "| task | metric | value | examples | shots |", "| --- | --- | --- | --- | --- |", *rows])  # fmt: skip
 
 
 def samples_section(samples: list[dict]) -> str:

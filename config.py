@@ -59,8 +59,22 @@ def parse_yaml(text: str) -> Any:
 
 
 @dataclass
-class DataConfig:
+class SourceConfig:
+    """One corpus of a mixture (`data.sources`). A key it leaves out (None) comes from the `data:` section; its
+    name, for `eval_<name>_loss` and the logs, from its file, folder or Hub id."""
+
     path: str | list[str]
+    weight: float
+    name: str | None = None
+    text_column: str | None = None
+    dataset_config: str | None = None
+    split: str | None = None
+    sample_by: Literal["document", "paragraph", "line"] | None = None
+
+
+@dataclass
+class DataConfig:
+    path: str | list[str] | None  # ignored (and recorded as null) when `sources` are given
     text_column: str
     dataset_config: str | None
     split: str
@@ -73,6 +87,24 @@ class DataConfig:
     num_proc: int | None
     cache_dir: str | None
     document_aware: bool
+    sources: list[SourceConfig] | None
+
+    def __post_init__(self):  # a source's name from its path (books/*.txt: books), what it does not set from data:
+        for source in self.sources or []:
+            first = re.split(r"[*?[]", source.path if isinstance(source.path, str) else (source.path or [""])[0])[0]
+            source.name = source.name or re.sub(r"[^\w-]", "_", Path(first).name.split(".")[0]) or "source"
+            for key in ("text_column", "dataset_config", "split", "sample_by"):
+                if getattr(source, key) is None:
+                    setattr(source, key, getattr(self, key))
+        self.path = None if self.sources else self.path
+
+    def specs(self) -> dict[str, DataConfig]:
+        """The section as each source reads it, by the config key of the source's path ({"data.path": self} alone)."""
+        if not self.sources:
+            return {"data.path": self}
+        return {f"data.sources.{s.name}.path": dataclasses.replace(
+            self, sources=None, path=s.path, text_column=s.text_column, dataset_config=s.dataset_config, split=s.split,
+            sample_by=s.sample_by) for s in self.sources}  # fmt: skip
 
 
 @dataclass
@@ -240,8 +272,12 @@ def section(name: str, cls: type, raw: Any, problems: list[str]):
         return None
     try:
         return dacite.from_dict(cls, raw, config=dacite.Config(strict=True, type_hooks={float: to_float}))
+    except dacite.UnexpectedDataError as e:  # only a nested section, data.sources, gets this far
+        fields = [f.name for f in dataclasses.fields(SourceConfig)]
+        problems += unknown_keys(f"{name}.sources.", dict.fromkeys(e.keys), fields)
     except dacite.MissingValueError as e:
-        problems.append(missing(f"{name}.{e.field_path}"))
+        where, _, key = e.field_path.rpartition(".")
+        problems.append(f"{name}.{where}: a source has no '{key}'" if where else missing(f"{name}.{e.field_path}"))
     except dacite.WrongTypeError as e:
         problems.append(describe_type_problem(f"{name}.{e.field_path}", e.value, e.field_type))
     return None
@@ -310,6 +346,16 @@ def cross_key_problems(cfg: RecipeConfig) -> list[str]:
     if training.get("save_strategy", "steps") == "steps" and training.get("save_steps", 1) <= 0:
         problems.append("training.save_steps must be above 0: a crash would lose the whole run (or set "
                         "training.save_strategy=no to save only at the end)")  # fmt: skip
+    sources, names = data.sources or [], [s.name for s in data.sources or []]
+    if data.sources is None and data.path is None:
+        problems.append("data.path is null and data.sources is not set: set one of them")
+    problems += [f"data.sources.{s.name}.weight must be a number, 0 or more, got {s.weight}" for s in sources
+                 if isinstance(s.weight, bool) or not 0 <= s.weight < float("inf")]  # fmt: skip
+    if data.sources is not None and not any(s.weight > 0 for s in sources):
+        problems.append("data.sources is empty or no weight is above 0: give a source a weight above 0 (or set "
+                        "data.sources=null)")  # fmt: skip
+    problems += [f"data.sources: two sources are named '{n}'; give each its own name" for n in sorted(set(names))
+                 if names.count(n) > 1]  # fmt: skip
     if data.streaming and (training.get("dataloader_num_workers") or 0) > 1:
         problems.append("data.streaming reads each process's stream in one place: set training.dataloader_num_workers "
                         "to 1 (a worker reads ahead while the model trains) or 0")  # fmt: skip
@@ -347,6 +393,6 @@ def find_shipped_files(cfg: RecipeConfig) -> RecipeConfig:
         return str(ROOT / path)
 
     cfg.tokenizer = shipped(cfg.tokenizer)
-    if isinstance(cfg.data.path, str):
-        cfg.data.path = shipped(cfg.data.path)
+    for source in [cfg.data, *(cfg.data.sources or [])]:
+        source.path = shipped(source.path) if isinstance(source.path, str) else source.path
     return cfg

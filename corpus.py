@@ -11,6 +11,7 @@ naming the file and the line. The functions take a source's settings (`path`, `t
 from __future__ import annotations
 
 import codecs
+import contextlib
 import glob
 import gzip
 import json
@@ -31,6 +32,7 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 PARQUET_SUFFIXES = (".parquet",)
 CSV_SUFFIXES = (".csv",)
+LONG_LOAD_BYTES = 256 * 2**20  # a corpus this large takes datasets long enough to read that its bar is news
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 @dataclass
@@ -43,6 +45,8 @@ class CorpusStats:
     tokenize_seconds: float = 0.0
     from_cache: bool = False
     cache_path: str | None = None
+    sources: list[dict] | None = None  # a mixture's: a row per source, as the run record keeps them
+    lines: list[str] | None = None  # and its summary: a line per source
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -51,6 +55,8 @@ class CorpusStats:
         return self.tokens / self.tokenize_seconds
 
     def summary(self) -> str:
+        if self.lines:
+            return "\n".join(self.lines)
         if self.tokens is None:  # streaming: nothing is counted ahead
             return (
                 f"data: streaming; the first {self.validation_blocks:,} blocks of {self.block_size} are held out for "
@@ -297,6 +303,17 @@ def check_text_column(documents, source: CorpusSource, text_column: str) -> None
 # --- loading and tokenizing ----------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def progress_bars(shown: bool):
+    """datasets' progress bars for long work only: a bar around a second's work, once per split, is noise."""
+    was = datasets.is_progress_bar_enabled()
+    (datasets.enable_progress_bars if shown and was else datasets.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets.enable_progress_bars if was else datasets.disable_progress_bars)()
+
+
 def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: bool = False):
     """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column. `fresh`: read
     the files again rather than datasets' Arrow copy of them."""
@@ -305,13 +322,15 @@ def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: b
         "streaming": streaming,
         **({"download_mode": "reuse_cache_if_exists"} if fresh else {}),
     }
+    long = source.hub_id is not None or sum(os.path.getsize(f) for f in source.files) > LONG_LOAD_BYTES
     try:
-        if source.hub_id:
-            ds = datasets.load_dataset(source.hub_id, spec.dataset_config, **{**options, "split": spec.split})
-        elif source.builder == "text":
-            ds = datasets.load_dataset("text", data_files=source.files, sample_by=spec.sample_by, **options)
-        else:
-            ds = datasets.load_dataset(source.builder, data_files=source.files, **options)
+        with progress_bars(long and not streaming):
+            if source.hub_id:
+                ds = datasets.load_dataset(source.hub_id, spec.dataset_config, **{**options, "split": spec.split})
+            elif source.builder == "text":
+                ds = datasets.load_dataset("text", data_files=source.files, sample_by=spec.sample_by, **options)
+            else:
+                ds = datasets.load_dataset(source.builder, data_files=source.files, **options)
     except DatasetGenerationError as e:  # a file it could not read: which one, and where
         raise unreadable_data_error(source, spec, e) from None
     except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:

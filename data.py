@@ -11,7 +11,7 @@ after checking it holds the blocks it recorded (a damaged cache is rebuilt, with
 prepares the data alone and prints the numbers (same config and overrides as train.py).
 
 With `data.streaming`, `prepare_datasets` hands over to `streaming.py`: documents are read, tokenized and
-packed on the fly, in bounded memory.
+packed on the fly, in bounded memory. With `data.sources`, each source is prepared so, and mixed by weight.
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ from corpus import (
     find_corpus,
     fingerprint,
     load_documents,
+    progress_bars,
     tokenize_function,
 )
 from run_folder import atomic_folder
-from streaming import prepare_streaming
+from streaming import StreamedMixture, prepare_streaming
 
 CACHE_FORMAT_VERSION = 2
 
@@ -66,14 +67,9 @@ def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig, b
     written to `blocks_dir` (None: datasets' cache)."""
     num_proc = _num_proc(cfg, len(documents))
     with interrupts_stop_the_pool() if num_proc else contextlib.nullcontext():
-        tokens = documents.map(
-            tokenize_function(tokenizer, text_column),
-            batched=True,
-            num_proc=num_proc,
-            remove_columns=documents.column_names,
-            load_from_cache_file=False if fresh else None,
-            desc="tokenizing",
-        )
+        tokens = documents.map(tokenize_function(tokenizer, text_column), batched=True, num_proc=num_proc,
+                               remove_columns=documents.column_names, load_from_cache_file=False if fresh else None,
+                               desc="tokenizing")  # fmt: skip
     # counted on the memory-mapped Arrow column, without loading the corpus into Python
     num_tokens = (pc.sum(pc.list_value_length(tokens.data.column("input_ids"))).as_py() or 0) if len(tokens) else 0
     if num_tokens < 2 * cfg.block_size:
@@ -131,7 +127,8 @@ def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int, cache_di
 
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32"))})
     fingerprint = f"{tokens._fingerprint}-blocks-{block_size}"  # the tokens' fingerprint covers files and tokenizer
-    return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint, cache_dir=cache_dir)
+    with progress_bars(False):  # seconds of work, under the tokenizing bar's
+        return datasets.Dataset.from_generator(blocks, features=features, fingerprint=fingerprint, cache_dir=cache_dir)
 
 
 def split_train_validation(blocks, cfg: DataConfig) -> datasets.DatasetDict:
@@ -222,7 +219,7 @@ def save_atomically(splits: datasets.DatasetDict, stats: CorpusStats, path: Path
     crash never leaves a half-written cache. A write that fails is fine only where another process has put
     the same, verified cache in place first."""
     try:
-        with atomic_folder(path) as tmp:
+        with atomic_folder(path) as tmp, progress_bars(False):
             splits.save_to_disk(str(tmp))
             (tmp / "stats.json").write_text(json.dumps(asdict(stats), indent=2))
     except OSError as e:
@@ -254,9 +251,12 @@ def is_verified(path: Path) -> bool:
 # --- the whole preparation -----------------------------------------------------------------------
 
 
-def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: int = 0, world_size: int = 1):
-    """Return ({"train", "validation"} datasets of blocks, CorpusStats). `rank` and `world_size` matter only
-    when streaming, where each training process reads its own part of the corpus."""
+def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: int = 0, world_size: int = 1,
+                     drawn: int = 0):  # fmt: skip
+    """Return ({"train", "validation"} datasets of blocks, CorpusStats); a mixture's, see `prepare_mixture`. `rank`
+    and `world_size` matter only when streaming, where each training process reads its own part of the corpus."""
+    if cfg.sources:
+        return prepare_mixture(cfg, tokenizer, use_cache, rank, world_size, drawn)
     if cfg.streaming:
         return prepare_streaming(cfg, tokenizer, rank, world_size)
     check_tokenizer(tokenizer)
@@ -300,15 +300,42 @@ def build_blocks(source: CorpusSource, cfg: DataConfig, tokenizer, blocks_dir=No
             "(one to train on, one to validate); use more text or a smaller data.block_size"
         )
     splits = split_train_validation(blocks, cfg)
-    stats = CorpusStats(
-        documents=len(tokens),
-        tokens=num_tokens,
-        train_blocks=len(splits["train"]),
-        validation_blocks=len(splits["validation"]),
-        block_size=cfg.block_size,
-        tokenize_seconds=time.perf_counter() - start,
-    )
-    return splits, stats
+    return splits, CorpusStats(documents=len(tokens), tokens=num_tokens, train_blocks=len(splits["train"]),
+                               validation_blocks=len(splits["validation"]), block_size=cfg.block_size,
+                               tokenize_seconds=time.perf_counter() - start)  # fmt: skip
+
+
+# --- a mixture of sources ------------------------------------------------------------------------
+
+
+def prepare_mixture(cfg: DataConfig, tokenizer, use_cache: bool, rank: int, world_size: int, drawn: int):
+    """Each source prepared as `data.path` alone would be (its cache, its held-out blocks, by name), its training
+    blocks drawn by weight (MixedBlocks, or StreamedMixture when streaming). `drawn`: max_steps x samples per step."""
+    specs, weights = list(cfg.specs().values()), [s.weight for s in cfg.sources]
+    parts = [prepare_datasets(spec, tokenizer, use_cache, rank, world_size) for spec in specs]
+    trains = [splits["train"] for splits, _ in parts]
+    train = StreamedMixture(trains, weights, cfg.seed) if cfg.streaming else MixedBlocks(trains, weights)
+    shares = np.array(weights) / sum(weights)  # of the blocks drawn, on average
+    rows, lines = [], [f"data: {len(specs)} sources, mixed by blocks"]
+    lines[0] += f"; the run draws {drawn:,} blocks" if drawn else ""
+    for source, spec, (_, stats), share in zip(cfg.sources, specs, parts, shares, strict=True):
+        passes = drawn * share / stats.train_blocks if drawn and stats.train_blocks else None
+        rows.append({"name": source.name, "corpus": find_corpus(spec.path).names(), "weight": source.weight,
+                     "share": float(share), "documents": stats.documents, "tokens": stats.tokens, "passes": passes})
+        lines.append(f"data: {source.name}: {stats.summary().removeprefix('data: ')}; weight {source.weight:g}, "
+                     f"{share:.1%} of the training blocks" + (f", {passes:,.2f} passes" if passes else ""))
+    validation = {source.name: splits["validation"] for source, (splits, _) in zip(cfg.sources, parts, strict=True)}
+    total = CorpusStats(None, None, None, sum(map(len, validation.values())), cfg.block_size, sources=rows, lines=lines)
+    return {"train": train, "validation": validation}, total
+
+
+class MixedBlocks(torch.utils.data.ConcatDataset):
+    """A mixture's training blocks: its sources' blocks one after the other, and their weights, by which
+    trainer.MixtureOrder draws from them."""
+
+    def __init__(self, parts: list[datasets.Dataset], weights: list[float]):
+        super().__init__(parts)
+        self.sizes, self.weights = [len(part) for part in parts], np.array(weights) / sum(weights)
 
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -368,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         tokenizer = load_tokenizer(cfg.tokenizer)
         start = time.perf_counter()
-        splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache)
+        t = cfg.training  # the blocks a run draws, for each source's passes
+        drawn = t["max_steps"] * t.get("per_device_train_batch_size", 8) * t.get("gradient_accumulation_steps", 1)
+        splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache, drawn=drawn)
         seconds = time.perf_counter() - start
     except KeyboardInterrupt:
         print("\ninterrupted while preparing the data; nothing was cached", file=sys.stderr)

@@ -36,10 +36,9 @@ from run_folder import (
     FINAL,
     RECIPE_CONFIG,
     RUNS_DIR,
-    TOKENIZER_FILES,
     TRAINER_STATE,
     checkpoint_number,
-    has_weights,
+    model_folder,
     newest_model,
     read_json,
     read_yaml,
@@ -82,18 +81,6 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 # --- finding and naming a model ------------------------------------------------------------------
-
-
-def check_model_folder(folder: Path) -> None:
-    """Say in one line what a local folder lacks, before transformers fails on it with a longer message."""
-    if not folder.is_dir():
-        raise RecipeError(f"no model in {folder} (a file, not a folder); pass a final/ or checkpoint-N folder")
-    if not (folder / "config.json").is_file():
-        raise RecipeError(f"no model in {folder} (no config.json); pass a final/ or checkpoint-N folder")
-    if not has_weights(folder):
-        raise RecipeError(f"no weights in {folder} (no *.safetensors); pass a final/ or a complete checkpoint-N folder")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise RecipeError(f"no tokenizer in {folder} (no tokenizer.json); copy it there from the run's final/")
 
 
 def name_in_card(card: Path | None) -> str | None:
@@ -142,7 +129,7 @@ def load_model(source: str, device: str = "auto", dtype: torch.dtype | None = No
     if not is_local and not looks_like_hub_id(source):
         raise RecipeError(f"no model at '{source}' (no such folder); pass a final/ or checkpoint-N folder, or a Hub id")
     if is_local:
-        check_model_folder(folder)
+        folder = model_folder(folder)  # a run folder stands for its final/ (else its newest checkpoint)
     offline = not is_local and not hub_is_reachable()
     target = pick_device(device)
     dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)

@@ -9,15 +9,17 @@ recipe's causal SDPA), training FLOPs per token and an estimate of the peak trai
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
-from transformers.utils import is_flash_attn_2_available
+from transformers.modeling_flash_attention_utils import FLASH_ATTN_KERNEL_FALLBACK
+from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_kernels_available
 
-from base import RecipeError, hub_is_reachable, log
+from base import RecipeError, first_line, hub_is_reachable, log
 from config import RecipeConfig
 
 # --- config and model ----------------------------------------------------------------------------
@@ -43,12 +45,34 @@ def build_model(cfg: RecipeConfig, config: LlamaConfig, attn_implementation: str
     """A LlamaForCausalLM from scratch (or from `init_from` weights), in fp32: the Trainer autocasts.
     No KV cache while training: it would only hold tensors, and it turns off the packed-document masks of
     data.document_aware; saving the final model turns it back on for generation."""
-    if cfg.init_from and from_weights:
-        model = load_init_weights(cfg.init_from, config, attn_implementation)
-    else:  # from_config writes the attention choice into the config it is given: hand it a copy
-        model = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation=attn_implementation)
+    try:
+        if cfg.init_from and from_weights:
+            model = load_init_weights(cfg.init_from, config, attn_implementation)
+        else:  # from_config writes the attention choice into the config it is given: hand it a copy
+            model = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation=attn_implementation)
+    except Exception as e:  # a Hub kernel that cannot load: no network, no build for this GPU
+        if attn_implementation not in FLASH_ATTENTION and "/" not in attn_implementation:
+            raise
+        sdpa = use_sdpa(cfg.data.document_aware, f"{attn_implementation} could not load: {first_line(e)}")
+        return build_model(cfg, config, sdpa, from_weights)
     model.config.use_cache = False
+    model.forward = return_the_loss_only(model.forward)
     return model
+
+
+def return_the_loss_only(forward):
+    """With labels (training and evaluation), the Trainer reads the loss alone; the logits beside it, 49,152 wide,
+    accelerate would copy to fp32 under bf16 autocast for nothing: 200 MB a micro-batch on the quickstart, 3 GB
+    at 8 x 2,048 tokens. Generation passes no labels and gets its logits; saved models do not keep this."""
+
+    @functools.wraps(forward)
+    def loss_only(*args, **kwargs):
+        outputs = forward(*args, **kwargs)
+        if kwargs.get("labels") is not None:
+            outputs.logits = None
+        return outputs
+
+    return loss_only
 
 
 def build_meta_model(config: LlamaConfig):
@@ -119,17 +143,36 @@ def parameter_breakdown(model) -> str:
 # --- attention -----------------------------------------------------------------------------------
 
 
+FLASH_ATTENTION = {"flash_attention_2": is_flash_attn_2_available, "flash_attention_3": is_flash_attn_3_available}
+
+
 def choose_attn_implementation(requested: str, document_aware: bool = False) -> str:
-    """flash_attention_2 where it can run, else SDPA; SDPA over blocks that keep no documents apart is the
-    recipe's causal SDPA (`register_causal_sdpa`)."""
-    if requested == "flash_attention_2":
-        if not (torch.cuda.is_available() and is_flash_attn_2_available()):
-            why = "no CUDA GPU" if not torch.cuda.is_available() else "flash-attn is not installed"
-            log(f"attention: flash_attention_2 unavailable ({why}), using sdpa")
-            requested = "sdpa"
-    if requested == "sdpa" and not document_aware:
-        return register_causal_sdpa()
+    """What attention to build, said in one `attention:` line: flash-attention where it can run (the flash-attn
+    package, else transformers loads the kernel from the Hub through the `kernels` package), a Hub kernel id
+    through `kernels`, else SDPA; SDPA over blocks that keep no documents apart is the recipe's causal SDPA."""
+    if (requested in FLASH_ATTENTION or "/" in requested) and not torch.cuda.is_available():
+        return use_sdpa(document_aware, f"{requested} needs a CUDA GPU")
+    if requested in FLASH_ATTENTION and not FLASH_ATTENTION[requested]():
+        if not is_kernels_available():
+            return use_sdpa(document_aware, f"flash-attn is not installed; pip install kernels loads {requested} "
+                                            "from the Hub instead")  # fmt: skip
+        log(f"attention: {requested} from the Hub kernel {FLASH_ATTN_KERNEL_FALLBACK[requested]} (flash-attn is not "
+            "installed; the kernels package loads it)")  # fmt: skip
+        return requested
+    if "/" in requested and not is_kernels_available():
+        return use_sdpa(document_aware, f"the Hub kernel {requested} needs the kernels package: pip install kernels")
+    if requested == "sdpa":
+        return use_sdpa(document_aware, "as configured")
+    log(f"attention: {requested}")
     return requested
+
+
+def use_sdpa(document_aware: bool, why: str) -> str:
+    name = "sdpa" if document_aware else register_causal_sdpa()
+    what = "transformers' sdpa, its masks keep the packed documents apart" if document_aware else (
+        "the recipe's causal SDPA")  # fmt: skip
+    log(f"attention: {name} ({what}; {why})")
+    return name
 
 
 CAUSAL_SDPA = "sdpa_causal"

@@ -22,6 +22,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
 
 import base
 from base import RecipeError, first_line
@@ -240,6 +241,7 @@ def push_space(space_id: str, repo_id: str, token: str, private: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    transformers_logging.disable_progress_bar()  # loading and saving a small model: seconds, no bars
     try:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)

@@ -25,7 +25,7 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors import safe_open
 
-from arguments import schedule_kwargs
+from arguments import check_hub_backup, schedule_kwargs
 from base import RecipeError, first_line, log, looks_like_hub_id
 from config import RecipeConfig
 from corpus import CorpusSource
@@ -162,6 +162,7 @@ def next_phase(cfg: RecipeConfig, earlier: list[dict], step: int, main_phase: di
 
 def download_last_checkpoint(cfg: RecipeConfig, folder: RunFolder) -> Path:
     """`--resume hub`: the repo's last-checkpoint/ beside the run folder; `claim` moves it in once it is checked."""
+    check_hub_backup(cfg.training, "hub")  # a repo id, a token and the Hub, before the download
     repo, staging = cfg.training["hub_model_id"], folder.path.with_name(f".{folder.path.name}{HUB_DOWNLOAD}")
     try:
         with PartialState().main_process_first():  # under a GPU launch the others then find the files there
@@ -238,10 +239,11 @@ def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
     return {"run_id": plan.run_id, "checkpoint": str(plan.checkpoint)}
 
 
-def record_of(cfg: RecipeConfig, phases: list[dict], source: CorpusSource) -> dict:
+def record_of(cfg: RecipeConfig, phases: list[dict], sources: list[CorpusSource]) -> dict:
     """What the run record says of a run, besides its id: its phases, its corpus as a card may name it (a Hub
-    id or file names, never a local path), the Hub model it continues, if any."""
-    corpus = {"hub_id": source.hub_id, "files": source.names() if not source.hub_id else []}
+    id or file names, never a local path; a mixture's names all), the Hub model it continues, if any."""
+    hub_id = sources[0].hub_id if len(sources) == 1 else None
+    corpus = {"hub_id": hub_id, "files": [] if hub_id else [name for s in sources for name in s.names()]}
     base_model = cfg.init_from if cfg.init_from and looks_like_hub_id(cfg.init_from) else None
     return {"phases": phases, "corpus": corpus, "base_model": base_model}
 
@@ -303,6 +305,8 @@ BATCH_KEYS = ("training.per_device_train_batch_size", "training.gradient_accumul
 def flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
+        if f"{prefix}{key}" == "data.sources" and isinstance(value, list):  # by name: a change names its source
+            value = {str(source.get("name")): source for source in value}
         if isinstance(value, dict) and key != "lr_scheduler_kwargs":
             out.update(flatten(value, f"{prefix}{key}."))
         else:
@@ -327,11 +331,12 @@ def check_what_changed(plan: ResumePlan, cfg: RecipeConfig, fingerprints: dict, 
             continue  # a new phase sets its own
         if key.startswith(FREE_KEYS) or key in BATCH_KEYS:
             log(f"resume: {key} changed from {old!r} to {new!r}")
-        elif key in ("tokenizer", "data.path") and fingerprints.get(key) and fingerprints[key] == plan.state.get(key):
+        elif fingerprints.get(key) and fingerprints[key] == plan.state.get(key):  # the tokenizer, a corpus path
             log(f"resume: {key} moved from {old!r} to {new!r}; its contents are the same")
         else:
             blocking.append(f"{key} {old!r} -> {new!r}")
-    for key, what in (("tokenizer", "tokenizer files"), ("data.path", "corpus files")):
+    for key in fingerprints:
+        what = {"tokenizer": "tokenizer files", "data.path": "corpus files"}.get(key, f"corpus files of {key[:-5]}")
         recorded_print = plan.state.get(key)
         if recorded_print and fingerprints.get(key) and recorded_print != fingerprints[key]:
             if not any(b.startswith(f"{key} ") for b in blocking):

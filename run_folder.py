@@ -133,6 +133,12 @@ def is_complete_model(folder: Path) -> bool:
     return folder.name == FINAL or checkpoint_step(folder) is not None
 
 
+def saved_at(folder: Path) -> float:
+    """When a model was saved: its weights' time (files written beside them later, e.g. eval_results.json,
+    leave it alone)."""
+    return max(p.stat().st_mtime for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern))
+
+
 def newest_model(runs_dir: Path = RUNS_DIR) -> Path:
     """The most recently saved final/ or complete checkpoint-N of any run under runs_dir."""
     folders = [*runs_dir.glob(f"*/{FINAL}"), *runs_dir.glob(f"*/{CHECKPOINT_PREFIX}*")]
@@ -142,7 +148,24 @@ def newest_model(runs_dir: Path = RUNS_DIR) -> Path:
             f"no model given and none found in {runs_dir}/*/{FINAL} or {runs_dir}/*/{CHECKPOINT_PREFIX}N "
             f"(under {Path.cwd()}); pass a model folder or a Hub id, or train one first with train.py"
         )
-    return max(complete, key=lambda f: ((f / TRAINER_STATE) if (f / TRAINER_STATE).is_file() else f).stat().st_mtime)
+    return max(complete, key=saved_at)
+
+
+def model_folder(path: Path) -> Path:
+    """The model a folder stands for: the folder itself (config.json and weights), else a run folder's final/,
+    else its newest complete checkpoint; one line says what is missing."""
+    if not path.is_dir():
+        raise RecipeError(f"no model in {path} (a file, not a folder); pass a final/ or checkpoint-N folder")
+    complete = [f for f in (path / FINAL, *RunFolder(path).checkpoints()) if is_complete_model(f)]
+    model = next((f for f in (path, *complete, path / FINAL) if (f / "config.json").is_file()), None)
+    if model is None:
+        raise RecipeError(f"no model in {path} (no config.json, and no final/ or complete checkpoint-N inside); "
+                          "pass a final/ or checkpoint-N folder, a run folder, or a Hub id")  # fmt: skip
+    if not has_weights(model):
+        raise RecipeError(f"no weights in {model} (no *.safetensors); pass a final/ or a complete checkpoint-N folder")
+    if not any((model / name).is_file() for name in TOKENIZER_FILES):
+        raise RecipeError(f"no tokenizer in {model} (no tokenizer.json); copy it there from the run's final/")
+    return model
 
 
 # --- content hashes ------------------------------------------------------------------------------

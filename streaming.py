@@ -70,18 +70,11 @@ def prepare_streaming(cfg, tokenizer, rank: int = 0, world_size: int = 1):
                 "split between the processes by document (or by file, where the files divide evenly); for plain text "
                 "set data.sample_by=paragraph or line, or use more documents, fewer processes, or data.streaming=false"
             )
-    train = StreamedBlocks(
-        partial(open_stream, source, cfg, rank, world_size),
-        tokenize,
-        text_column,
-        cfg.block_size,
-        held_out=cfg.max_validation_blocks if rank == 0 else 0,
-        seed=cfg.seed,
-        explain=partial(unreadable_data_error, source, cfg),
-    )
-    stats = CorpusStats(
-        documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
-    )
+    train = StreamedBlocks(partial(open_stream, source, cfg, rank, world_size), tokenize, text_column, cfg.block_size,
+                           held_out=cfg.max_validation_blocks if rank == 0 else 0, seed=cfg.seed,
+                           explain=partial(unreadable_data_error, source, cfg))  # fmt: skip
+    stats = CorpusStats(documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation),
+                        block_size=cfg.block_size)  # fmt: skip
     return {"train": train, "validation": validation}, stats
 
 
@@ -234,6 +227,32 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
         return None
 
 
+def draw_round(weights: np.ndarray, seed: int, number: int) -> np.ndarray:
+    """The sources of a mixture's blocks 1000 x number to 1000 x number + 999: drawn with the weights as probabilities,
+    seeded by (seed, number), so a function of the block's number alone."""
+    return np.random.default_rng([seed, number]).choice(len(weights), 1000, p=weights)
+
+
+class StreamedMixture(StreamedBlocks):
+    """Streamed sources mixed by blocks, drawn as `draw_round` says; each source's stream repeats without end.
+    The position after a block holds its number and where each source's stream stands: --resume seeks them all."""
+
+    def __init__(self, streams: list[StreamedBlocks], weights: list[float], seed: int):
+        self.streams, self.weights, self.seed, self.resume_at = streams, np.array(weights) / sum(weights), seed, None
+
+    def __iter__(self):
+        resume, self.resume_at = self.resume_at, None
+        block, positions = (resume["block"], list(resume["sources"])) if resume else (0, [None] * len(self.streams))
+        for stream, position in zip(self.streams, positions, strict=True):
+            stream.resume_at = position
+        readers = [iter(stream) for stream in self.streams]  # a stream is opened when it is first drawn
+        while True:
+            for source in draw_round(self.weights, self.seed, block // 1000)[block % 1000 :].tolist():
+                item, block = next(readers[source]), block + 1
+                positions[source] = item["stream_position"]
+                yield {"input_ids": item["input_ids"], "stream_position": {"block": block, "sources": list(positions)}}
+
+
 # --- training on a stream ------------------------------------------------------------------------
 
 
@@ -242,14 +261,9 @@ def streamed_dataloader(dataset: StreamedBlocks, args: TrainingArguments, batch_
     process or in one dataloader worker; accelerate's usual loader would read it on one process and send
     the batches to the others."""
     workers = args.dataloader_num_workers
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        collate_fn=collate_fn,
-        num_workers=workers,
-        pin_memory=args.dataloader_pin_memory,
-        prefetch_factor=args.dataloader_prefetch_factor if workers else None,
-    )
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=workers,
+                        pin_memory=args.dataloader_pin_memory,
+                        prefetch_factor=args.dataloader_prefetch_factor if workers else None)  # fmt: skip
     return prepare_data_loader(
         loader, args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import PartialState
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
+from transformers.utils import logging as transformers_logging
 
 import arguments
 import base
@@ -39,6 +40,8 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
+    transformers_logging.disable_progress_bar()  # no bar for each save's "Writing model shards": seconds of work
+    transformers_logging.get_logger("transformers.trainer_utils").setLevel("ERROR")  # resume.py says what changed
     try:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
@@ -49,12 +52,12 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
         checked = check_before_work(cfg, tokenizer, folder, args.resume)
         with lock(folder):
             record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, args.resume_changed)
-            splits = prepare_data(cfg, tokenizer)
-            code = run_phase(cfg, checked, record, tokenizer, splits, extra_callbacks)
+            splits, sources = prepare_data(cfg, tokenizer, checked)
+            code = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks)
             if code == 0 and should_offer_extra_phase(args) and (latest := ask_for_extra_phase(cfg, folder)):
                 checked = check_before_work(cfg, tokenizer, folder, latest)
                 record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, False)
-                code = run_phase(cfg, checked, record, tokenizer, splits, extra_callbacks)
+                code = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks)
         return code
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -68,8 +71,7 @@ def parse_args(argv: list[str] | None = None):
     parser = base.parser("train.py", __doc__)
     parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the latest checkpoint in training.output_dir, from CHECKPOINT, or from "
-                             "the Hub (`--resume hub`: training.hub_model_id's last-checkpoint/)")  # fmt: skip
+                        help="continue from the latest checkpoint in training.output_dir, CHECKPOINT, or hub")  # fmt: skip
     parser.add_argument("--resume-changed", action="store_true",
                         help="resume although the model, tokenizer or data differ from the checkpoint's")  # fmt: skip
     parser.add_argument("--no-prompt", action="store_true", help="never ask to continue after the main run")
@@ -103,7 +105,6 @@ def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_fr
     meta_model = modeling.build_meta_model(llama_config)
     n_params = sum(p.numel() for p in meta_model.parameters())
     main_phase = resume.main_phase(cfg, PartialState().num_processes)
-    arguments.check_hub_backup(cfg.training, resume_from)  # a repo id, a token and the Hub, before any download
     plan = resume.plan_resume(cfg, resume_from, folder, main_phase) if resume_from else None
     changes = {} if plan is None else {"max_steps": plan.max_steps}
     if plan is not None and plan.phase["name"] != "main":
@@ -113,9 +114,9 @@ def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_fr
     check_samples(cfg.samples.prompts, cfg.samples.sampling(), tokenizer, llama_config.max_position_embeddings)
     if plan is not None:
         resume.verify_checkpoint(plan, meta_model.state_dict())
-    source = find_corpus(cfg.data.path)
-    fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), "data.path": fingerprint(source, cfg.data)}
-    record = resume.record_of(cfg, plan.phases if plan else [main_phase], source)
+    corpora = {key: (find_corpus(spec.path, key), spec) for key, spec in cfg.data.specs().items()}  # each source's
+    fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), **{k: fingerprint(*c) for k, c in corpora.items()}}
+    record = resume.record_of(cfg, plan.phases if plan else [main_phase], [c for c, _ in corpora.values()])
     return Checked(llama_config, n_params, args, plan, fingerprints, record)
 
 
@@ -127,12 +128,13 @@ def lock(folder: RunFolder):
 # --- 2. data --------------------------------------------------------------------------------------
 
 
-def prepare_data(cfg: RecipeConfig, tokenizer):
-    state = PartialState()
+def prepare_data(cfg: RecipeConfig, tokenizer, checked: Checked):  # the blocks, and the run record's sources
+    state, drawn = PartialState(), checked.args.max_steps * arguments.samples_per_step(checked.args)
     with state.main_process_first():  # the main process tokenizes and caches; the others load the cache
-        splits, stats = prepare_datasets(cfg.data, tokenizer, rank=state.process_index, world_size=state.num_processes)
+        splits, stats = prepare_datasets(cfg.data, tokenizer, rank=state.process_index, world_size=state.num_processes,
+                                         drawn=drawn)  # fmt: skip
     log(stats.summary())
-    return splits
+    return splits, {"sources": stats.sources} if stats.sources else {}
 
 
 # --- 3. one phase: model, Trainer, train, save ---------------------------------------------------
@@ -211,14 +213,14 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
             return EXIT_INTERRUPTED
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
-        final = trainer.save_final(run_record.config, run_record.facts(trainer.state.global_step))
+        final = trainer.save_final(run_record.config, run_record.facts(trainer.state.global_step), card.push_final)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            run_record.finish_hashing()  # the checkpoint before the failure: complete, or not, before it is named
         raise save_failed(e, trainer) from None
     finally:
         interrupt.restore_handlers()
     log(f"saved the final model to {final}")
-    if args.push_to_hub and trainer.is_world_process_zero():
-        card.push_final(trainer, final)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The recipe's Trainer: the HF `Trainer` with a data order that resumes by samples, evaluation that gives way
 to a stop signal, perplexity and throughput next to the losses it logs, and the final model saved whole.
 
-The training blocks are read in a seeded order, a new permutation each pass (`BlockOrder`). Where a resumed
+The training blocks are read in a seeded order, a new permutation each pass (`BlockOrder`); a mixture's are drawn
+from its sources by weight, each source in a BlockOrder of its own (`MixtureOrder`). Where a resumed
 run starts in that order is counted in samples, not in batches, so a run resumed with another batch size,
 accumulation or number of processes still trains every block of a pass exactly once.
 """
@@ -19,8 +20,9 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from base import RecipeError, first_line, log
+from data import MixedBlocks
 from run_folder import RunFolder, atomic_folder, write_run_files
-from streaming import StreamedBlocks, streamed_dataloader
+from streaming import StreamedBlocks, draw_round, streamed_dataloader
 
 
 class BlockOrder(torch.utils.data.Sampler):
@@ -37,6 +39,26 @@ class BlockOrder(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
+class MixtureOrder(torch.utils.data.Sampler):
+    """Indices of a mixture's blocks (data.MixedBlocks): each sample's source as streaming.draw_round says, each
+    source's own blocks in a BlockOrder of their own, so a source that runs out is repeated in a new order. Like
+    BlockOrder, a function of the sample's number alone; the first `start` samples are skipped."""
+
+    def __init__(self, sizes: list[int], weights, seed: int, start: int = 0):
+        self.sizes, self.weights, self.seed, self.start = sizes, weights, seed, start
+
+    def __iter__(self):
+        (number, offset), offsets = divmod(self.start, 1000), np.cumsum([0, *self.sizes[:-1]])
+        count = partial(np.bincount, minlength=len(self.sizes))  # each source's samples before start:
+        before = sum((count(draw_round(self.weights, self.seed, n)) for n in range(number)),
+                     count(draw_round(self.weights, self.seed, number)[:offset]))  # fmt: skip
+        orders = [iter(BlockOrder(n, self.seed + s, int(before[s]))) for s, n in enumerate(self.sizes)]
+        while True:
+            for source in draw_round(self.weights, self.seed, number)[offset:].tolist():
+                yield int(offsets[source]) + next(orders[source])
+            number, offset = number + 1, 0
+
+
 class StopEvaluation(Exception):
     """Raised from a callback's on_prediction_step when a stop signal arrives during evaluation."""
 
@@ -49,26 +71,39 @@ class RecipeTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.start_sample, self.throughput, self.stream_position = start_sample, throughput, stream_position
 
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A tied head is not stored in a checkpoint (it is the embedding): not a missing key to warn about."""
+        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+        load_result.missing_keys[:] = [key for key in load_result.missing_keys if key not in tied]
+        super()._issue_warnings_after_load(load_result)
+
     def compute_loss(self, model, inputs, *args, **kwargs):
         if self.stream_position is not None:  # streamed batches carry where the stream stands after them
             self.stream_position.take_position(inputs)
         return super().compute_loss(model, inputs, *args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "eval_loss" in logs:
-            logs["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))
+        for key in [k for k in logs if k.startswith("eval_") and k.endswith("_loss")]:  # each source's, and overall
+            logs[f"{key.removesuffix('loss')}perplexity"] = math.exp(min(logs[key], 50.0))
         if "loss" in logs and self.throughput is not None:
             logs.update(self.throughput.measure())
         super().log(logs, start_time)
 
-    def evaluate(self, *args, **kwargs):
-        """An evaluation cut short by a stop signal logs nothing; the checkpoint is saved right after it."""
+    def evaluate(self, eval_dataset=None, *args, **kwargs):
+        """An evaluation cut short by a stop signal logs nothing; the checkpoint is saved right after it. A mixture's
+        validation sets (a dict, by source) are logged each as `eval_<name>_loss`, then pooled: `eval_loss` is the
+        mean over all their blocks, as one validation set of them all would give."""
         try:
-            return super().evaluate(*args, **kwargs)
+            metrics = super().evaluate(eval_dataset, *args, **kwargs)
         except StopEvaluation:
             self.control.should_save = True
             self.control.should_training_stop = True
             return {}
+        sizes = {n: len(ds) for n, ds in self.eval_dataset.items()} if isinstance(self.eval_dataset, dict) else {}
+        if eval_dataset is None and sizes and all(f"eval_{n}_loss" in metrics for n in sizes):
+            metrics["eval_loss"] = sum(metrics[f"eval_{n}_loss"] * k for n, k in sizes.items()) / sum(sizes.values())
+            self.log({"eval_loss": metrics["eval_loss"]})
+        return metrics
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         self.unpushed = checkpoint_folder  # push_to_hub: pushed below, once on_save has written its checksums
@@ -77,6 +112,8 @@ class RecipeTrainer(Trainer):
         super()._maybe_log_save_evaluate(*args, **kwargs)
         if (folder := getattr(self, "unpushed", None)) is not None:
             self.unpushed = None
+            for callback in self.callback_handler.callbacks:  # RunRecordCallback hashes in the background: wait
+                getattr(callback, "finish_hashing", lambda: None)()
             super()._push_from_checkpoint(folder)
 
     def _finish_current_push(self) -> None:
@@ -92,27 +129,25 @@ class RecipeTrainer(Trainer):
         if isinstance(self.train_dataset, StreamedBlocks):
             loader = streamed_dataloader(self.train_dataset, self.args, self.args.train_batch_size, self.data_collator)
         else:
-            loader = self.accelerator.prepare(
-                DataLoader(
-                    self.train_dataset,
-                    batch_size=self.args.train_batch_size,
-                    sampler=BlockOrder(len(self.train_dataset), self.data_order_seed(), self.start_sample),
-                    collate_fn=self.data_collator,
-                    num_workers=self.args.dataloader_num_workers,
-                    pin_memory=self.args.dataloader_pin_memory,
-                    prefetch_factor=self.args.dataloader_prefetch_factor if self.args.dataloader_num_workers else None,
-                )
-            )
+            blocks, seed, start = self.train_dataset, self.data_order_seed(), self.start_sample
+            order = (MixtureOrder(blocks.sizes, blocks.weights, seed, start) if isinstance(blocks, MixedBlocks)
+                     else BlockOrder(len(blocks), seed, start))  # fmt: skip
+            workers = self.args.dataloader_num_workers
+            loader = self.accelerator.prepare(DataLoader(
+                blocks, batch_size=self.args.train_batch_size, sampler=order, collate_fn=self.data_collator,
+                num_workers=workers, pin_memory=self.args.dataloader_pin_memory,
+                prefetch_factor=self.args.dataloader_prefetch_factor if workers else None))  # fmt: skip
         if self.args.dataloader_num_workers:
             torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
             torch_loader.worker_init_fn = partial(start_worker_without_signals, torch_loader.worker_init_fn)
         return loader
 
 
-    def save_final(self, config: dict, record: dict) -> Path:
+    def save_final(self, config: dict, record: dict, publish=None) -> Path:
         """Weights (safetensors), config, generation config, tokenizer and the run files in output_dir/final,
         replacing it atomically: an interruption or a full disk leaves the previous final/ (or none), never half
-        of one. Every process takes part: under FSDP the weights are gathered from all of them."""
+        of one. Every process takes part: under FSDP the weights are gathered from all of them. With
+        training.push_to_hub, `publish(trainer, final)` then uploads it (card.push_final)."""
         final = RunFolder(self.args.output_dir).final
         model = self.accelerator.unwrap_model(self.model)
         model.config.use_cache = True  # off while training; on for generation
@@ -125,6 +160,8 @@ class RecipeTrainer(Trainer):
                     self.processing_class.save_pretrained(str(tmp))
                 write_run_files(tmp, config, record)
         self.accelerator.wait_for_everyone()
+        if publish is not None and self.args.push_to_hub and self.is_world_process_zero():
+            publish(self, final)
         return final
 
 

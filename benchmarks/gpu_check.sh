@@ -337,7 +337,7 @@ phase_switches() {
   flce="training.use_liger_kernel=true training.liger_kernel_config.rope=false training.liger_kernel_config.rms_norm=false training.liger_kernel_config.swiglu=false"
   local labels=("compile off" "Liger fused linear cross-entropy on" "activation checkpointing on")
   local switches=("training.torch_compile=false" "$flce" "training.activation_checkpointing=true")
-  if grep -q "attention: flash_attention_2 unavailable" "$WORK"/defaults.log "$WORK"/baseline.log 2>/dev/null ||
+  if grep -q "attention: sdpa_causal" "$WORK"/defaults.log "$WORK"/baseline.log 2>/dev/null ||
     ! { [ -f "$WORK/defaults.log" ] || [ -f "$WORK/baseline.log" ]; }; then
     attn_note="The default attn_implementation (flash_attention_2) fell back to sdpa here (flash-attn is not installed), which the recipe runs as its causal SDPA, so \`attn_implementation=sdpa\` is the default itself; the attention row is transformers' own sdpa with its masks instead (\`data.document_aware=true\`, which keeps plain sdpa; tiny Shakespeare is one document, so the blocks are the same)."
     labels+=("transformers' sdpa with masks")

@@ -145,6 +145,7 @@ def fake_model(folder: Path, saved: float, state: bool = False, weights: bool = 
     (folder / "config.json").write_text("{}")
     if weights:
         (folder / "model.safetensors").write_bytes(b"")
+        os.utime(folder / "model.safetensors", (saved, saved))
     if state:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
         os.utime(folder / "trainer_state.json", (saved, saved))
@@ -159,7 +160,7 @@ def test_newest_final_or_complete_checkpoint_is_chosen_by_save_time(tmp_path):
     fake_model(runs / "b" / "checkpoint-6", saved=400)  # no trainer_state.json: still being written
     fake_model(runs / "c" / "final", saved=500, weights=False)  # an interrupted save
     assert run_folder.newest_model(runs) == checkpoint
-    os.utime(old_final, (300, 300))
+    os.utime(old_final / "model.safetensors", (300, 300))
     assert run_folder.newest_model(runs) == old_final
 
 
@@ -171,7 +172,7 @@ def test_no_run_names_the_paths_it_looked_in(tmp_path):
 def test_no_model_argument_uses_the_newest_run_and_says_which(small_run, tmp_path, capsys, monkeypatch):
     shutil.copytree(small_run, tmp_path / "runs" / "older")
     shutil.copytree(small_run, tmp_path / "runs" / "newer")
-    os.utime(tmp_path / "runs" / "older" / "final", (time.time() - 60,) * 2)
+    os.utime(tmp_path / "runs" / "older" / "final" / "model.safetensors", (time.time() - 60,) * 2)
     monkeypatch.chdir(tmp_path)
     code, out, err = run_main(["--prompt", "ROMEO:", "--max-new-tokens", "3"], capsys)
     assert code == 0, err
@@ -255,3 +256,35 @@ def test_closing_the_stream_stops_the_generation(small):
     finally:
         hook.remove()
     assert len(forward_calls) < (CONTEXT - 1) // 2
+
+
+# --- offline and bytes that are not text ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["generate.py", "app.py"])
+def test_a_hub_id_offline_fails_in_seconds_in_one_line(script, tmp_path):
+    """No HF_HUB_OFFLINE set, and no network: the Hub's host does not answer, and the model is not cached."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://hub.invalid"}  # a name no resolver answers
+    started = time.monotonic()
+    args = ["someone/not-a-model", "--prompt", "hi"] if script == "generate.py" else ["someone/not-a-model", "--port", "7999"]
+    result = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=120,
+                            env=env, cwd=tmp_path)  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "error: could not load 'someone/not-a-model': the Hub cannot be reached and it is not in the local cache; "
+        "pass a local folder, or try again online"
+    ]
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(small_run, capsys, tmp_path):
+    assert_one_error_line(*run_main([str(small_run / "final"), "--prompt", "caf\udce9"], capsys),
+                          "--prompt is not UTF-8 text (byte 0xe9 at character 4")  # fmt: skip
+    result = subprocess.run([sys.executable, str(ROOT / "generate.py"), str(small_run / "final")],
+                            input=b"caf\xe9 au lait\n", capture_output=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        "error: the prompt on stdin is not UTF-8 text (byte 0xe9 at character 4); pass UTF-8 text "
+        "(e.g. iconv -f latin1 -t utf-8)"
+    ]

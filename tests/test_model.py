@@ -73,13 +73,50 @@ def test_head_is_tied_and_config_matches_smollm2():
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
-def test_flash_attention_falls_back_to_sdpa_without_flash_attn(capsys):
-    if torch.cuda.is_available():
-        return  # the fallback is for machines without a GPU or without flash-attn
-    assert choose_attn_implementation("flash_attention_2") == CAUSAL_SDPA
-    assert "using sdpa" in capsys.readouterr().out
+def test_attention_says_what_it_loads_and_falls_back_to_sdpa_in_one_line(capsys, monkeypatch):
+    import model as modeling
+
+    def said():
+        return capsys.readouterr().out.strip().splitlines()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for requested in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2"):
+        assert choose_attn_implementation(requested) == CAUSAL_SDPA
+        assert said() == [f"attention: sdpa_causal (the recipe's causal SDPA; {requested} needs a CUDA GPU)"]
     assert choose_attn_implementation("flash_attention_2", document_aware=True) == "sdpa"
-    assert choose_attn_implementation("eager") == "eager"
+    assert said()[0].startswith("attention: sdpa (transformers' sdpa, its masks keep the packed documents apart")
+    assert choose_attn_implementation("eager") == "eager" and said() == ["attention: eager"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU without flash-attn
+    monkeypatch.setitem(modeling.FLASH_ATTENTION, "flash_attention_2", lambda: False)
+    monkeypatch.setattr(modeling, "is_kernels_available", lambda: False)
+    assert choose_attn_implementation("flash_attention_2") == CAUSAL_SDPA
+    assert "pip install kernels loads flash_attention_2 from the Hub instead" in said()[0]
+    assert choose_attn_implementation("kernels-community/flash-attn2") == CAUSAL_SDPA
+    assert "needs the kernels package: pip install kernels" in said()[0]
+    monkeypatch.setattr(modeling, "is_kernels_available", lambda: True)  # transformers' kernels fallback
+    assert choose_attn_implementation("flash_attention_2") == "flash_attention_2"
+    assert said() == ["attention: flash_attention_2 from the Hub kernel kernels-community/flash-attn2 (flash-attn is "
+                      "not installed; the kernels package loads it)"]  # fmt: skip
+
+
+def test_a_kernel_that_cannot_load_falls_back_to_sdpa_in_one_line(capsys, monkeypatch):
+    import model as modeling
+
+    real = modeling.AutoModelForCausalLM.from_config
+
+    def offline_kernels(config, attn_implementation=None, **kwargs):
+        if "/" in (attn_implementation or ""):
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files\nmore")
+        return real(config, attn_implementation=attn_implementation, **kwargs)
+
+    monkeypatch.setattr(modeling.AutoModelForCausalLM, "from_config", offline_kernels)
+    cfg = load_config(None, TINY)
+    model = build_model(cfg, build_llama_config(cfg), "kernels-community/flash-attn2")
+    assert model.config._attn_implementation == CAUSAL_SDPA
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "attention: sdpa_causal (the recipe's causal SDPA; kernels-community/flash-attn2 could not load: We couldn't "
+        "connect to 'https://huggingface.co' to load the files)"
+    ]
 
 
 def sdpa_calls_when_compiled(model, **inputs) -> list[dict]:

@@ -332,7 +332,7 @@ def test_without_checkpoint_the_newest_run_final_is_used(tmp_path, monkeypatch, 
         if name != "no-model":
             (final / "config.json").write_text("{}")
             (final / "model.safetensors").write_bytes(b"")
-        os.utime(final, (time.time() - age, time.time() - age))
+            os.utime(final / "model.safetensors", (time.time() - age, time.time() - age))
     assert push.find_source(None, cfg) == Path("runs/newer/final")
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed == [
@@ -476,3 +476,22 @@ def test_generate_py_streams_a_continuation(tiny_run):
     assert result.stdout.startswith("ROMEO:") and len(result.stdout.strip()) > len("ROMEO:")
     missing = subprocess.run([sys.executable, str(ROOT / "generate.py"), "./nope"], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.strip().startswith("error: no model at './nope'")
+
+
+@pytest.mark.slow
+def test_card_of_an_evaluated_model_carries_a_model_index(tiny_run, tmp_path):
+    import eval
+
+    final = tmp_path / "final"
+    shutil.copytree(tiny_run / "final", final)
+    results = {"format": 1, "model": {"source": str(final)}, "tasks": [{
+        "task": "tinyshakespeare_nextline", "dataset": {"type": "tinyshakespeare", "name": "tiny Shakespeare",
+        "config": "nextline", "split": "test"}, "num_fewshot": 0, "examples": 500, "examples_total": 500,
+        "limit": None, "lm_eval_version": "0.4.13", "metrics": [{"name": "acc", "value": 0.25, "stderr": 0.02}]}]}  # fmt: skip
+    (final / "eval_results.json").write_text(json.dumps(results))
+    assert eval.read_eval_results(final) == results
+    card = push_dry_run(final, tmp_path / "pushed")
+    meta = yaml.safe_load(card.split("---")[1])
+    (index,) = meta["model-index"]
+    assert index["name"] == "tiny" and index["results"][0]["metrics"] == [{"type": "acc", "value": 0.25, "name": "acc"}]
+    assert "| tinyshakespeare_nextline | acc | 0.25 | 500 | 0 |" in card.split("## Evaluation", 1)[1]

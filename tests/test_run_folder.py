@@ -139,20 +139,22 @@ def test_run_files_say_what_of_a_run_a_folder_holds(tmp_path):
 
 
 def test_newest_model_is_the_last_saved_final_or_complete_checkpoint(tmp_path):
-    def model_folder(path: Path) -> Path:
+    def model_folder(path: Path, saved: float) -> Path:
         path.mkdir(parents=True, exist_ok=True)
         (path / "config.json").write_text("{}")
         (path / "model.safetensors").write_bytes(b"w")
+        os.utime(path / "model.safetensors", (saved, saved))  # saved when its weights were
         return path
 
     with pytest.raises(RecipeError, match="no model given and none found"):
         run_folder.newest_model(tmp_path)
-    first = model_folder(tmp_path / "a" / "final")
-    os.utime(first, (1, 1))
-    checkpoint = fake_checkpoint(tmp_path / "b", 5)
-    (checkpoint / "config.json").write_text("{}")
+    first = model_folder(tmp_path / "a" / "final", saved=100)
+    checkpoint = model_folder(fake_checkpoint(tmp_path / "b", 5), saved=200)
+    model_folder(tmp_path / "c" / "checkpoint-9", saved=300)  # no trainer state, no checksums: being written
     assert run_folder.newest_model(tmp_path) == checkpoint
-    os.utime(checkpoint / "trainer_state.json", (0, 0))
+    (first / "eval_results.json").write_text("{}")  # written beside it later: the model is as old as before
+    assert run_folder.newest_model(tmp_path) == checkpoint
+    os.utime(first / "model.safetensors", (400, 400))
     assert run_folder.newest_model(tmp_path) == first
 
 

@@ -40,3 +40,10 @@ def test_a_gpu_config_on_a_cpu_says_so_and_estimates_the_run(monkeypatch, capsys
 
 def test_durations_read_like_a_clock_then_in_days():
     assert [format_duration(s) for s in (5, 75, 3725, 3 * 86400)] == ["5 s", "1:15", "1:02:05", "3.0 days"]
+
+
+def test_overrides_may_come_before_between_or_after_the_flags():
+    args = train.parse_args(["training.report_to=none", "--no-prompt", "training.max_steps=5"])
+    assert args.no_prompt and args.overrides == ["training.report_to=none", "training.max_steps=5"]
+    args = train.parse_args(["data.block_size=64", "--resume", "checkpoint-4", "training.max_steps=9"])
+    assert args.resume == "checkpoint-4" and args.overrides == ["data.block_size=64", "training.max_steps=9"]

@@ -1,8 +1,8 @@
 """The `training:` section -> `TrainingArguments`, with the choices the YAML leaves to the hardware.
 
 One job per function: the precision (bf16 where the hardware has it), the speed switches (`auto` for
-torch.compile and activation checkpointing), the learning-rate schedule's own kwargs, wandb that never
-prompts, and a check that builds the optimizer and the scheduler before any data work.
+torch.compile and activation checkpointing), the schedule's own kwargs, loggers installed and never prompting,
+and checks before any data work: the optimizer and scheduler are built, a Hub backup has its repo and token.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi, constants, get_token
 from transformers import SchedulerType, Trainer, TrainingArguments, get_scheduler
+from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
-from base import RecipeError, first_line, log
+from base import HUB_NAME, RecipeError, first_line, hub_is_reachable, log
 from config import RecipeConfig
 from model import estimate_peak_memory
 
@@ -38,12 +40,17 @@ def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int
     if 1 <= max_steps <= warmup:
         say(f"warning: training.warmup_steps {warmup:g} is not below training.max_steps {max_steps}: the learning rate "
             f"never reaches its peak {kwargs.get('learning_rate', 5e-5):g}; set fewer (or a share, e.g. 0.1)")  # fmt: skip
-    if reports_to_wandb(kwargs.get("report_to")):
-        configure_wandb(kwargs["output_dir"], say)
+    kwargs.setdefault("project", "smollm2-recipe")  # trackio's project (TrainingArguments.project)
+    kwargs.setdefault("trackio_static_space_id", False)  # push_to_hub would publish trackio's logs as a Space too
+    check_hub_backup(kwargs)
     try:
-        return TrainingArguments(**kwargs)
+        args = TrainingArguments(**kwargs)
     except (ValueError, TypeError, ImportError) as e:
         raise RecipeError(f"training arguments: {first_line(e)}") from None
+    check_loggers(args.report_to)
+    if "wandb" in args.report_to:
+        configure_wandb(args.output_dir, say)
+    return args
 
 
 # --- precision -----------------------------------------------------------------------------------
@@ -224,11 +231,36 @@ def _shifted(factor, offset: int, step: int) -> float:
     return factor(max(0, step - offset))
 
 
-# --- wandb ---------------------------------------------------------------------------------------
+# --- loggers and the Hub -------------------------------------------------------------------------
 
 
-def reports_to_wandb(report_to) -> bool:
-    return report_to in ("wandb", "all") or (isinstance(report_to, list) and "wandb" in report_to)
+def check_loggers(report_to: list[str]) -> None:
+    """Each logger of training.report_to known and installed, or one line saying how to install it."""
+    for name in set(report_to) - set(get_available_reporting_integrations() if report_to else ()):
+        extra = Path(__file__).with_name(f"requirements-{name}.txt")
+        install = f"pip install -r {extra.name}" if extra.is_file() else f"pip install {name}"
+        why = f"{name} is not installed; {install}" if name in INTEGRATION_TO_CALLBACK else "no such logger (see README.md)"
+        raise RecipeError(f"training.report_to={name}: {why}")
+
+
+def check_hub_backup(training: dict, resume_from: str | None = None) -> None:
+    """push_to_hub and `--resume hub` need a repo id, a token and the Hub; the repo is made now, as the Trainer would."""
+    if training.get("hub_token"):
+        raise RecipeError("training.hub_token would be uploaded in each checkpoint's config; set HF_TOKEN instead")
+    if not (push := training.get("push_to_hub")) and resume_from != "hub":
+        return
+    repo, need = training.get("hub_model_id"), "training.push_to_hub" if push else "--resume hub"
+    if not isinstance(repo, str) or repo.count("/") != 1 or not all(map(HUB_NAME.fullmatch, repo.split("/"))):
+        raise RecipeError(f"{need} needs training.hub_model_id=user/name, the repo of the run's checkpoints (not {repo!r})")
+    if get_token() is None:
+        raise RecipeError(f"{need}: no Hugging Face token; run `hf auth login` or set HF_TOKEN")
+    if not hub_is_reachable():
+        raise RecipeError(f"{need}: the Hub ({constants.ENDPOINT}) cannot be reached (or HF_HUB_OFFLINE is set)")
+    try:
+        if push:
+            HfApi().create_repo(repo, private=training.get("hub_private_repo"), exist_ok=True)
+    except Exception as e:
+        raise RecipeError(f"{need}: the Hub refused the repo {repo}: {first_line(e)}") from None
 
 
 def configure_wandb(output_dir: str, say=log) -> None:

@@ -1,7 +1,7 @@
 """The model card of a trained model: what the run recorded, and nothing it did not.
 
-`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py.
-Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules,
+`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py and
+for `push_final`, which uploads final/ with it at the end of a run with training.push_to_hub. Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules,
 processes and tokens trained, trainer_state.json's log (steps, losses, learning rate), recipe_config.yaml's
 settings, the samples. A folder the recipe did not train gets a card that says only what config.json says.
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from base import RecipeError, first_line, looks_like_hub_id
+from base import RecipeError, first_line, log, looks_like_hub_id
 from run_folder import (
     EVAL_RESULTS,
     OLDER_PHASES,
@@ -268,6 +268,18 @@ def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, 
     sections.append(evaluation_section(record.evaluation))
     body = "\n\n".join(s for s in [*sections, usage_section(repo_id)] if s)
     ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n").save(folder / "README.md")
+
+
+def push_final(trainer, final: Path) -> None:
+    """training.push_to_hub, at the end: final/ with the recipe's card as its README.md (never the Trainer's)."""
+    model, repo = trainer.accelerator.unwrap_model(trainer.model), trainer.hub_model_id
+    write_model_card(final, read_training_record(final), model, repo, model.dtype, {})
+    try:
+        HfApi().upload_folder(repo_id=repo, folder_path=final, revision=trainer.args.hub_revision,
+                              commit_message="End of training: the final model and its card (smollm2-recipe)")  # fmt: skip
+    except Exception as e:
+        raise RecipeError(f"the Hub refused {final} ({first_line(e)}); push it with: python push.py --checkpoint {final}") from None
+    log(f"hub: pushed {final} and its model card to {repo}")
 
 
 def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str | None, base_model: str | None) -> str:

@@ -9,19 +9,24 @@ A run is a list of phases, recorded in its run record (run.json) as they are pla
 
 A checkpoint inside a phase continues that phase exactly, on its own schedule. Before any work the checkpoint is
 checked: its files against their content hashes, its tensors against the model config, its run against the
-run that owns the output folder, its config and data against the current ones.
+run that owns the output folder, its config and data against the current ones. `--resume hub` downloads the
+checkpoint that training.hub_strategy: checkpoint keeps on the Hub: the same run, in its own folder or a new one.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors import safe_open
 
-from arguments import schedule_kwargs
-from base import RecipeError, log, looks_like_hub_id
+from arguments import check_hub_backup, schedule_kwargs
+from base import RecipeError, first_line, log, looks_like_hub_id
 from config import RecipeConfig
 from corpus import CorpusSource
 from model import check_shapes
@@ -40,6 +45,9 @@ from run_folder import (
     run_file,
     trainer_record,
 )
+
+HUB_CHECKPOINT = "last-checkpoint"  # the repo folder where the Trainer's hub_strategy "checkpoint" keeps the newest
+HUB_DOWNLOAD = ".hub-download"  # beside the run folder: --resume hub downloads there, then moves it in
 
 
 @dataclass
@@ -117,7 +125,7 @@ def find_checkpoint(folder: RunFolder, resume: str) -> Path:
 
 def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, main_phase: dict) -> ResumePlan:
     """What `--resume` trains: the interrupted phase to its end, or after a finished run a new phase."""
-    checkpoint = find_checkpoint(folder, resume)
+    checkpoint = download_last_checkpoint(cfg, folder) if resume == "hub" else find_checkpoint(folder, resume)
     state = read_trainer_state(checkpoint)
     step = state["global_step"] if state else checkpoint_number(checkpoint)
     record = trainer_record(state)
@@ -150,6 +158,24 @@ def next_phase(cfg: RecipeConfig, earlier: list[dict], step: int, main_phase: di
     count = sum(p["name"].split()[0] == kind for p in earlier)
     return {**phase, "name": kind if count == 0 else f"{kind} {count + 1}", "first_step": step + 1,
             "last_step": step + steps}  # fmt: skip
+
+
+def download_last_checkpoint(cfg: RecipeConfig, folder: RunFolder) -> Path:
+    """`--resume hub`: the repo's last-checkpoint/ beside the run folder; `claim` moves it in once it is checked."""
+    check_hub_backup(cfg.training, "hub")  # a repo id, a token and the Hub, before the download
+    repo, staging = cfg.training["hub_model_id"], folder.path.with_name(f".{folder.path.name}{HUB_DOWNLOAD}")
+    try:
+        with PartialState().main_process_first():  # under a GPU launch the others then find the files there
+            checkpoint = Path(snapshot_download(repo, allow_patterns=f"{HUB_CHECKPOINT}/*", local_dir=staging)) / HUB_CHECKPOINT
+    except RepositoryNotFoundError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RecipeError(f"--resume hub: no repo {repo} on the Hub (or your token may not read it)") from None
+    except Exception as e:  # what came is kept: the next --resume hub fetches only the rest
+        raise RecipeError(f"--resume hub: downloading {repo}/{HUB_CHECKPOINT} failed: {first_line(e)}") from None
+    if read_trainer_state(checkpoint) is None or not (checkpoint / MANIFEST).is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RecipeError(f"--resume hub: {repo} has no complete {HUB_CHECKPOINT}/ (training.hub_strategy=checkpoint)")
+    return checkpoint
 
 
 # --- checks before any work ------------------------------------------------------------------------------
@@ -200,13 +226,14 @@ def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
         return None
     held = folder.run_files()
     owner = folder.record().get("run_id")
+    from_hub = plan.checkpoint.parent.name.endswith(HUB_DOWNLOAD)
     if held and (owner is None or owner != plan.run_id):
+        own = "" if from_hub else f" (training.output_dir={plan.checkpoint.parent})"
         raise RecipeError(
             f"--resume: {folder} holds another run ({owner or 'no run id'}: {', '.join(held)}) and {plan.checkpoint} "
-            f"belongs to run {plan.run_id or 'unknown'}; resume into its own folder "
-            f"(training.output_dir={plan.checkpoint.parent}) or into a new one"
+            f"belongs to run {plan.run_id or 'unknown'}; resume into its own folder{own} or into a new one"
         )
-    if held:
+    if held or from_hub:  # a checkpoint downloaded from the Hub goes on as its own run, in a new folder too
         return None
     log(f"resume: {folder} is new: it continues {plan.checkpoint} as a run of its own")
     return {"run_id": plan.run_id, "checkpoint": str(plan.checkpoint)}
@@ -230,6 +257,15 @@ def claim(folder: RunFolder, plan: ResumePlan | None, cfg: RecipeConfig, record:
         return {"run_id": new_run_id(), "forked_from": None, **record}
     forked = check_ownership(plan, folder)
     check_what_changed(plan, cfg, fingerprints, allow_changes)
+    if plan.checkpoint.parent.name.endswith(HUB_DOWNLOAD):  # downloaded and checked: the run's checkpoint-N
+        staging, plan.checkpoint, state = plan.checkpoint.parent, folder.checkpoint(plan.step), PartialState()
+        state.wait_for_everyone()  # every process has checked the download before the main one moves it in
+        if state.is_main_process:
+            shutil.rmtree(plan.checkpoint, ignore_errors=True)  # that step of the same run, if it is here
+            (staging / HUB_CHECKPOINT).rename(plan.checkpoint)
+            shutil.rmtree(staging, ignore_errors=True)
+            log(f"resume: the Hub's {HUB_CHECKPOINT} is now {plan.checkpoint}")
+        state.wait_for_everyone()
     later_files(plan, folder)
     run_id = plan.run_id if plan.run_id and not forked else new_run_id()
     return {"run_id": run_id, "forked_from": forked or folder.record().get("forked_from"), **record}
@@ -260,7 +296,7 @@ FREE_KEYS = (
     "training.dataloader_", "training.per_device_eval_batch_size", "training.torch_compile",
     "training.activation_checkpointing", "training.use_liger_kernel", "training.liger_kernel_config",
     "training.max_steps", "training.push_to_hub", "training.hub_", "attn_implementation", "training.use_cpu",
-    "training.bf16", "training.include_", "training.ddp_",
+    "training.bf16", "training.include_", "training.ddp_", "training.project", "training.trackio_",
 )  # fmt: skip
 # Keys whose change is handled: the data position is counted in samples, so a new batch continues exactly.
 BATCH_KEYS = ("training.per_device_train_batch_size", "training.gradient_accumulation_steps")

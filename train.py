@@ -24,6 +24,7 @@ from transformers.utils import logging as transformers_logging
 import arguments
 import base
 import callbacks
+import card
 import model as modeling
 import resume
 from base import RecipeError, log
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None = None):
     parser = base.parser("train.py", __doc__)
     parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the latest checkpoint in training.output_dir, or from CHECKPOINT")  # fmt: skip
+                        help="continue from the latest checkpoint in training.output_dir, CHECKPOINT, or hub")  # fmt: skip
     parser.add_argument("--resume-changed", action="store_true",
                         help="resume although the model, tokenizer or data differ from the checkpoint's")  # fmt: skip
     parser.add_argument("--no-prompt", action="store_true", help="never ask to continue after the main run")
@@ -212,7 +213,7 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
             return EXIT_INTERRUPTED
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
-        final = trainer.save_final(run_record.config, run_record.facts(trainer.state.global_step))
+        final = trainer.save_final(run_record.config, run_record.facts(trainer.state.global_step), card.push_final)
     except OSError as e:
         with contextlib.suppress(OSError):
             run_record.finish_hashing()  # the checkpoint before the failure: complete, or not, before it is named

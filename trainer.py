@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from base import RecipeError
+from base import RecipeError, first_line, log
 from data import MixedBlocks
 from run_folder import RunFolder, atomic_folder, write_run_files
 from streaming import StreamedBlocks, draw_round, streamed_dataloader
@@ -105,6 +105,23 @@ class RecipeTrainer(Trainer):
             self.log({"eval_loss": metrics["eval_loss"]})
         return metrics
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        self.unpushed = checkpoint_folder  # push_to_hub: pushed below, once on_save has written its checksums
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        super()._maybe_log_save_evaluate(*args, **kwargs)
+        if (folder := getattr(self, "unpushed", None)) is not None:
+            self.unpushed = None
+            for callback in self.callback_handler.callbacks:  # RunRecordCallback hashes in the background: wait
+                getattr(callback, "finish_hashing", lambda: None)()
+            super()._push_from_checkpoint(folder)
+
+    def _finish_current_push(self) -> None:
+        super()._finish_current_push()  # the Trainer never looks at how its uploads ended: say if the last one failed
+        for job in getattr(getattr(self, "push_in_progress", None), "jobs", ()):
+            if job.done() and job.exception() is not None:
+                log(f"hub: an upload to {self.hub_model_id} failed: {first_line(job.exception())}")
+
     def data_order_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed
 
@@ -126,10 +143,11 @@ class RecipeTrainer(Trainer):
         return loader
 
 
-    def save_final(self, config: dict, record: dict) -> Path:
+    def save_final(self, config: dict, record: dict, publish=None) -> Path:
         """Weights (safetensors), config, generation config, tokenizer and the run files in output_dir/final,
         replacing it atomically: an interruption or a full disk leaves the previous final/ (or none), never half
-        of one. Every process takes part: under FSDP the weights are gathered from all of them."""
+        of one. Every process takes part: under FSDP the weights are gathered from all of them. With
+        training.push_to_hub, `publish(trainer, final)` then uploads it (card.push_final)."""
         final = RunFolder(self.args.output_dir).final
         model = self.accelerator.unwrap_model(self.model)
         model.config.use_cache = True  # off while training; on for generation
@@ -142,6 +160,8 @@ class RecipeTrainer(Trainer):
                     self.processing_class.save_pretrained(str(tmp))
                 write_run_files(tmp, config, record)
         self.accelerator.wait_for_everyone()
+        if publish is not None and self.args.push_to_hub and self.is_world_process_zero():
+            publish(self, final)
         return final
 
 

@@ -246,3 +246,21 @@ def test_shapes_are_checked_both_ways():
         check_shapes(expected, {}, "checkpoint-4")
     with pytest.raises(RecipeError, match="has tensor 'model.layers.2.x' and 1 more, which this model config lacks"):
         check_shapes(expected, {"a": torch.empty(2, 3), "model.layers.2.x": torch.empty(1), "y": torch.empty(1)}, "c")
+
+
+def test_training_forwards_return_the_loss_only_and_generation_keeps_its_logits():
+    """No fp32 copy of the 49,152-wide logits under bf16 autocast: the loss alone comes back with labels, the
+    same loss and gradients as the model without the wrapper; without labels the logits are there."""
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg, build_llama_config(cfg), "sdpa")
+    plain = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), attn_implementation="sdpa")
+    plain.load_state_dict(model.state_dict())
+    ids = torch.randint(0, 49152, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = model(input_ids=ids, labels=ids), plain(input_ids=ids, labels=ids)
+    assert ours.logits is None and theirs.logits is not None and torch.equal(ours.loss, theirs.loss)
+    ours.loss.backward()
+    theirs.loss.backward()
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), plain.parameters(), strict=True))
+    assert model(input_ids=ids).logits.shape == (2, 16, 49152)

@@ -53,11 +53,19 @@ def test_no_project_import_hides_inside_a_function():
     assert len(ALLOWED_INSIDE_FUNCTIONS) <= 2
 
 
+# The top-level modules had 5,047 lines before the run folder had an owner; the restructuring brought them to
+# 4,999 for the same behaviour and its own additions (checksums, the folder's owner, the phases). Later features
+# brought their own lines: eval.py (283), weighted mixtures (139), Hub backups and trackio (101), and the
+# attention kernels, the allocator pair and the quiet console (about 100). A feature finds its room here, by
+# making something else smaller, or raises this budget in the open.
+LINE_BUDGET = 5_750
+
+
 def test_modules_are_small_and_train_py_reads_in_one_sitting():
     lines = {m: len((ROOT / f"{m}.py").read_text().splitlines()) for m in MODULES}
     assert max(lines.values()) <= 450, {m: n for m, n in lines.items() if n > 450}
     assert lines["train"] <= 250
-    assert sum(lines.values()) < 5047, sum(lines.values())  # the top-level modules before the run folder had an owner
+    assert sum(lines.values()) < LINE_BUDGET, sum(lines.values())
 
 
 def test_every_module_says_what_it_is_for():

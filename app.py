@@ -17,6 +17,8 @@ import socket
 import sys
 import threading
 
+from transformers.utils import logging as transformers_logging
+
 import base
 from base import RecipeError
 from generate import GenerationError, LoadedModel, load_model, pick_device, resolve_source, stream_completion
@@ -150,6 +152,7 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    transformers_logging.disable_progress_bar()  # the console says what is served, not how its weights loaded
     try:
         args = parse_args(argv)
         check_port_free(args.host, args.port)

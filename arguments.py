@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import netrc
 import os
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int
     if 1 <= max_steps <= warmup:
         say(f"warning: training.warmup_steps {warmup:g} is not below training.max_steps {max_steps}: the learning rate "
             f"never reaches its peak {kwargs.get('learning_rate', 5e-5):g}; set fewer (or a share, e.g. 0.1)")  # fmt: skip
+    kwargs.setdefault("disable_tqdm", not sys.stderr.isatty())  # in a log file a bar is one line per update
     kwargs.setdefault("project", "smollm2-recipe")  # trackio's project (TrainingArguments.project)
     kwargs.setdefault("trackio_static_space_id", False)  # push_to_hub would publish trackio's logs as a Space too
     check_hub_backup(kwargs)

@@ -175,10 +175,10 @@ class GracefulInterruptCallback(TrainerCallback):
             print("\nsecond interrupt: exiting now without saving", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.requested = True
-        print(f"\n{signal.Signals(signum).name}: {self.what_happens_now()}", file=sys.stderr, flush=True)
+        print(f"\n{signal.Signals(signum).name}: {self.what_happens_now(signum)}", file=sys.stderr, flush=True)
 
-    def what_happens_now(self) -> str:
-        again = "Ctrl-C again to quit without saving"
+    def what_happens_now(self, signum: int = signal.SIGINT) -> str:
+        again = f"{'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name} again to quit without saving"
         if self.saving_final:
             return f"training is done; finishing the save of final/ first (seconds); {again} it"
         if self.step_started is None:
@@ -246,12 +246,14 @@ class RunRecordCallback(TrainerCallback, ExportableState):
     Before each save it checks the disk."""
 
     def __init__(self, config: dict, record: dict, fingerprints: dict, samples_seen: int, block_size: int,
-                 checkpoint_bytes: int):  # fmt: skip
+                 checkpoint_bytes: int, tokens_seen: int | None = None):  # fmt: skip
         self.config, self.record, self.fingerprints = config, record, fingerprints
         self.samples_seen, self.block_size, self.checkpoint_bytes = samples_seen, block_size, checkpoint_bytes
+        self.tokens_seen = samples_seen * block_size if tokens_seen is None else tokens_seen  # blocks may change size
 
     def state(self) -> dict:
-        attributes = {"samples_seen": self.samples_seen, "run_id": self.record["run_id"], **self.fingerprints}
+        attributes = {"samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen,
+                      "run_id": self.record["run_id"], **self.fingerprints}  # fmt: skip
         return {"args": {}, "attributes": attributes}
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -259,14 +261,15 @@ class RunRecordCallback(TrainerCallback, ExportableState):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.samples_seen += samples_per_step(args)
+        self.tokens_seen += samples_per_step(args) * self.block_size
         if control.should_save and args.should_save:
             self.finish_hashing()
             warn_if_disk_is_short(Path(args.output_dir), self.checkpoint_bytes)
 
     def facts(self, step: int) -> dict:
         """The record with what the run has done by `step`."""
-        tokens = self.samples_seen * self.block_size
-        return {**self.record, "global_step": step, "samples_trained": self.samples_seen, "tokens_trained": tokens}
+        return {**self.record, "global_step": step, "samples_trained": self.samples_seen,
+                "tokens_trained": self.tokens_seen}  # fmt: skip
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
@@ -291,9 +294,8 @@ class RunRecordCallback(TrainerCallback, ExportableState):
         """Wait for the checksums of the last checkpoint (before the next save, the end, or a failure's message)."""
         if getattr(self, "hashing", None) is not None:
             self.hashing.join()
-            self.hashing = None
-        if (error := getattr(self, "hashing_error", None)) is not None:
-            self.hashing_error = None
+        self.hashing, error, self.hashing_error = None, getattr(self, "hashing_error", None), None
+        if error is not None:
             raise error
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -337,10 +339,9 @@ class ConsoleLogCallback(TrainerCallback):
         if "eval_loss" in logs:
             return f"{step} | eval loss {logs['eval_loss']:.4g} | eval ppl {logs.get('eval_perplexity', 0):,.1f}"
         if "train_runtime" in logs:
-            return (
-                f"{step} | done in {format_duration(logs['train_runtime'])} | "
-                f"average train loss {logs.get('train_loss', float('nan')):.4g}"
-            )
+            ended = "done in" if state.global_step >= state.max_steps else "stopped after"
+            return (f"{step} | {ended} {format_duration(logs['train_runtime'])} | "
+                    f"average train loss {logs.get('train_loss', float('nan')):.4g}")  # fmt: skip
         return None
 
 
@@ -377,13 +378,12 @@ class FirstStepEstimate(TrainerCallback):
 
 
 class ProgressBar(ProgressCallback):
-    """transformers' progress bar, without its printing of each log as a dict (ConsoleLogCallback does that)."""
+    """transformers' progress bar, without its printing of each log as a dict (ConsoleLogCallback does that), and
+    without a second bar for each evaluation: its result is one line."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        pass
+    def on_log(self, *args, **kwargs): ...
 
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        pass  # no second bar for each evaluation: its result is one line
+    def on_prediction_step(self, *args, **kwargs): ...
 
 
 # --- throughput ----------------------------------------------------------------------------------

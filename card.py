@@ -58,17 +58,9 @@ class TrainingRecord:
     samples_file: Path | None  # samples.jsonl
     evaluation: dict | None = None  # eval_results.json, next to the model
 
-    @property
-    def trained_here(self) -> bool:
-        return self.recipe is not None or self.state is not None
-
-    @property
-    def global_step(self) -> int | None:
-        return (self.state or {}).get("global_step", self.run.get("global_step"))
-
-    @property
-    def history(self) -> list[dict]:
-        return (self.state or {}).get("log_history", [])
+    trained_here = property(lambda self: self.recipe is not None or self.state is not None)
+    global_step = property(lambda self: (self.state or {}).get("global_step", self.run.get("global_step")))
+    history = property(lambda self: (self.state or {}).get("log_history", []))
 
     def training(self, key: str, default=None):
         return ((self.recipe or {}).get("training") or {}).get(key, default)
@@ -126,7 +118,7 @@ def trained_tokens(record: TrainingRecord) -> str | None:
     """The tokens trained on, as the run counted them; None when it did not record them."""
     if record.run.get("tokens_trained"):
         processes = sorted({p.get("processes") for p in record.run.get("phases", []) if p.get("processes")})
-        on = f" on {' then '.join(map(str, processes))} process(es)" if processes else ""
+        on = f" on {' then '.join(map(str, processes))} process{'es' if processes[-1] > 1 else ''}" if processes else ""
         return f"{record.run['tokens_trained']:,} tokens{on}"
     seen = (record.state or {}).get("num_input_tokens_seen") or 0
     return f"{seen:,} tokens (counted by the Trainer)" if seen > 0 else None
@@ -351,9 +343,9 @@ def phases_section(record: TrainingRecord, phases: list[Phase]) -> str:
         notes.append(f"The {end.name} phase was planned to step {end.planned_last_step:,} and stopped at {end.last_step:,}.")
     if not record.run.get("phases"):
         notes.append("No run record (run.json) came with the model: the phase is read from recipe_config.yaml.")
-    kwargs = next((p.get("lr_scheduler_kwargs") for p in record.run.get("phases", []) if p.get("lr_scheduler_kwargs")), None)
-    if kwargs:
-        notes.append(f"Schedule settings of the main phase: `{plain(kwargs)}`.")
+    if kwargs := [f"{p['name']}: `{plain(p['lr_scheduler_kwargs'])}`" for p in record.run.get("phases", [])
+                  if p.get("lr_scheduler_kwargs")]:  # fmt: skip
+        notes.append(f"Schedule settings: {'; '.join(kwargs)}.")
     return "\n".join(["## Training phases", "", *rows, *(["", " ".join(notes)] if notes else [])])
 
 
@@ -418,9 +410,14 @@ def read_samples(path: Path | None, step: int | None) -> list[dict]:
     return [r for r in rows if r["step"] == newest]
 
 
+def examples_shown(entry: dict) -> str:
+    limited = entry.get("limit") is not None and entry.get("examples_total")
+    return f"{entry['examples']:,} of {entry['examples_total']:,}" if limited else f"{entry.get('examples') or ''}"
+
+
 def evaluation_section(results: dict | None) -> str:
     """eval.py's results, as the model-index in the header says them, for a reader."""
-    rows = [f"| {e['task']} | {m['name']} | {m['value']:.4g} | {e.get('examples') or ''} | {e.get('num_fewshot') or 0} |"
+    rows = [f"| {e['task']} | {m['name']} | {m['value']:.4g} | {examples_shown(e)} | {e.get('num_fewshot') or 0} |"
             for e in (results or {}).get("tasks", []) for m in e.get("metrics", []) if number(m.get("value")) is not None]  # fmt: skip
     if not rows:
         return ""

@@ -278,8 +278,8 @@ def section(name: str, cls: type, raw: Any, problems: list[str]):
     except dacite.MissingValueError as e:
         where, _, key = e.field_path.rpartition(".")
         problems.append(f"{name}.{where}: a source has no '{key}'" if where else missing(f"{name}.{e.field_path}"))
-    except dacite.WrongTypeError as e:
-        problems.append(describe_type_problem(f"{name}.{e.field_path}", e.value, e.field_type))
+    except dacite.WrongTypeError as e:  # the value as written (dacite's own may be half-built, e.g. a generator)
+        problems.append(describe_type_problem(f"{name}.{e.field_path}", raw.get(e.field_path, e.value), e.field_type))
     return None
 
 
@@ -346,6 +346,10 @@ def cross_key_problems(cfg: RecipeConfig) -> list[str]:
     if training.get("save_strategy", "steps") == "steps" and training.get("save_steps", 1) <= 0:
         problems.append("training.save_steps must be above 0: a crash would lose the whole run (or set "
                         "training.save_strategy=no to save only at the end)")  # fmt: skip
+    for key in ("logging_steps", "eval_steps"):  # TrainingArguments would take 0 as "every logging step", or name a flag
+        if training.get(key) is not None and training[key] <= 0:
+            off = "; training.eval_strategy=no evaluates never" if key == "eval_steps" else ""
+            problems.append(f"training.{key} must be above 0, got {training[key]} (e.g. training.{key}=10{off})")
     sources, names = data.sources or [], [s.name for s in data.sources or []]
     if data.sources is None and data.path is None:
         problems.append("data.path is null and data.sources is not set: set one of them")

@@ -104,12 +104,16 @@ def builder_for(path: str) -> str | None:
     return None
 
 
+SAID: set[str] = set()  # folders whose skipped files were named
+
+
 def files_in_folder(folder: Path, key: str) -> list[str]:
     """The corpus files of a folder; the files it skips are named in one line, so none goes missing unseen."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     used = [str(p) for p in files if builder_for(p.name) and not p.name.startswith(".")]
     skipped = [str(p.relative_to(folder)) for p in files if str(p) not in used]
-    if skipped:
+    if skipped and str(folder) not in SAID:  # the corpus is looked at more than once; said once
+        SAID.add(str(folder))
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
         log(f"data: {key} skips {len(skipped)} file(s) in {folder} that are hidden or not .txt, .md, .jsonl, "
             f".parquet or .csv: {', '.join(skipped[:3])}{more}")  # fmt: skip
@@ -143,7 +147,8 @@ def find_corpus(path: str | list[str], key: str = "data.path") -> CorpusSource:
             raise RecipeError(f"data file not found: '{p}'; set {key} to your corpus{hint}")
     builders = {builder_for(f) or "text" for f in files}
     if len(builders) > 1:
-        raise RecipeError(f"{key} mixes file kinds ({', '.join(sorted(builders))}); use one kind per source")
+        raise RecipeError(f"{key} mixes file kinds ({', '.join(sorted(builders))}); use one kind per source, several "
+                          "kinds as data.sources (docs/data.md)")  # fmt: skip
     for f in files:
         if os.path.getsize(f) == 0:
             raise RecipeError(f"data file is empty: '{f}'; put text in it or remove it from {key}")

@@ -138,6 +138,7 @@ def evaluate(args, pretrained: str, folder: Path | None, hub_id: str | None) -> 
     max_length, why = (args.max_length, "--max-length") if args.max_length else trained_block_size(folder)
     version, simple_evaluate, HFLM, TaskManager = harness()
     transformers_logging.set_verbosity_error()  # stdout holds the result lines
+    transformers_logging.disable_progress_bar()
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     task_manager = TaskManager(include_path=str(TASKS_DIR))
     check_task_names(names, task_manager.all_tasks)

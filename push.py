@@ -28,7 +28,7 @@ import base
 from base import RecipeError, first_line
 from card import TrainingRecord, read_training_record, write_model_card
 from config import RecipeConfig, load_config
-from run_folder import RUNS_DIR, RunFolder, atomic_folder, holds_model, newest_model
+from run_folder import FINAL, RUNS_DIR, RunFolder, atomic_folder, holds_model, model_folder, newest_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SPACE_FILES = ("app.py", "generate.py", "sampling.py", "run_folder.py", "base.py")  # app.py and what it imports
@@ -108,6 +108,8 @@ def find_source(checkpoint: str | None, cfg: RecipeConfig) -> Path:
             raise RecipeError(f"no trained model: looked in {configured} and {RUNS_DIR}/*/final or checkpoint-N; "
                               "train first, or pass --checkpoint PATH") from None  # fmt: skip
         print(f"no --checkpoint and no {configured}: using {source}, the newest model in {RUNS_DIR}/")
+    if not (source / "config.json").is_file() and (RunFolder(source).checkpoints() or (source / FINAL).is_dir()):
+        source = model_folder(source)  # a run folder: its final/, else its newest checkpoint
     if not holds_model(source):
         raise RecipeError(f"{source} holds no model (config.json and *.safetensors); pass a final/ or checkpoint-N")
     return source

@@ -16,7 +16,9 @@ checkpoint that training.hub_strategy: checkpoint keeps on the Hub: the same run
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +33,14 @@ from config import RecipeConfig
 from corpus import CorpusSource
 from model import check_shapes
 from run_folder import (
+    FINAL,
     MANIFEST,
     OLDER_PHASES,
     RECIPE_CONFIG,
+    SUPERSEDED,
     RunFolder,
     checkpoint_number,
+    checkpoint_step,
     damaged_file,
     new_run_id,
     read_json,
@@ -109,6 +114,7 @@ def main_phase(cfg: RecipeConfig, processes: int) -> dict:
 
 def find_checkpoint(folder: RunFolder, resume: str) -> Path:
     if resume == "latest":
+        folder.check_writable()  # an output_dir that is a file says so
         checkpoint, skipped = folder.latest_checkpoint()
         for path in skipped:
             log(f"resume: skipping incomplete checkpoint {path}")
@@ -118,8 +124,11 @@ def find_checkpoint(folder: RunFolder, resume: str) -> Path:
     checkpoint = RunFolder(resume).path
     if not checkpoint.is_dir():
         raise RecipeError(f"--resume: checkpoint folder not found: {resume}")
-    if read_trainer_state(checkpoint) is None and not (checkpoint / MANIFEST).is_file():
-        raise RecipeError(f"--resume: {checkpoint} is not a complete checkpoint (no readable trainer_state.json)")
+    if checkpoint_number(checkpoint) is None and RunFolder(checkpoint).checkpoints():  # a run folder: its newest
+        return find_checkpoint(RunFolder(checkpoint), "latest")
+    if checkpoint_step(checkpoint) is None:
+        raise RecipeError(f"--resume: {checkpoint} is not a complete checkpoint-N folder (no weights, trainer state "
+                          "or checksums); pass a checkpoint-N folder or a run folder")  # fmt: skip
     return checkpoint
 
 
@@ -133,11 +142,16 @@ def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, main_phase: d
     phases = read_record(checkpoint).get("phases") or (legacy or {}).get("phases") or [main_phase]
     index = next((i for i, p in enumerate(phases) if p["first_step"] <= max(step, 1) <= p["last_step"]), -1)
     current, earlier = phases[index], phases[:index] if index >= 0 else phases[:-1]
-    new_max = cfg.training["max_steps"]
-    if step < current["last_step"] and current["name"] == "main" and new_max != current["last_step"]:
-        log(f"resume: training.max_steps is {new_max}, the main phase was planned to step {current['last_step']}: "
-            f"it now ends at step {max(new_max, step)}")  # fmt: skip
-        current = {**main_phase, "last_step": max(new_max, step)}  # at or before the checkpoint: it ends there
+    new_max, planned = cfg.training["max_steps"], current["last_step"]
+    if step < planned and current["name"] == "main" and new_max != planned:
+        if step < new_max < planned:  # its schedule was built for `planned`: stopping between would jump it
+            raise RecipeError(f"--resume: training.max_steps {new_max} ends the main phase before its planned step "
+                              f"{planned} and after {checkpoint.name}: set training.max_steps={planned} to finish it "
+                              f"(then extend), or {step} to end it at the checkpoint")  # fmt: skip
+        then = f", then a phase 'extend' trains steps {planned + 1}-{new_max}" if new_max > planned else (
+            f"; it ends here at step {step}")  # fmt: skip
+        log(f"resume: training.max_steps is {new_max}, the main phase was planned to step {planned}{then}")
+        current = current if new_max > planned else {**current, "last_step": step}
     if step < current["last_step"]:  # interrupted inside a phase: it goes on, on its own schedule
         return ResumePlan(checkpoint, step, [*earlier, current], record)
     finished = [*earlier, current]
@@ -178,6 +192,26 @@ def download_last_checkpoint(cfg: RecipeConfig, folder: RunFolder) -> Path:
     return checkpoint
 
 
+def next_phase_due(cfg: RecipeConfig, folder: RunFolder, offer: bool) -> str | None:
+    """After a phase, the checkpoint the next one starts from: at once when training.max_steps goes further (an
+    interrupted main phase finished, then extended), or, in a terminal, the extra phase if the user says yes."""
+    latest, _ = folder.latest_checkpoint()
+    if latest is None:  # e.g. save_strategy=no
+        return None
+    if cfg.training["max_steps"] > (checkpoint_step(latest) or 0):
+        return str(latest)
+    if not offer:
+        return None
+    factor = f"lr/{1 / cfg.resume.lr_factor:g}" if cfg.resume.lr_factor < 1 else f"lr x {cfg.resume.lr_factor:g}"
+    print(f"Continue from {latest.name} for {cfg.resume.extra_steps} more steps at {factor}? [y/N] ", end="", flush=True)
+    try:
+        answer = input()
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return None
+    return str(latest) if answer.strip().lower() in ("y", "yes") else None
+
+
 # --- checks before any work ------------------------------------------------------------------------------
 
 
@@ -190,7 +224,7 @@ def verify_checkpoint(plan: ResumePlan, expected_state_dict: dict) -> None:
         damage = None
     if damage is not None:
         intact = newest_intact_checkpoint(plan.checkpoint)
-        instead = f"resume from {intact} instead: python train.py --resume {intact}" if intact else (
+        instead = f"resume from {intact} instead: {command(read_record(plan.checkpoint), intact)}" if intact else (
             "no older checkpoint of this run is intact; start a new run")  # fmt: skip
         raise RecipeError(f"--resume: {plan.checkpoint} is damaged: {damage}; {instead}")
     weights = plan.checkpoint / "model.safetensors"
@@ -239,6 +273,12 @@ def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
     return {"run_id": plan.run_id, "checkpoint": str(plan.checkpoint)}
 
 
+def command(record: dict, checkpoint: Path | str = "") -> str:
+    """The command that resumes the run: its own --config and overrides, as its record keeps them."""
+    line = shlex.join(["python", "train.py", "--resume", *([str(checkpoint)] if checkpoint else [])])
+    return f"{line} {shlex.join(record['command'])}" if "command" in record else f"{line} [the same --config and overrides]"
+
+
 def record_of(cfg: RecipeConfig, phases: list[dict], sources: list[CorpusSource]) -> dict:
     """What the run record says of a run, besides its id: its phases, its corpus as a card may name it (a Hub
     id or file names, never a local path; a mixture's names all), the Hub model it continues, if any."""
@@ -272,19 +312,33 @@ def claim(folder: RunFolder, plan: ResumePlan | None, cfg: RecipeConfig, record:
 
 
 def refuse_to_overwrite(folder: RunFolder) -> None:
-    """A new run into a folder that holds a run's files would mix two runs."""
-    if held := folder.run_files():
+    """A new run into a folder that holds a run's files would mix two runs; the files of a run that stopped
+    before its first checkpoint are set aside instead, since nothing can resume them."""
+    held = folder.run_files()
+    if held and not folder.checkpoints() and FINAL not in held:
+        set_aside(folder, held, f"{folder} holds the files of a run that saved no checkpoint")
+        held = []
+    if held:
         raise RecipeError(
             f"{folder} already holds {held[0]}: continue it with --resume, or start a new run in another "
             "training.output_dir"
         )
 
 
+def set_aside(folder: RunFolder, names: list[str], why: str) -> None:
+    """Move files a run no longer follows into superseded/ (nothing is deleted), said in one line."""
+    aside = folder.path / SUPERSEDED / time.strftime("%Y%m%d-%H%M%S")
+    aside.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder.path / name).rename(aside / name)
+    log(f"resume: {why}: moved {', '.join(names)} to {aside} (delete it when you no longer need it)")
+
+
 def later_files(plan: ResumePlan, folder: RunFolder) -> None:
-    """Resuming an older checkpoint of the run: say which of its later files the run will replace."""
+    """Resuming an older checkpoint of the run: its later checkpoints belong to the timeline it leaves."""
     later = [p.name for p in folder.checkpoints() if (checkpoint_number(p) or 0) > plan.step]
     if plan.checkpoint.parent == folder.path and later:
-        log(f"resume: {', '.join(later)} come after {plan.checkpoint.name}; the run replaces them as it passes them")
+        set_aside(folder, sorted(later, key=lambda n: int(n.split("-")[1])), f"they come after {plan.checkpoint.name}")
 
 
 # --- what changed since the checkpoint ----------------------------------------------------------------------
@@ -327,8 +381,8 @@ def check_what_changed(plan: ResumePlan, cfg: RecipeConfig, fingerprints: dict, 
         log(f"resume: {plan.checkpoint.name} has no readable {RECIPE_CONFIG}; the config cannot be compared")
     blocking = []
     for key, old, new in config_changes(recorded or {}, cfg.to_dict() if recorded else {}):
-        if key == "training.learning_rate" and not plan.continues:
-            continue  # a new phase sets its own
+        if key == "training.max_steps" or (key == "training.learning_rate" and not plan.continues):
+            continue  # the phase's line says it, or a new phase sets its own
         if key.startswith(FREE_KEYS) or key in BATCH_KEYS:
             log(f"resume: {key} changed from {old!r} to {new!r}")
         elif fingerprints.get(key) and fingerprints[key] == plan.state.get(key):  # the tokenizer, a corpus path

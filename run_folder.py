@@ -42,6 +42,7 @@ TRAINER_STATE = "trainer_state.json"
 MANIFEST = "checksums.json"
 STREAM_POSITION = "stream_position.json"
 EVAL_RESULTS = "eval_results.json"
+SUPERSEDED = "superseded"  # checkpoints and files a resumed run no longer follows
 OLDER_PHASES = "training_phases.json"  # the phases, as versions before run.json kept them
 RUN_FILES = (RECORD, RECIPE_CONFIG, SAMPLES, OLDER_PHASES)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")

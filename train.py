@@ -50,14 +50,15 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
         cfg.training["output_dir"] = str(folder.path)  # resolved once: the Trainer and every check use this path
         tokenizer = load_tokenizer(cfg.tokenizer)
         checked = check_before_work(cfg, tokenizer, folder, args.resume)
-        with lock(folder):
+        with RunLock(folder) if PartialState().is_main_process else contextlib.nullcontext():  # one run a folder
             record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, args.resume_changed)
             splits, sources = prepare_data(cfg, tokenizer, checked)
-            code = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks)
-            if code == 0 and should_offer_extra_phase(args) and (latest := ask_for_extra_phase(cfg, folder)):
-                checked = check_before_work(cfg, tokenizer, folder, latest)
+            again = {**sources, "command": ([f"--config={args.config}"] if args.config else []) + args.overrides}
+            code = run_phase(cfg, checked, {**record, **again}, tokenizer, splits, extra_callbacks)
+            while code == 0 and (latest := resume.next_phase_due(cfg, folder, offer=should_offer_extra_phase(args))):
+                checked = check_before_work(cfg, tokenizer, folder, latest)  # an extension planned, or one asked for
                 record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, False)
-                code = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks)
+                code = run_phase(cfg, checked, {**record, **again}, tokenizer, splits, extra_callbacks)
         return code
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -120,11 +121,6 @@ def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_fr
     return Checked(llama_config, n_params, args, plan, fingerprints, record)
 
 
-def lock(folder: RunFolder):
-    """The main process holds the folder's lock for the whole run; a second run into it stops in one line."""
-    return RunLock(folder) if PartialState().is_main_process else contextlib.nullcontext()
-
-
 # --- 2. data --------------------------------------------------------------------------------------
 
 
@@ -153,7 +149,7 @@ def run_phase(cfg: RecipeConfig, checked: Checked, record: dict, tokenizer, spli
     interrupt = callbacks.GracefulInterruptCallback()
     start = plan.start_sample(arguments.samples_per_step(checked.args)) if plan else 0
     run_record = callbacks.RunRecordCallback(cfg.to_dict(), record, checked.fingerprints, start, cfg.data.block_size,
-                                             12 * checked.n_params)  # bytes until a checkpoint is measured
+                                             12 * checked.n_params, plan.state.get("tokens_seen") if plan else 0)
     trainer = build_trainer(cfg, checked, run_record, model, tokenizer, splits, interrupt, extra_callbacks)
     callbacks.warn_if_cpu_run_is_long(trainer, checked)
     return train_and_save(trainer, run_record, interrupt, plan)
@@ -206,10 +202,8 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
     try:
         result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
         if interrupt.stopped_at is not None:
-            log(
-                f"interrupted at step {interrupt.stopped_at}: saved checkpoint-{interrupt.stopped_at} in "
-                f"{args.output_dir}; continue with: python train.py --resume [same overrides]"
-            )
+            log(f"interrupted at step {interrupt.stopped_at}: saved checkpoint-{interrupt.stopped_at} in "
+                f"{args.output_dir}; continue with: {resume.command(run_record.record)}")  # fmt: skip
             return EXIT_INTERRUPTED
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
@@ -224,26 +218,9 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
     return 0
 
 
-# --- after the main run --------------------------------------------------------------------------
-
-
 def should_offer_extra_phase(args) -> bool:
+    """After a phase, in a terminal: `resume.next_phase_due` may offer the extra phase in the same process."""
     return not args.no_prompt and PartialState().num_processes == 1 and sys.stdin.isatty() and sys.stdout.isatty()
-
-
-def ask_for_extra_phase(cfg: RecipeConfig, folder: RunFolder) -> str | None:
-    """After the main run, in a terminal: offer the extra phase of --resume in the same process."""
-    latest, _ = folder.latest_checkpoint()
-    if latest is None:  # e.g. save_strategy=no
-        return None
-    factor = f"lr/{1 / cfg.resume.lr_factor:g}" if cfg.resume.lr_factor < 1 else f"lr x {cfg.resume.lr_factor:g}"
-    print(f"Continue from {latest.name} for {cfg.resume.extra_steps} more steps at {factor}? [y/N] ", end="", flush=True)
-    try:
-        answer = input()
-    except (EOFError, KeyboardInterrupt):
-        print()
-        return None
-    return str(latest) if answer.strip().lower() in ("y", "yes") else None
 
 
 if __name__ == "__main__":

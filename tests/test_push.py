@@ -168,7 +168,7 @@ def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, 
     assert_phases_match_trainer_state(rows, trainer_state(110))
     intro = card.split("\n## ", 1)[0]
     if record == "run.json":  # the tokens as the run counted them; an older run recorded none
-        assert "110 optimizer steps in 2 phases, 112,640 tokens on 2 process(es)." in intro
+        assert "110 optimizer steps in 2 phases, 112,640 tokens on 2 processes." in intro
     else:
         assert intro.rstrip().endswith("110 optimizer steps in 2 phases.")
     assert "in the [SmolLM2-360M](https://huggingface.co/HuggingFaceTB/SmolLM2-360M) configuration" in intro

@@ -81,7 +81,58 @@ def test_a_smaller_max_steps_ends_an_interrupted_main_phase_at_its_checkpoint(tm
     p = plan(tmp_path, 30, overrides=["training.max_steps=30"])
     assert p.phases[0] == {**p.phases[0], "name": "main", "last_step": 30} and p.phase["name"] == "resume"
     assert (p.phase["first_step"], p.phase["last_step"]) == (31, 80)
-    assert "the main phase was planned to step 60: it now ends at step 30" in capsys.readouterr().out
+    assert "the main phase was planned to step 60; it ends here at step 30" in capsys.readouterr().out
+
+
+def test_a_larger_max_steps_finishes_an_interrupted_main_phase_first_then_extends(tmp_path, capsys):
+    p = plan(tmp_path, 30, overrides=["training.max_steps=80"])
+    assert p.continues and p.phases == [MAIN] and p.max_steps == 60  # its own schedule: no jump in its decay
+    assert "planned to step 60, then a phase 'extend' trains steps 61-80" in capsys.readouterr().out
+    cfg = load_config(None, ["training.max_steps=80"])
+    assert resume.next_phase_due(cfg, RunFolder(tmp_path / "run"), offer=False) == str(p.checkpoint)  # at once
+    assert resume.next_phase_due(load_config(None, ["training.max_steps=30"]), RunFolder(tmp_path / "run"), False) is None
+
+
+def test_a_max_steps_between_the_checkpoint_and_the_planned_end_is_one_line(tmp_path):
+    with pytest.raises(RecipeError, match=r"training.max_steps 45 ends the main phase before its planned step 60 and "
+                                          r"after checkpoint-30: set training.max_steps=60 to finish it \(then extend\), "
+                                          r"or 30 to end it at the checkpoint"):  # fmt: skip
+        plan(tmp_path, 30, overrides=["training.max_steps=45"])
+
+
+def test_resume_of_a_run_folder_takes_its_newest_complete_checkpoint(tmp_path):
+    checkpoint(tmp_path / "run", 20)
+    newest = checkpoint(tmp_path / "run", 40)
+    (tmp_path / "run" / "trainer_state.json").write_text(json.dumps({"global_step": 40}))  # as save_state leaves it
+    assert resume.find_checkpoint(RunFolder(tmp_path / "elsewhere"), str(tmp_path / "run")) == newest
+    (tmp_path / "model").mkdir()
+    with pytest.raises(RecipeError, match="is not a complete checkpoint-N folder"):
+        resume.find_checkpoint(RunFolder(tmp_path / "elsewhere"), str(tmp_path / "model"))
+
+
+def test_the_checkpoints_after_an_older_one_resumed_are_set_aside_not_followed(tmp_path, capsys):
+    older = checkpoint(tmp_path / "run", 20)
+    for step in (40, 60):
+        checkpoint(tmp_path / "run", step)
+    resume.later_files(resume.ResumePlan(older, 20, [MAIN]), RunFolder(tmp_path / "run"))
+    assert [p.name for p in RunFolder(tmp_path / "run").checkpoints()] == ["checkpoint-20"]
+    (aside,) = (tmp_path / "run" / "superseded").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-40", "checkpoint-60"]
+    assert f"they come after checkpoint-20: moved checkpoint-40, checkpoint-60 to {aside}" in capsys.readouterr().out
+
+
+def test_a_run_that_saved_no_checkpoint_leaves_a_folder_a_new_run_can_take(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"run_id": "dead"}))
+    (folder / "samples.jsonl").write_text("")
+    resume.refuse_to_overwrite(RunFolder(folder))  # no checkpoint, no final/: nothing to resume
+    assert RunFolder(folder).run_files() == [] and "holds the files of a run that saved no checkpoint" in (
+        capsys.readouterr().out
+    )
+    checkpoint(folder, 10)
+    with pytest.raises(RecipeError, match="already holds checkpoint-10"):
+        resume.refuse_to_overwrite(RunFolder(folder))
 
 
 def test_a_checkpoint_of_an_older_version_continues_the_configured_run(tmp_path):
@@ -112,7 +163,8 @@ def test_a_damaged_checkpoint_names_the_file_and_the_newest_intact_one(tmp_path)
         resume.verify_checkpoint(p, {"a": torch.zeros(2)})
     assert str(error.value) == (
         f"--resume: {p.checkpoint} is damaged: model.safetensors differs from the hash recorded when it was saved; "
-        f"resume from {tmp_path / 'run' / 'checkpoint-30'} instead: python train.py --resume {tmp_path / 'run' / 'checkpoint-30'}"
+        f"resume from {tmp_path / 'run' / 'checkpoint-30'} instead: python train.py --resume {tmp_path / 'run' / 'checkpoint-30'} "
+        "[the same --config and overrides]"
     )
 
 
@@ -265,3 +317,21 @@ def test_extending_a_finished_run_is_its_own_rewarmed_phase(checkpointed_run, ca
     logged = {h["step"]: h["learning_rate"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"]
               if "learning_rate" in h}  # fmt: skip
     assert logged[5] == 0.0 and 0 < logged[6] <= 3e-3  # re-warmed from 0, no jump to the peak
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_given_a_larger_max_steps_finishes_its_schedule_then_extends(tmp_path, cache_dir, capsys):
+    from test_train_e2e import InterruptAt
+
+    overrides = tiny_overrides(tmp_path / "run", cache_dir, max_steps=10, save_steps=100, eval_steps=100) + [
+        "samples.every_n_steps=0", "training.lr_scheduler_type=linear"]  # fmt: skip
+    assert train.main(overrides, extra_callbacks=[InterruptAt(5)]) == train.EXIT_INTERRUPTED
+    capsys.readouterr()
+    assert train.main(["--resume", *overrides, "training.max_steps=14"]) == 0
+    out = capsys.readouterr().out
+    assert "then a phase 'extend' trains steps 11-14" in out and "a new phase 'extend' after the finished run" in out
+    record = json.loads((tmp_path / "run" / "final" / "run.json").read_text())
+    assert [(p["name"], p["first_step"], p["last_step"]) for p in record["phases"]] == [("main", 1, 10), ("extend", 11, 14)]
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    assert lrs[5:10] == sorted(lrs[5:10], reverse=True) and lrs[10] == 0.0  # the linear decay to step 10, then re-warm

@@ -69,7 +69,7 @@ def return_the_loss_only(forward):
     def loss_only(*args, **kwargs):
         outputs = forward(*args, **kwargs)
         if kwargs.get("labels") is not None:
-            outputs.logits = None
+            outputs["logits"] = None  # as an item: a ModelOutput's attribute set to None leaves the item in place
         return outputs
 
     return loss_only

@@ -326,7 +326,7 @@ def refuse_to_overwrite(folder: RunFolder) -> None:
 
 
 def set_aside(folder: RunFolder, names: list[str], why: str) -> None:
-    """Move files a run no longer follows into superseded/ (nothing is deleted), said in one line."""
+    """Move files a run no longer follows into _superseded/ (nothing is deleted), said in one line."""
     aside = folder.path / SUPERSEDED / time.strftime("%Y%m%d-%H%M%S")
     aside.mkdir(parents=True, exist_ok=True)
     for name in names:

@@ -2,7 +2,7 @@
 
 A run folder (`training.output_dir`) belongs to one run, named by the id in its run record:
 
-    .run.lock              the PID and host of the process writing into it (RunLock)
+    _run.lock              the PID and host of the process writing into it (RunLock)
     run.json               the run record: run id, phases and their schedules, processes, tokens trained
     recipe_config.yaml     the resolved config
     samples.jsonl          text samples, one JSON object a line
@@ -34,7 +34,7 @@ from base import RecipeError, first_line, log
 RUNS_DIR = Path("runs")  # the parent of the YAML's training.output_dir
 CHECKPOINT_PREFIX = "checkpoint-"
 FINAL = "final"
-LOCK = ".run.lock"
+LOCK = "_run.lock"  # "_": the Trainer's Hub backup uploads the run folder but for "_*" and checkpoints
 RECORD = "run.json"
 RECIPE_CONFIG = "recipe_config.yaml"
 SAMPLES = "samples.jsonl"
@@ -42,7 +42,7 @@ TRAINER_STATE = "trainer_state.json"
 MANIFEST = "checksums.json"
 STREAM_POSITION = "stream_position.json"
 EVAL_RESULTS = "eval_results.json"
-SUPERSEDED = "superseded"  # checkpoints and files a resumed run no longer follows
+SUPERSEDED = "_superseded"  # checkpoints and files a resumed run no longer follows (not backed up either)
 OLDER_PHASES = "training_phases.json"  # the phases, as versions before run.json kept them
 RUN_FILES = (RECORD, RECIPE_CONFIG, SAMPLES, OLDER_PHASES)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -352,7 +352,7 @@ class RunFolder:
 
 
 class RunLock:
-    """`.run.lock` holds the PID and host of the run writing into the folder. A second run stops in one line
+    """`_run.lock` holds the PID and host of the run writing into the folder. A second run stops in one line
     naming the first; a lock whose process is gone (same host) is stale and taken over."""
 
     def __init__(self, folder: RunFolder):

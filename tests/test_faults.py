@@ -39,7 +39,7 @@ def test_two_runs_started_together_into_one_folder(tmp_path, cache_dir):
     assert len(errors) == 1 and ("is in use by another run (PID " in errors[0] or "already holds" in errors[0]), err
     assert "Traceback" not in err
     assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-4"}
-    assert not (out / ".run.lock").exists()  # released at the end
+    assert not (out / "_run.lock").exists()  # released at the end
 
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, cache_dir, capsys, monkeypatch):
@@ -58,7 +58,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, cache_d
     assert err[-1].startswith("error: step 4: writing ") and "No space left on device" in err[-1], err[-1]
     assert "removed the partial checkpoint-4; checkpoint-2 is intact, continue with --resume" in err[-1]
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-2"] and checkpoint_step(out / "checkpoint-2")
-    assert not (out / ".run.lock").exists()
+    assert not (out / "_run.lock").exists()
     monkeypatch.setattr(torch, "save", real_save)
     assert train.main(["--resume", *overrides]) == 0  # the disk has room again
     assert RunFolder(out).latest_checkpoint()[0].name == "checkpoint-6"

@@ -55,10 +55,11 @@ def test_no_project_import_hides_inside_a_function():
 
 # The top-level modules had 5,047 lines before the run folder had an owner; the restructuring brought them to
 # 4,999 for the same behaviour and its own additions (checksums, the folder's owner, the phases). Later features
-# brought their own lines: eval.py (283), weighted mixtures (139), Hub backups and trackio (101), and the
-# attention kernels, the allocator pair and the quiet console (about 100). A feature finds its room here, by
-# making something else smaller, or raises this budget in the open.
-LINE_BUDGET = 5_750
+# brought their own lines: eval.py (284), weighted mixtures (139), Hub backups and trackio (101), issue 19's
+# attention kernels, allocator pair, loss-only forward and quiet console (about 100), and what a new user's trial
+# found (an interrupted run extended in one process, superseded checkpoints, token counts: about 70). A feature
+# finds its room here by making something else smaller, or raises this budget in the open.
+LINE_BUDGET = 5_800
 
 
 def test_modules_are_small_and_train_py_reads_in_one_sitting():
@@ -76,7 +77,7 @@ def test_every_module_says_what_it_is_for():
 def test_file_names_of_a_run_are_written_once():
     """run_folder.py owns the names of a run's files: no other module spells them."""
     names = ['"trainer_state.json"', '"run.json"', '"recipe_config.yaml"', '"samples.jsonl"', '"checksums.json"',
-             '"stream_position.json"', '".run.lock"', '"training_phases.json"']  # fmt: skip
+             '"stream_position.json"', '"_run.lock"', '"training_phases.json"']  # fmt: skip
     spelled = {(m, n) for m in MODULES if m != "run_folder" for n in names if n in (ROOT / f"{m}.py").read_text()}
     assert spelled == set(), spelled
 

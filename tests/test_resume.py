@@ -116,7 +116,7 @@ def test_the_checkpoints_after_an_older_one_resumed_are_set_aside_not_followed(t
         checkpoint(tmp_path / "run", step)
     resume.later_files(resume.ResumePlan(older, 20, [MAIN]), RunFolder(tmp_path / "run"))
     assert [p.name for p in RunFolder(tmp_path / "run").checkpoints()] == ["checkpoint-20"]
-    (aside,) = (tmp_path / "run" / "superseded").iterdir()
+    (aside,) = (tmp_path / "run" / "_superseded").iterdir()
     assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-40", "checkpoint-60"]
     assert f"they come after checkpoint-20: moved checkpoint-40, checkpoint-60 to {aside}" in capsys.readouterr().out
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +225,7 @@ def verify_checkpoint(plan: ResumePlan, expected_state_dict: dict) -> None:
         damage = None
     if damage is not None:
         intact = newest_intact_checkpoint(plan.checkpoint)
-        instead = f"resume from {intact} instead: {command(read_record(plan.checkpoint), intact)}" if intact else (
+        instead = f"resume from {intact} instead: {command(intact)}" if intact else (
             "no older checkpoint of this run is intact; start a new run")  # fmt: skip
         raise RecipeError(f"--resume: {plan.checkpoint} is damaged: {damage}; {instead}")
     weights = plan.checkpoint / "model.safetensors"
@@ -273,10 +274,15 @@ def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
     return {"run_id": plan.run_id, "checkpoint": str(plan.checkpoint)}
 
 
-def command(record: dict, checkpoint: Path | str = "") -> str:
-    """The command that resumes the run: its own --config and overrides, as its record keeps them."""
-    line = shlex.join(["python", "train.py", "--resume", *([str(checkpoint)] if checkpoint else [])])
-    return f"{line} {shlex.join(record['command'])}" if "command" in record else f"{line} [the same --config and overrides]"
+def command(checkpoint: Path | str = "") -> str:
+    """The command that resumes the run: this one's own --config and overrides, with --resume [CHECKPOINT]."""
+    args = [a for a in sys.argv[1:] if not a.startswith("--resume") and a != "--no-prompt"]
+    if "--resume" in sys.argv[1:] and (i := sys.argv.index("--resume")) + 1 < len(sys.argv) and "=" not in sys.argv[i + 1]:
+        args.remove(sys.argv[i + 1])  # the checkpoint that --resume was given
+    line = ["python", "train.py", "--resume", *([str(checkpoint)] if checkpoint else [])]
+    if Path(sys.argv[0]).name != "train.py":  # called from Python: its arguments are not on the command line
+        return f"{shlex.join(line)} [the same --config and overrides]"
+    return shlex.join([*line, *args])
 
 
 def record_of(cfg: RecipeConfig, phases: list[dict], sources: list[CorpusSource]) -> dict:

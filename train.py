@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
         with RunLock(folder) if PartialState().is_main_process else contextlib.nullcontext():  # one run a folder
             record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, args.resume_changed)
             splits, sources = prepare_data(cfg, tokenizer, checked)
-            again = {**sources, "command": ([f"--config={args.config}"] if args.config else []) + args.overrides}
-            code = run_phase(cfg, checked, {**record, **again}, tokenizer, splits, extra_callbacks)
-            while code == 0 and (latest := resume.next_phase_due(cfg, folder, offer=should_offer_extra_phase(args))):
-                checked = check_before_work(cfg, tokenizer, folder, latest)  # an extension planned, or one asked for
+            code, offer = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks), True
+            while code == 0 and (latest := resume.next_phase_due(cfg, folder, offer and should_offer_extra_phase(args))):
+                offer = False  # the extra phase is offered once; a planned extension comes without asking
+                checked = check_before_work(cfg, tokenizer, folder, latest)
                 record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, False)
-                code = run_phase(cfg, checked, {**record, **again}, tokenizer, splits, extra_callbacks)
+                code = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks)
         return code
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -203,7 +203,7 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
         result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
         if interrupt.stopped_at is not None:
             log(f"interrupted at step {interrupt.stopped_at}: saved checkpoint-{interrupt.stopped_at} in "
-                f"{args.output_dir}; continue with: {resume.command(run_record.record)}")  # fmt: skip
+                f"{args.output_dir}; continue with: {resume.command()}")  # fmt: skip
             return EXIT_INTERRUPTED
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()

@@ -78,3 +78,28 @@ def tiny_run(tmp_path_factory, cache_dir) -> Path:
     overrides = tiny_overrides(out, cache_dir, max_steps=4, save_steps=2, eval_steps=2) + ["samples.every_n_steps=2"]
     assert train.main(overrides) == 0
     return out
+
+
+TOKEN = "hf_stubtoken1234567890"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    from hub_stub import HubStub
+
+    stub = HubStub(token=TOKEN, refuse={"me/forbidden"})
+    monkeypatch.setenv("HF_ENDPOINT", stub.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import huggingface_hub.constants as constants
+    import transformers.utils.hub
+
+    monkeypatch.setattr(constants, "ENDPOINT", stub.url)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", stub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # the Trainer's shared client keeps its endpoint
+    yield stub
+    stub.close()

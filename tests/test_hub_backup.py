@@ -12,37 +12,18 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, TOKEN, tiny_overrides
 from hub_stub import HubStub
 from transformers import Trainer, TrainerCallback
 
 import train
 from trainer import RecipeTrainer
 
-TOKEN = "hf_stubtoken1234567890"
 BACKUP = ["training.push_to_hub=true", "training.hub_model_id=me/run", "training.hub_strategy=checkpoint"]
 CHECKPOINT_FILES = {"checksums.json", "run.json", "recipe_config.yaml", "trainer_state.json", "model.safetensors",
                     "optimizer.pt", "scheduler.pt", "rng_state.pth"}  # fmt: skip
 
 
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    stub = HubStub(token=TOKEN, refuse={"me/forbidden"})
-    monkeypatch.setenv("HF_ENDPOINT", stub.url)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    import huggingface_hub.constants as constants
-    import transformers.utils.hub
-
-    monkeypatch.setattr(constants, "ENDPOINT", stub.url)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", stub.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # the Trainer's shared client keeps its endpoint
-    yield stub
-    stub.close()
 
 
 def hub_files(stub: HubStub, repo: str = "me/run") -> dict[str, bytes]:

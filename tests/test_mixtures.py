@@ -272,10 +272,10 @@ def test_a_mixture_trains_evaluates_each_source_resumes_exactly_and_shows_in_the
     # and resumed with twice the batch: the same blocks, in the same order
     doubled_dir = tmp_path / "doubled"
     seen = RecordBlocks(monkeypatch)
-    overrides = tiny_overrides(doubled_dir, cache_dir, **{**settings, "save_steps": 100}) + mix
+    overrides = tiny_overrides(doubled_dir, cache_dir, **{**settings, "save_steps": 100, "max_steps": 9}) + mix
     assert train.main(overrides, extra_callbacks=[StopAt(6)]) == train.EXIT_INTERRUPTED
     doubled = [o.replace("per_device_train_batch_size=4", "per_device_train_batch_size=8") for o in overrides]
-    assert train.main(["--resume", *doubled, "training.max_steps=9"]) == 0  # 3 steps of 8 blocks
+    assert train.main(["--resume", *doubled]) == 0  # steps 7-9 of 8 blocks
     assert seen.seen == expected_blocks
 
     # the card

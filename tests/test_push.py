@@ -13,32 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TOKENIZER, tiny_overrides
-from hub_stub import HubStub
+from conftest import ROOT, TOKEN, TOKENIZER, tiny_overrides
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import card
 import push
-
-TOKEN = "hf_stubtoken1234567890"
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    stub = HubStub(token=TOKEN, refuse={"me/forbidden"})
-    monkeypatch.setenv("HF_ENDPOINT", stub.url)
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", stub.url)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    yield stub
-    stub.close()
-
 
 # --- a run folder written by hand: a main phase of 60 steps and a resume phase to step 110 ---------------
 

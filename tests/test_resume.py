@@ -262,7 +262,8 @@ def test_a_flipped_byte_in_any_file_is_refused_in_one_line_with_nothing_written(
     err = capsys.readouterr().err.strip().splitlines()
     intact = out / "checkpoint-2"
     assert err == [f"error: --resume: {out / 'checkpoint-4'} is damaged: {name} differs from the hash recorded when it "
-                   f"was saved; resume from {intact} instead: python train.py --resume {intact}"]  # fmt: skip
+                   f"was saved; resume from {intact} instead: python train.py --resume {intact} "
+                   "[the same --config and overrides]"]  # fmt: skip
     assert md5s(out) == before
 
 

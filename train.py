@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
     try:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
-        PartialState()  # which process this is, before anything logs
+        PartialState(cpu=not torch.cuda.is_available())  # which process this is, before anything logs (a CPU
+        # launch of several is one process each to accelerate unless told cpu=True, as the Trainer will be)
         folder = RunFolder(cfg.training["output_dir"])
         cfg.training["output_dir"] = str(folder.path)  # resolved once: the Trainer and every check use this path
         tokenizer = load_tokenizer(cfg.tokenizer)

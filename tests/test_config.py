@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CORPUS, ROOT, TOKENIZER
+from conftest import ROOT, TOKENIZER
 
 from base import RecipeError
 from config import DEFAULT_CONFIG, load_config
@@ -101,7 +101,8 @@ def run_train(*args, cwd):
     )
 
 
-@pytest.mark.slow  # a real process: the one-line error without a traceback; in-process: test_cli_errors.py
+@pytest.mark.slow  # a real process: the one-line error without a traceback; every other mistake, in-process:
+# tests/test_cli_errors.py (the same main(), its exit code and stderr)
 def test_cli_misspelled_key_exits_with_one_line_before_any_work(tmp_path):
     out = tmp_path / "run"
     result = run_train("training.max_step=10", f"training.output_dir={out}", cwd=tmp_path)
@@ -111,55 +112,3 @@ def test_cli_misspelled_key_exits_with_one_line_before_any_work(tmp_path):
     )
     assert "Traceback" not in result.stderr
     assert not out.exists()
-
-
-@pytest.mark.slow  # a real process: the one-line error without a traceback; in-process: test_cli_errors.py
-def test_cli_corpus_shorter_than_one_block_exits_before_the_model(tmp_path):
-    short = tmp_path / "short.txt"
-    short.write_text("To be, or not to be, that is the question.\n")
-    out = tmp_path / "run"
-    result = run_train(
-        f"tokenizer={TOKENIZER}",
-        f"data.path={short}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"training.output_dir={out}",
-        "training.report_to=none",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: the corpus has") and "data.block_size" in last
-    assert "parameters" not in result.stdout  # no model was built
-    assert not out.exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["missing", "empty"])
-def test_cli_missing_or_empty_data_file(tmp_path, kind):
-    path = tmp_path / "corpus.txt"
-    if kind == "empty":
-        path.write_text("")
-    result = run_train(
-        f"tokenizer={TOKENIZER}",
-        f"data.path={path}",
-        f"training.output_dir={tmp_path / 'run'}",
-        "training.report_to=none",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: data file not found" if kind == "missing" else "error: data file is empty")
-    assert "Traceback" not in result.stderr
-
-
-@pytest.mark.slow  # a real process: the one-line error without a traceback; in-process: test_cli_errors.py
-def test_cli_tokenizer_larger_than_vocab(tmp_path):
-    result = run_train(
-        f"tokenizer={TOKENIZER}",
-        f"data.path={CORPUS}",
-        "model.vocab_size=1000",
-        f"training.output_dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 2
-    assert "the tokenizer has 49,152 tokens but model.vocab_size is 1,000" in result.stderr

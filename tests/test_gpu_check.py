@@ -137,9 +137,9 @@ def test_the_rehearsal_takes_minutes_not_more(rehearsal):
 
 
 def test_a_cut_seeds_run_is_resumed_from_the_checkpoint_it_saved(tmp_path):
-    # 1,000 steps cannot finish in 25 s: the timeout stops the run, train.py saves a checkpoint, --resume goes on
+    # 1,000 steps cannot finish in 15 s: the timeout stops the run, train.py saves a checkpoint, --resume goes on
     proc, _, summary, _ = rehearse(
-        tmp_path, "--phases", "seeds,resume", "training.max_steps=1000", GPU_CHECK_P3_CAP="25"
+        tmp_path, "--phases", "seeds,resume", "training.max_steps=1000", GPU_CHECK_P3_CAP="15"
     )
     assert proc.returncode == 3, f"{proc.stdout[-2000:]}\n{summary}"
     rows = phase_rows(summary)

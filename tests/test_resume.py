@@ -16,6 +16,7 @@ import run_folder
 import train
 from base import RecipeError
 from config import load_config
+from corpus import find_corpus
 from run_folder import RunFolder
 from trainer import BlockOrder
 
@@ -98,6 +99,16 @@ def test_a_max_steps_between_the_checkpoint_and_the_planned_end_is_one_line(tmp_
                                           r"after checkpoint-30: set training.max_steps=60 to finish it \(then extend\), "
                                           r"or 30 to end it at the checkpoint"):  # fmt: skip
         plan(tmp_path, 30, overrides=["training.max_steps=45"])
+
+
+@pytest.mark.parametrize("init_from, recorded", [("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M"),
+                                                ("/some/local/folder", None), ("~/weights", None)])
+def test_the_run_record_names_a_hub_base_model_never_a_local_path(init_from, recorded, tmp_path):
+    corpus = tmp_path / "notes.txt"
+    corpus.write_text("To be, or not to be")
+    cfg = load_config(None, [f"init_from={init_from}"])
+    record = resume.record_of(cfg, [MAIN], [find_corpus(str(corpus))])
+    assert record["base_model"] == recorded and record["corpus"] == {"hub_id": None, "files": ["notes.txt"]}
 
 
 def test_resume_of_a_run_folder_takes_its_newest_complete_checkpoint(tmp_path):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = str(ROOT / "assets" / "cosmo2-tokenizer")
@@ -103,3 +105,14 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # the Trainer's shared client keeps its endpoint
     yield stub
     stub.close()
+
+
+class StopAt(TrainerCallback):
+    """Ctrl-C during optimizer step `step`: the run saves checkpoint-`step` and stops."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGINT)

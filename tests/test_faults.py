@@ -2,7 +2,6 @@
 long sample generation, and a resume with another batch size."""
 
 import errno
-import os
 import shutil
 import signal
 import subprocess
@@ -11,8 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, tiny_overrides
-from transformers import TrainerCallback
+from conftest import ROOT, StopAt, tiny_overrides
 
 import train
 from run_folder import RunFolder, checkpoint_step
@@ -101,17 +99,6 @@ class RecordBlocks:
             return real(trainer, model, inputs, *args, **kwargs)
 
         monkeypatch.setattr(RecipeTrainer, "compute_loss", compute_loss)
-
-
-class StopAt(TrainerCallback):
-    """Ctrl-C during optimizer step `step`: the run saves checkpoint-`step` and stops."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step + 1 == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_resume_with_a_doubled_batch_trains_every_block_exactly_once(tmp_path, cache_dir, monkeypatch):

@@ -2,8 +2,6 @@
 source cached and validated on its own, exact resume (cached and streamed), one line for every mistake."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections import Counter
@@ -12,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPUS, TINY_MODEL, TOKENIZER, tiny_overrides
+from conftest import CORPUS, TINY_MODEL, TOKENIZER, StopAt, tiny_overrides
 from test_resume import MAIN, checkpoint
-from transformers import TrainerCallback
 
 import data
 import push
@@ -206,15 +203,6 @@ def test_a_streamed_mixture_resumes_exactly_where_a_position_stood(corpora, tmp_
 
 
 # --- end to end ----------------------------------------------------------------------------------
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step + 1 == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 class RecordBlocks:

@@ -58,6 +58,7 @@ class LoadedModel:
     name: str
     step: int | None
     device: torch.device
+    block_size: int | None = None  # the length of the blocks it was trained on, where its run config says
 
     @property
     def title(self) -> str:
@@ -110,6 +111,12 @@ def describe_local(folder: Path) -> tuple[str, int | None]:
     return str(name or fallback), step
 
 
+def trained_block_size(folder: Path) -> int | None:
+    recipe = run_file(folder, RECIPE_CONFIG)
+    size = ((read_yaml(recipe) or {}).get("data") or {}).get("block_size") if recipe else None
+    return size if isinstance(size, int) else None
+
+
 def describe_hub(repo_id: str, offline: bool) -> tuple[str, int | None]:
     try:
         card = Path(hf_hub_download(repo_id, "README.md", local_files_only=offline))
@@ -146,7 +153,7 @@ def load_model(source: str, device: str = "auto", dtype: torch.dtype | None = No
         raise RecipeError(f"could not load a model from '{source}': {first_line(e)}; {hint}") from None
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     name, step = describe_local(folder) if is_local else describe_hub(source, offline)
-    return LoadedModel(model, tokenizer, name, step, target)
+    return LoadedModel(model, tokenizer, name, step, target, trained_block_size(folder) if is_local else None)
 
 
 # --- generating ----------------------------------------------------------------------------------
@@ -210,8 +217,20 @@ def _generate_in_thread(loaded: LoadedModel, input_ids: torch.Tensor, settings: 
         raise errors[0]
 
 
+def past_training_note(loaded: LoadedModel, prompt: str, settings: SamplingSettings) -> str | None:
+    """One line when the text would run past the blocks the model was trained on (its context allows more,
+    up to max_position_embeddings, but positions it never saw give worse text)."""
+    total = len(loaded.tokenizer(prompt, verbose=False)["input_ids"]) + settings.max_new_tokens
+    if loaded.block_size and total > loaded.block_size:
+        return (f"note: the prompt and max new tokens make {total:,} tokens, past the {loaded.block_size:,}-token "
+                "blocks this model was trained on; the text after that is usually worse")  # fmt: skip
+    return None
+
+
 def print_completion(loaded: LoadedModel, prompt: str, settings: SamplingSettings) -> None:
     pieces = stream_completion(loaded, prompt, settings)  # raises before anything is printed
+    if note := past_training_note(loaded, prompt, settings):
+        print(note, file=sys.stderr)
     print(prompt, end="", flush=True)
     try:
         for piece in pieces:

@@ -137,6 +137,24 @@ def test_a_prompt_that_fits_exactly_generates(small):
         complete(small, prompt, max_new_tokens=room + 1, seed=1)
 
 
+def test_text_past_the_trained_blocks_is_noted_in_one_line(small_run, tmp_path, capsys):
+    """The context allows up to max_position_embeddings; past the blocks it was trained on, one line says so."""
+    final = tmp_path / "final"
+    shutil.copytree(small_run / "final", final)
+    (final / "recipe_config.yaml").write_text("name: Tiny-Test\ndata:\n  block_size: 16\n")
+    loaded = generate.load_model(str(final), "cpu")
+    prompt_tokens = len(loaded.tokenizer("ROMEO:")["input_ids"])
+    assert loaded.block_size == 16 and prompt_tokens < 12
+    for new_tokens in (16 - prompt_tokens, 20):
+        assert generate.main([str(final), "--prompt", "ROMEO:", "--max-new-tokens", str(new_tokens), "--seed", "1"]) == 0
+        printed = capsys.readouterr()
+        assert printed.out.startswith("ROMEO:")
+        expected = [] if new_tokens + prompt_tokens <= 16 else [
+            f"note: the prompt and max new tokens make {prompt_tokens + 20} tokens, past the 16-token blocks this "
+            "model was trained on; the text after that is usually worse"]  # fmt: skip
+        assert printed.err.splitlines() == expected
+
+
 # --- the newest run ------------------------------------------------------------------------------
 
 

@@ -161,14 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    share = " and a public gradio.live link" if args.share else "; add --share for a public gradio.live link"
-    print(f"serving {loaded.title} on http://{args.host}:{args.port}{share}; Ctrl-C to stop", flush=True)
-    try:
-        # quiet: gradio's own lines name its launch() arguments, not this app's flags
-        build_app(loaded).queue().launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True)
+    app = build_app(loaded).queue()
+    try:  # quiet: gradio's own lines name its launch() arguments, not this app's flags
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
     except OSError as e:  # the port was taken while the model loaded
         print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick a free port with --port", file=sys.stderr)
         return 2
+    share = f" and {app.share_url}" if app.share_url else (
+        " (no public link: gradio.live could not be reached)" if args.share else "; add --share for a public link")  # fmt: skip
+    print(f"serving {loaded.title} on http://{args.host}:{args.port}{share}; Ctrl-C to stop", flush=True)
+    app.block_thread()  # the server is up: the line above is true when it is printed
     return 0
 
 

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -100,19 +101,19 @@ def running_app(tiny_run, tmp_path_factory):
         [sys.executable, str(ROOT / "app.py"), str(tiny_run / "final"), "--port", str(port)],
         cwd=tmp_path_factory.mktemp("app"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app.py exited early:\n{proc.stdout.read()}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
+    url, lines = f"http://127.0.0.1:{port}/", []
+    watchdog = threading.Timer(120, proc.kill)  # a hang ends the output, and the loop below with it
+    watchdog.start()
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("serving "):
             break
-        except OSError:
-            time.sleep(0.5)
-    else:
+    watchdog.cancel()
+    if not lines or not lines[-1].startswith("serving "):
         proc.kill()
-        pytest.fail("app.py did not start listening within 120 s")
+        pytest.fail("app.py did not say it was serving within 120 s:\n" + "".join(lines))
+    assert f"on {url[:-1]}; add --share for a public link; Ctrl-C to stop" in lines[-1]
+    urllib.request.urlopen(url, timeout=5)  # listening already when the line came
     yield url
     proc.terminate()
     proc.wait(timeout=30)

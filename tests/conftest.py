@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,6 +20,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: the workers share the cores, so each of them and each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # run it starts takes one thread, not two that fight over both
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # The real YAML made small: 2 layers, hidden 64, short blocks, the real tokenizer.
 TINY_MODEL = [

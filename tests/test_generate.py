@@ -153,6 +153,7 @@ def test_text_past_the_trained_blocks_is_noted_in_one_line(small_run, tmp_path, 
             f"note: the prompt and max new tokens make {prompt_tokens + 20} tokens, past the 16-token blocks this "
             "model was trained on; the text after that is usually worse"]  # fmt: skip
         assert printed.err.splitlines() == expected
+    assert "make 17 tokens" in generate.past_training_note(loaded, "", SamplingSettings(max_new_tokens=16))  # + separator
 
 
 # --- the newest run ------------------------------------------------------------------------------

@@ -61,3 +61,15 @@ def test_a_corpus_smaller_than_a_batch_says_each_block_repeats(tmp_path, cache_d
     batch = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("batch: "))
     assert batch.endswith("8 sequences = 512 tokens per step; the corpus has 4 training blocks, so each repeats "
                           "within every step")  # fmt: skip
+
+
+@pytest.mark.parametrize(("cuda", "use_cpu", "env", "expected"), [
+    (False, False, "", True), (True, False, "", False), (True, True, "", True), (True, False, "true", True),
+])  # fmt: skip
+def test_the_first_process_state_is_the_one_the_trainer_will_build(cuda, use_cpu, env, expected, monkeypatch):
+    """A CPU launch of several processes is one process each to accelerate unless told cpu=True (as
+    TrainingArguments tells it when there is no GPU, with training.use_cpu, or with ACCELERATE_USE_CPU)."""
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", env)
+    cfg = SimpleNamespace(training={"use_cpu": True} if use_cpu else {})
+    assert train.on_cpu(cfg) is expected

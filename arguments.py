@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from accelerate.utils import parse_flag_from_env
 from huggingface_hub import HfApi, constants, get_token
 from transformers import SchedulerType, Trainer, TrainingArguments, get_scheduler
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
@@ -58,9 +59,16 @@ def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int
 # --- precision -----------------------------------------------------------------------------------
 
 
+def on_cpu(training: dict) -> bool:
+    """Where the run trains, as TrainingArguments will tell accelerate: no CUDA, training.use_cpu or
+    ACCELERATE_USE_CPU. train.py tells accelerate the same before anything logs: a CPU launch of several
+    processes is one process each to accelerate unless it is told cpu=True."""
+    return bool(training.get("use_cpu")) or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+
+
 def choose_precision(training: dict) -> str:
     """The same YAML runs on GPU and CPU: without CUDA, train on the CPU, in bf16 only where the CPU has it."""
-    if torch.cuda.is_available():
+    if not on_cpu(training):
         return f"precision: {'bf16 autocast on CUDA' if training.get('bf16') else 'fp32 on CUDA'}"
     training["use_cpu"] = True
     if not training.get("bf16"):

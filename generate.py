@@ -220,8 +220,7 @@ def _generate_in_thread(loaded: LoadedModel, input_ids: torch.Tensor, settings: 
 def past_training_note(loaded: LoadedModel, prompt: str, settings: SamplingSettings) -> str | None:
     """One line when the text would run past the blocks the model was trained on (its context allows more,
     up to max_position_embeddings, but positions it never saw give worse text)."""
-    prompt_tokens = max(1, len(loaded.tokenizer(prompt, verbose=False)["input_ids"]))  # empty: the separator
-    total = prompt_tokens + settings.max_new_tokens
+    total = prompt_ids(loaded, prompt, settings).shape[1] + settings.max_new_tokens  # as generate will count them
     if loaded.block_size and total > loaded.block_size:
         return (f"note: the prompt and max new tokens make {total:,} tokens, past the {loaded.block_size:,}-token "
                 "blocks this model was trained on; the text after that is usually worse")  # fmt: skip

@@ -13,7 +13,6 @@ data work -> lock the run folder and claim it for this run -> data -> model -> T
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
     try:
         args = parse_args(argv)
         cfg = load_config(args.config, args.overrides)
-        PartialState(cpu=on_cpu(cfg))  # which process this is, before anything logs
+        PartialState(cpu=arguments.on_cpu(cfg.training))  # which process this is, before anything logs
         folder = RunFolder(cfg.training["output_dir"])
         cfg.training["output_dir"] = str(folder.path)  # resolved once: the Trainer and every check use this path
         tokenizer = load_tokenizer(cfg.tokenizer)
@@ -67,13 +66,6 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
     except KeyboardInterrupt:  # handlers for a graceful stop are installed only once training starts
         print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-def on_cpu(cfg: RecipeConfig) -> bool:
-    """What TrainingArguments will tell accelerate: a CPU launch of several processes is one process each to
-    accelerate unless it is told cpu=True, and one told otherwise first would keep the wrong process group."""
-    asked = cfg.training.get("use_cpu") or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return bool(asked) or not torch.cuda.is_available()
 
 
 def parse_args(argv: list[str] | None = None):

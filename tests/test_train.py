@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import CORPUS, tiny_overrides
 
+import arguments
 import callbacks
 import train
 from callbacks import format_duration
@@ -69,7 +70,8 @@ def test_a_corpus_smaller_than_a_batch_says_each_block_repeats(tmp_path, cache_d
 def test_the_first_process_state_is_the_one_the_trainer_will_build(cuda, use_cpu, env, expected, monkeypatch):
     """A CPU launch of several processes is one process each to accelerate unless told cpu=True (as
     TrainingArguments tells it when there is no GPU, with training.use_cpu, or with ACCELERATE_USE_CPU)."""
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: cuda)
-    monkeypatch.setenv("ACCELERATE_USE_CPU", env)
-    cfg = SimpleNamespace(training={"use_cpu": True} if use_cpu else {})
-    assert train.on_cpu(cfg) is expected
+    monkeypatch.setattr(arguments.torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", env) if env else monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    training = {"use_cpu": True} if use_cpu else {}
+    assert arguments.on_cpu(training) is expected
+    assert arguments.choose_precision({**training, "bf16": False}).endswith("on CUDA") is not expected

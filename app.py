@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     share = f" and {app.share_url}" if app.share_url else (
         " (no public link: gradio.live could not be reached)" if args.share else "; add --share for a public link")  # fmt: skip
     print(f"serving {loaded.title} on http://{args.host}:{args.port}{share}; Ctrl-C to stop", flush=True)
-    app.block_thread()  # the server is up: the line above is true when it is printed
+    try:
+        app.block_thread()  # gradio closes the server on Ctrl-C
+    except KeyboardInterrupt:  # a second Ctrl-C while it closes
+        pass
     return 0
 
 

@@ -19,10 +19,10 @@ import threading
 
 from transformers.utils import logging as transformers_logging
 
-import base
-from base import RecipeError
 from generate import GenerationError, LoadedModel, load_model, pick_device, resolve_source, stream_completion
-from sampling import MAX_SEED, SamplingSettings, SettingError
+from recipe import cli
+from recipe.cli import RecipeError
+from recipe.sampling import MAX_SEED, SamplingSettings, SettingError
 
 LABELS = {
     "max_new_tokens": "Max new tokens",
@@ -130,7 +130,7 @@ def port_number(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = base.parser("app.py", __doc__)
+    parser = cli.parser("app.py", __doc__)
     parser.add_argument(
         "model", nargs="?", default=os.environ.get("MODEL_ID"), help="folder or Hub id (default: the newest run)"
     )
@@ -167,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the port was taken while the model loaded
         print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick a free port with --port", file=sys.stderr)
         return 2
-    share = f" and {app.share_url}" if app.share_url else (
-        " (no public link: gradio.live could not be reached)" if args.share else "; add --share for a public link")  # fmt: skip
+    share = (
+        f" and {app.share_url}"
+        if app.share_url
+        else (
+            " (no public link: gradio.live could not be reached)" if args.share else "; add --share for a public link"
+        )
+    )
     print(f"serving {loaded.title} on http://{args.host}:{args.port}{share}; Ctrl-C to stop", flush=True)
     try:
         app.block_thread()  # gradio closes the server on Ctrl-C

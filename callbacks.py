@@ -28,11 +28,11 @@ import torch
 from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from arguments import phase_lr_factor, samples_per_step
-from base import log
-from config import SamplesConfig
-from model import flops_per_token, peak_bf16_flops
-from run_folder import (
+from recipe.arguments import phase_lr_factor, samples_per_step
+from recipe.cli import log
+from recipe.config import SamplesConfig
+from recipe.model import flops_per_token, peak_bf16_flops
+from recipe.run_folder import (
     CHECKPOINT_PREFIX,
     RECORD_KEY,
     SAMPLES,
@@ -42,8 +42,8 @@ from run_folder import (
     write_manifest,
     write_run_files,
 )
-from sampling import generate_samples
-from trainer import StopEvaluation
+from recipe.sampling import generate_samples
+from recipe.trainer import StopEvaluation
 
 # --- samples -------------------------------------------------------------------------------------
 
@@ -89,8 +89,14 @@ class SampleGenerationCallback(TrainerCallback):
             return
         if uses_fsdp(args):
             return  # sharded weights: generation would need every rank; use generate.py on the checkpoint
-        results = generate_samples(model, self.tokenizer, self.samples.prompts, self.samples.sampling(), bf16=args.bf16,
-                                   should_stop=self.interrupted)  # fmt: skip
+        results = generate_samples(
+            model,
+            self.tokenizer,
+            self.samples.prompts,
+            self.samples.sampling(),
+            bf16=args.bf16,
+            should_stop=self.interrupted,
+        )
         if not results:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,15 +251,27 @@ class RunRecordCallback(TrainerCallback, ExportableState):
     and the run record with the facts of that step (run_folder.py), and last the content hashes of every file.
     Before each save it checks the disk."""
 
-    def __init__(self, config: dict, record: dict, fingerprints: dict, samples_seen: int, block_size: int,
-                 checkpoint_bytes: int, tokens_seen: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        config: dict,
+        record: dict,
+        fingerprints: dict,
+        samples_seen: int,
+        block_size: int,
+        checkpoint_bytes: int,
+        tokens_seen: int | None = None,
+    ):
         self.config, self.record, self.fingerprints = config, record, fingerprints
         self.samples_seen, self.block_size, self.checkpoint_bytes = samples_seen, block_size, checkpoint_bytes
         self.tokens_seen = samples_seen * block_size if tokens_seen is None else tokens_seen  # blocks may change size
 
     def state(self) -> dict:
-        attributes = {"samples_seen": self.samples_seen, "tokens_seen": self.tokens_seen,
-                      "run_id": self.record["run_id"], **self.fingerprints}  # fmt: skip
+        attributes = {
+            "samples_seen": self.samples_seen,
+            "tokens_seen": self.tokens_seen,
+            "run_id": self.record["run_id"],
+            **self.fingerprints,
+        }
         return {"args": {}, "attributes": attributes}
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -268,8 +286,12 @@ class RunRecordCallback(TrainerCallback, ExportableState):
 
     def facts(self, step: int) -> dict:
         """The record with what the run has done by `step`."""
-        return {**self.record, "global_step": step, "samples_trained": self.samples_seen,
-                "tokens_trained": self.tokens_seen}  # fmt: skip
+        return {
+            **self.record,
+            "global_step": step,
+            "samples_trained": self.samples_seen,
+            "tokens_trained": self.tokens_seen,
+        }
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
@@ -340,8 +362,10 @@ class ConsoleLogCallback(TrainerCallback):
             return f"{step} | eval loss {logs['eval_loss']:.4g} | eval ppl {logs.get('eval_perplexity', 0):,.1f}"
         if "train_runtime" in logs:
             ended = "done in" if state.global_step >= state.max_steps else "stopped after"
-            return (f"{step} | {ended} {format_duration(logs['train_runtime'])} | "
-                    f"average train loss {logs.get('train_loss', float('nan')):.4g}")  # fmt: skip
+            return (
+                f"{step} | {ended} {format_duration(logs['train_runtime'])} | "
+                f"average train loss {logs.get('train_loss', float('nan')):.4g}"
+            )
         return None
 
 
@@ -373,8 +397,10 @@ class FirstStepEstimate(TrainerCallback):
             return
         self.done, seconds = True, time.perf_counter() - self.start
         left = state.max_steps - state.global_step
-        log(f"cpu: the first step took {format_duration(seconds)}; the {left:,} steps left would take about "
-            f"{format_duration(seconds * left)} here")  # fmt: skip
+        log(
+            f"cpu: the first step took {format_duration(seconds)}; the {left:,} steps left would take about "
+            f"{format_duration(seconds * left)} here"
+        )
 
 
 class ProgressBar(ProgressCallback):

@@ -36,10 +36,10 @@ import torch
 from huggingface_hub import constants
 from transformers import AutoTokenizer
 
-import base
-from base import RecipeError, first_line, hub_is_reachable
-from config import DataConfig, load_config
-from corpus import (
+from recipe import cli
+from recipe.cli import RecipeError, first_line, hub_is_reachable
+from recipe.config import DataConfig, load_config
+from recipe.corpus import (
     CorpusSource,
     CorpusStats,
     check_readable,
@@ -50,10 +50,12 @@ from corpus import (
     progress_bars,
     tokenize_function,
 )
-from run_folder import atomic_folder
-from streaming import StreamedMixture, prepare_streaming
+from recipe.run_folder import atomic_folder
+from recipe.streaming import StreamedMixture, prepare_streaming
+from recipe.trainer import MixedBlocks
 
 CACHE_FORMAT_VERSION = 2
+
 
 def _num_proc(cfg: DataConfig, num_documents: int) -> int | None:
     if cfg.num_proc is not None:
@@ -67,9 +69,14 @@ def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig, b
     written to `blocks_dir` (None: datasets' cache)."""
     num_proc = _num_proc(cfg, len(documents))
     with interrupts_stop_the_pool() if num_proc else contextlib.nullcontext():
-        tokens = documents.map(tokenize_function(tokenizer, text_column), batched=True, num_proc=num_proc,
-                               remove_columns=documents.column_names, load_from_cache_file=False if fresh else None,
-                               desc="tokenizing")  # fmt: skip
+        tokens = documents.map(
+            tokenize_function(tokenizer, text_column),
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=documents.column_names,
+            load_from_cache_file=False if fresh else None,
+            desc="tokenizing",
+        )
     # counted on the memory-mapped Arrow column, without loading the corpus into Python
     num_tokens = (pc.sum(pc.list_value_length(tokens.data.column("input_ids"))).as_py() or 0) if len(tokens) else 0
     if num_tokens < 2 * cfg.block_size:
@@ -251,8 +258,9 @@ def is_verified(path: Path) -> bool:
 # --- the whole preparation -----------------------------------------------------------------------
 
 
-def prepare_datasets(cfg: DataConfig, tokenizer, use_cache: bool = True, rank: int = 0, world_size: int = 1,
-                     drawn: int = 0):  # fmt: skip
+def prepare_datasets(
+    cfg: DataConfig, tokenizer, use_cache: bool = True, rank: int = 0, world_size: int = 1, drawn: int = 0
+):
     """Return ({"train", "validation"} datasets of blocks, CorpusStats); a mixture's, see `prepare_mixture`. `rank`
     and `world_size` matter only when streaming, where each training process reads its own part of the corpus."""
     if cfg.sources:
@@ -300,9 +308,14 @@ def build_blocks(source: CorpusSource, cfg: DataConfig, tokenizer, blocks_dir=No
             "(one to train on, one to validate); use more text or a smaller data.block_size"
         )
     splits = split_train_validation(blocks, cfg)
-    return splits, CorpusStats(documents=len(tokens), tokens=num_tokens, train_blocks=len(splits["train"]),
-                               validation_blocks=len(splits["validation"]), block_size=cfg.block_size,
-                               tokenize_seconds=time.perf_counter() - start)  # fmt: skip
+    return splits, CorpusStats(
+        documents=len(tokens),
+        tokens=num_tokens,
+        train_blocks=len(splits["train"]),
+        validation_blocks=len(splits["validation"]),
+        block_size=cfg.block_size,
+        tokenize_seconds=time.perf_counter() - start,
+    )
 
 
 # --- a mixture of sources ------------------------------------------------------------------------
@@ -320,22 +333,24 @@ def prepare_mixture(cfg: DataConfig, tokenizer, use_cache: bool, rank: int, worl
     lines[0] += f"; the run draws {drawn:,} blocks" if drawn else ""
     for source, spec, (_, stats), share in zip(cfg.sources, specs, parts, shares, strict=True):
         passes = drawn * share / stats.train_blocks if drawn and stats.train_blocks else None
-        rows.append({"name": source.name, "corpus": find_corpus(spec.path).names(), "weight": source.weight,
-                     "share": float(share), "documents": stats.documents, "tokens": stats.tokens, "passes": passes})
-        lines.append(f"data: {source.name}: {stats.summary().removeprefix('data: ')}; weight {source.weight:g}, "
-                     f"{share:.1%} of the training blocks" + (f", {passes:,.2f} passes" if passes else ""))
+        rows.append(
+            {
+                "name": source.name,
+                "corpus": find_corpus(spec.path).names(),
+                "weight": source.weight,
+                "share": float(share),
+                "documents": stats.documents,
+                "tokens": stats.tokens,
+                "passes": passes,
+            }
+        )
+        lines.append(
+            f"data: {source.name}: {stats.summary().removeprefix('data: ')}; weight {source.weight:g}, "
+            f"{share:.1%} of the training blocks" + (f", {passes:,.2f} passes" if passes else "")
+        )
     validation = {source.name: splits["validation"] for source, (splits, _) in zip(cfg.sources, parts, strict=True)}
     total = CorpusStats(None, None, None, sum(map(len, validation.values())), cfg.block_size, sources=rows, lines=lines)
     return {"train": train, "validation": validation}, total
-
-
-class MixedBlocks(torch.utils.data.ConcatDataset):
-    """A mixture's training blocks: its sources' blocks one after the other, and their weights, by which
-    trainer.MixtureOrder draws from them."""
-
-    def __init__(self, parts: list[datasets.Dataset], weights: list[float]):
-        super().__init__(parts)
-        self.sizes, self.weights = [len(part) for part in parts], np.array(weights) / sum(weights)
 
 
 def collate_blocks(examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -386,7 +401,7 @@ def load_tokenizer(name_or_path: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base.parser("data.py", "Tokenize, pack and cache the corpus; print the numbers.")
+    parser = cli.parser("data.py", "Tokenize, pack and cache the corpus; print the numbers.")
     parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument("--no-cache", action="store_true", help="tokenize again even if a cache exists")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, as for train.py")
@@ -410,4 +425,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(base.exit_code(main))
+    sys.exit(cli.exit_code(main))

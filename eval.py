@@ -30,10 +30,10 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers.utils import logging as transformers_logging
 
-import base
-from base import RecipeError, first_line, hub_is_reachable, looks_like_hub_id
-from card import RESULTS_FORMAT, model_index_results, number, read_eval_results  # noqa: F401 - push.py's card reads them there
-from run_folder import (
+from recipe import cli
+from recipe.card import RESULTS_FORMAT, model_index_results, number, read_eval_results  # noqa: F401 - push.py's card reads them there
+from recipe.cli import RecipeError, first_line, hub_is_reachable, looks_like_hub_id
+from recipe.run_folder import (
     EVAL_RESULTS,
     RECIPE_CONFIG,
     RUNS_DIR,
@@ -76,8 +76,10 @@ def resolve_model(model: str | None) -> tuple[str, Path | None, str | None]:
     try:
         return str(Path(snapshot_download(model, local_files_only=True))), None, model
     except Exception:
-        raise RecipeError(f"the Hugging Face Hub cannot be reached and '{model}' is not in the local cache; pass "
-                          "a local model folder, or run this online once") from None  # fmt: skip
+        raise RecipeError(
+            f"the Hugging Face Hub cannot be reached and '{model}' is not in the local cache; pass "
+            "a local model folder, or run this online once"
+        ) from None
 
 
 def trained_block_size(folder: Path | None) -> tuple[int | None, str]:
@@ -111,7 +113,9 @@ def check_task_names(names: list[str], known: list[str]) -> None:
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3)
-            hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"e.g. {DEFAULT_TASKS} or {ONLINE_TASKS}"
+            hint = (
+                f"did you mean {' or '.join(map(repr, close))}?" if close else f"e.g. {DEFAULT_TASKS} or {ONLINE_TASKS}"
+            )
             raise RecipeError(f"unknown task '{name}' for --tasks: {hint} (all names: lm-eval ls tasks)")
 
 
@@ -155,11 +159,23 @@ def evaluate(args, pretrained: str, folder: Path | None, hub_id: str | None) -> 
         raise RecipeError(f"could not load the data of --tasks {','.join(names)}: {first_line(e)}") from None
     children = {child for kids in loaded.get("group_map", {}).values() for child in kids}
     tasks = [item for name, item in {**loaded.get("groups", {}), **loaded["tasks"]}.items() if name not in children]
-    output = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, num_fewshot=args.num_fewshot,
-                             limit=args.limit, log_samples=False)  # fmt: skip
-    record = {"lm_eval_version": version, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "limit": args.limit, "max_length": lm.max_length, "device": device, "dtype": dtype,
-              "batch_size": str(batch_size)}  # fmt: skip
+    output = simple_evaluate(
+        model=lm,
+        tasks=tasks,
+        task_manager=task_manager,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        log_samples=False,
+    )
+    record = {
+        "lm_eval_version": version,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "limit": args.limit,
+        "max_length": lm.max_length,
+        "device": device,
+        "dtype": dtype,
+        "batch_size": str(batch_size),
+    }
     return task_results(output, record)
 
 
@@ -168,27 +184,48 @@ def evaluate(args, pretrained: str, folder: Path | None, hub_id: str | None) -> 
 
 def task_results(output: dict, record: dict) -> list[dict]:
     """lm-eval's output -> one entry per task (and group) of eval_results.json (docs/evaluation.md)."""
-    entries, samples, subtasks, configs = [], output.get("n-samples", {}), output.get("group_subtasks", {}), output.get("configs", {})  # noqa: E501
+    entries, samples, subtasks, configs = (
+        [],
+        output.get("n-samples", {}),
+        output.get("group_subtasks", {}),
+        output.get("configs", {}),
+    )  # noqa: E501
     for task, values in output["results"].items():
         config, counted = configs.get(task, {}), [samples[t] for t in subtasks.get(task, [task]) if t in samples]
         metadata = config.get("metadata") or {}
         metrics = [
-            {"name": metric if filtered == "none" else f"{metric} ({filtered})", "value": number(value),
-             "stderr": number(values.get(f"{metric}_stderr,{filtered}")),
-             "higher_is_better": output.get("higher_is_better", {}).get(task, {}).get(metric)}
-            for key, value in values.items() for metric, _, filtered in [key.partition(",")]
+            {
+                "name": metric if filtered == "none" else f"{metric} ({filtered})",
+                "value": number(value),
+                "stderr": number(values.get(f"{metric}_stderr,{filtered}")),
+                "higher_is_better": output.get("higher_is_better", {}).get(task, {}).get(metric),
+            }
+            for key, value in values.items()
+            for metric, _, filtered in [key.partition(",")]
             if filtered and "_stderr" not in metric and number(value) is not None
-        ]  # fmt: skip
-        types = {(configs.get(t, {}).get("metadata") or {}).get("dataset_type") or configs.get(t, {}).get("dataset_path")
-                 for t in subtasks.get(task, [task])}  # fmt: skip
-        dataset = {"type": types.pop() if len(types) == 1 else task, "name": metadata.get("dataset_name") or task,
-                   "config": metadata.get("dataset_config") or config.get("dataset_name"),
-                   "split": config.get("test_split") or config.get("validation_split")}  # fmt: skip
-        entries.append({"task": task, "task_version": output.get("versions", {}).get(task), "dataset": dataset,
-                        "num_fewshot": output.get("n-shot", {}).get(task),
-                        "examples": sum(s["effective"] for s in counted) if counted else None,
-                        "examples_total": sum(s["original"] for s in counted) if counted else None,
-                        "metrics": metrics, **record})  # fmt: skip
+        ]
+        types = {
+            (configs.get(t, {}).get("metadata") or {}).get("dataset_type") or configs.get(t, {}).get("dataset_path")
+            for t in subtasks.get(task, [task])
+        }
+        dataset = {
+            "type": types.pop() if len(types) == 1 else task,
+            "name": metadata.get("dataset_name") or task,
+            "config": metadata.get("dataset_config") or config.get("dataset_name"),
+            "split": config.get("test_split") or config.get("validation_split"),
+        }
+        entries.append(
+            {
+                "task": task,
+                "task_version": output.get("versions", {}).get(task),
+                "dataset": dataset,
+                "num_fewshot": output.get("n-shot", {}).get(task),
+                "examples": sum(s["effective"] for s in counted) if counted else None,
+                "examples_total": sum(s["original"] for s in counted) if counted else None,
+                "metrics": metrics,
+                **record,
+            }
+        )
     return entries
 
 
@@ -229,23 +266,36 @@ def at_least(low: int, auto: bool = False):
     def check(text: str):
         if (auto and (text == "auto" or text.startswith("auto:"))) or (text.isdigit() and int(text) >= low):
             return text if auto else int(text)
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least {low}{' or auto' if auto else ''} "
-                                         f"(got {text!r})")  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of at least {low}{' or auto' if auto else ''} (got {text!r})"
+        )
+
     return check
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = base.parser("eval.py", __doc__)
-    parser.add_argument("model", nargs="?", help="a final/ or checkpoint-N folder, a run folder, or a Hub id "
-                                                 f"(default: the newest model in {RUNS_DIR}/)")  # fmt: skip
-    parser.add_argument("--tasks", default=DEFAULT_TASKS, help=(
-        f"comma-separated lm-eval task, group or tag names (default: {DEFAULT_TASKS}, offline). Online, these tell "
-        f"135M models apart: {ONLINE_TASKS}, wikitext (perplexity); arc_challenge, winogrande and mmlu stay near "
-        "chance at this size, gsm8k near 0. All names: lm-eval ls tasks"))  # fmt: skip
+    parser = cli.parser("eval.py", __doc__)
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help=f"a final/ or checkpoint-N folder, a run folder, or a Hub id (default: the newest model in {RUNS_DIR}/)",
+    )
+    parser.add_argument(
+        "--tasks",
+        default=DEFAULT_TASKS,
+        help=(
+            f"comma-separated lm-eval task, group or tag names (default: {DEFAULT_TASKS}, offline). Online, these tell "
+            f"135M models apart: {ONLINE_TASKS}, wikitext (perplexity); arc_challenge, winogrande and mmlu stay near "
+            "chance at this size, gsm8k near 0. All names: lm-eval ls tasks"
+        ),
+    )
     parser.add_argument("--limit", type=limit_value, help="at most this many examples per task (or a share below 1)")
     parser.add_argument("--num-fewshot", type=at_least(0), help="examples in each prompt (default: each task's own)")
-    parser.add_argument("--batch-size", type=at_least(1, auto=True),
-                        help=f"auto (the default on CUDA) or a number (default on CPU: {CPU_BATCH_SIZE})")  # fmt: skip
+    parser.add_argument(
+        "--batch-size",
+        type=at_least(1, auto=True),
+        help=f"auto (the default on CUDA) or a number (default on CPU: {CPU_BATCH_SIZE})",
+    )
     parser.add_argument("--device", help="cuda when there is a GPU, else cpu (default); or cuda:1, ...")
     parser.add_argument("--max-length", type=at_least(1), help="context in tokens (default: the trained block size)")
     parser.add_argument("--output", help=f"where to write the results (default: {EVAL_RESULTS} next to the model)")
@@ -257,14 +307,22 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         harness()  # first: without lm-eval nothing else is worth checking
         pretrained, folder, hub_id = resolve_model(args.model)
-        path = Path(args.output) if args.output else (HUB_RESULTS_DIR / hub_id.replace("/", "--") / EVAL_RESULTS
-                                                      if hub_id else folder / EVAL_RESULTS)  # fmt: skip
+        path = (
+            Path(args.output)
+            if args.output
+            else (HUB_RESULTS_DIR / hub_id.replace("/", "--") / EVAL_RESULTS if hub_id else folder / EVAL_RESULTS)
+        )
         tasks = evaluate(args, pretrained, folder, hub_id)
         recipe, state = (run_file(folder, RECIPE_CONFIG), run_file(folder, TRAINER_STATE)) if folder else (None, None)
-        model = {"source": hub_id or str(folder), "name": (read_yaml(recipe) or {}).get("name") if recipe else None,
-                 "step": (read_json(state) or {}).get("global_step") if state else None}  # fmt: skip
+        model = {
+            "source": hub_id or str(folder),
+            "name": (read_yaml(recipe) or {}).get("name") if recipe else None,
+            "step": (read_json(state) or {}).get("global_step") if state else None,
+        }
         print("\n".join(result_lines(tasks)))
-        merged, kept = merge_results(read_eval_results(path), {"format": RESULTS_FORMAT, "model": model, "tasks": tasks})
+        merged, kept = merge_results(
+            read_eval_results(path), {"format": RESULTS_FORMAT, "model": model, "tasks": tasks}
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(merged, indent=2) + "\n")
     except RecipeError as e:

@@ -7,7 +7,7 @@
 
 Tokens are printed as they are generated. Without --seed every run samples fresh text; a seed makes it repeatable.
 A prompt that does not fit the model's context together with --max-new-tokens is refused (never cut silently).
-The loading and streaming code here is also what app.py serves; with base.py, sampling.py and run_folder.py
+The loading and streaming code here is also what app.py serves; with recipe/cli.py, recipe/sampling.py and recipe/run_folder.py
 beside it, this file runs on a Hugging Face Space next to app.py.
 """
 
@@ -30,9 +30,9 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-import base
-from base import RecipeError, first_line, hub_is_reachable, looks_like_hub_id
-from run_folder import (
+from recipe import cli
+from recipe.cli import RecipeError, first_line, hub_is_reachable, looks_like_hub_id
+from recipe.run_folder import (
     FINAL,
     RECIPE_CONFIG,
     RUNS_DIR,
@@ -44,7 +44,7 @@ from run_folder import (
     read_yaml,
     run_file,
 )
-from sampling import SamplingSettings, SettingError, StopWhen
+from recipe.sampling import SamplingSettings, SettingError, StopWhen
 
 
 class GenerationError(Exception):
@@ -147,8 +147,10 @@ def load_model(source: str, device: str = "auto", dtype: torch.dtype | None = No
         model.to(target).eval()
     except Exception as e:
         if offline:
-            raise RecipeError(f"could not load '{source}': the Hub cannot be reached and it is not in the local "
-                              "cache; pass a local folder, or try again online") from None  # fmt: skip
+            raise RecipeError(
+                f"could not load '{source}': the Hub cannot be reached and it is not in the local "
+                "cache; pass a local folder, or try again online"
+            ) from None
         hint = "check the folder's files" if is_local else "check the id, or pass a local folder"
         raise RecipeError(f"could not load a model from '{source}': {first_line(e)}; {hint}") from None
     model.generation_config.pad_token_id = tokenizer.eos_token_id
@@ -222,8 +224,10 @@ def past_training_note(loaded: LoadedModel, prompt: str, settings: SamplingSetti
     up to max_position_embeddings, but positions it never saw give worse text)."""
     total = prompt_ids(loaded, prompt, settings).shape[1] + settings.max_new_tokens  # as generate will count them
     if loaded.block_size and total > loaded.block_size:
-        return (f"note: the prompt and max new tokens make {total:,} tokens, past the {loaded.block_size:,}-token "
-                "blocks this model was trained on; the text after that is usually worse")  # fmt: skip
+        return (
+            f"note: the prompt and max new tokens make {total:,} tokens, past the {loaded.block_size:,}-token "
+            "blocks this model was trained on; the text after that is usually worse"
+        )
     return None
 
 
@@ -245,9 +249,12 @@ def print_completion(loaded: LoadedModel, prompt: str, settings: SamplingSetting
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = base.parser("generate.py", __doc__)
-    parser.add_argument("model", nargs="?",
-                        help=f"a final/ or checkpoint-N folder, or a Hub id (default: the newest run in {RUNS_DIR}/)")  # fmt: skip
+    parser = cli.parser("generate.py", __doc__)
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help=f"a final/ or checkpoint-N folder, or a Hub id (default: the newest run in {RUNS_DIR}/)",
+    )
     parser.add_argument("--prompt", default=None, help="text to continue (default: stdin, or a prompt loop)")
     defaults = SamplingSettings()
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
@@ -273,8 +280,10 @@ def utf8_text(text: str, where: str) -> str:
     (Python keeps them as lone surrogates, which the tokenizer cannot encode)."""
     bad = next((i for i, ch in enumerate(text) if "\udc80" <= ch <= "\udcff"), None)
     if bad is not None:
-        raise RecipeError(f"{where} is not UTF-8 text (byte 0x{ord(text[bad]) - 0xDC00:02x} at character {bad + 1:,}); "
-                          "pass UTF-8 text (e.g. iconv -f latin1 -t utf-8)")  # fmt: skip
+        raise RecipeError(
+            f"{where} is not UTF-8 text (byte 0x{ord(text[bad]) - 0xDC00:02x} at character {bad + 1:,}); "
+            "pass UTF-8 text (e.g. iconv -f latin1 -t utf-8)"
+        )
     return text
 
 

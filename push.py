@@ -24,19 +24,26 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-import base
-from base import RecipeError, first_line
-from card import TrainingRecord, read_training_record, write_model_card
-from config import RecipeConfig, load_config
-from run_folder import FINAL, RUNS_DIR, RunFolder, atomic_folder, holds_model, model_folder, newest_model
+from recipe import cli
+from recipe.card import TrainingRecord, read_training_record, write_model_card
+from recipe.cli import RecipeError, first_line
+from recipe.config import RecipeConfig, load_config
+from recipe.run_folder import FINAL, RUNS_DIR, RunFolder, atomic_folder, holds_model, model_folder, newest_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-SPACE_FILES = ("app.py", "generate.py", "sampling.py", "run_folder.py", "base.py")  # app.py and what it imports
+SPACE_FILES = (
+    "app.py",
+    "generate.py",
+    "recipe/__init__.py",
+    "recipe/cli.py",
+    "recipe/sampling.py",
+    "recipe/run_folder.py",
+)  # app.py and what it imports
 SPACE_REQUIREMENTS = "torch\ntransformers>=5.23\naccelerate\ngradio>=5\npyyaml\nxxhash\n"
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = base.parser("push.py", __doc__)
+    parser = cli.parser("push.py", __doc__)
     parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument(
         "--checkpoint", default=None, help="folder to publish (default: training.output_dir/final, else runs/*/final)"
@@ -105,8 +112,10 @@ def find_source(checkpoint: str | None, cfg: RecipeConfig) -> Path:
         try:
             source = newest_model(RUNS_DIR)
         except RecipeError:
-            raise RecipeError(f"no trained model: looked in {configured} and {RUNS_DIR}/*/final or checkpoint-N; "
-                              "train first, or pass --checkpoint PATH") from None  # fmt: skip
+            raise RecipeError(
+                f"no trained model: looked in {configured} and {RUNS_DIR}/*/final or checkpoint-N; "
+                "train first, or pass --checkpoint PATH"
+            ) from None
         print(f"no --checkpoint and no {configured}: using {source}, the newest model in {RUNS_DIR}/")
     if not (source / "config.json").is_file() and (RunFolder(source).checkpoints() or (source / FINAL).is_dir()):
         source = model_folder(source)  # a run folder: its final/, else its newest checkpoint
@@ -147,7 +156,9 @@ def build_repo_folder(source: Path, out: Path, dtype: torch.dtype, cfg: RecipeCo
             model.config.use_cache = True
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            write_model_card(tmp, record, model, repo_id, dtype, {"license": cfg.hub.license, "dataset": cfg.hub.dataset})
+            write_model_card(
+                tmp, record, model, repo_id, dtype, {"license": cfg.hub.license, "dataset": cfg.hub.dataset}
+            )
             sample = check_folder(tmp)
     except BaseException as e:
         if made is not None:
@@ -174,7 +185,7 @@ def check_folder(folder: Path) -> str:
         output = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     except Exception as e:
         raise RecipeError(f"the built folder fails the reload check: {first_line(e)}") from None
-    return f"it loads and generates {output.shape[1] - inputs['input_ids'].shape[1]} tokens after \"The\""
+    return f'it loads and generates {output.shape[1] - inputs["input_ids"].shape[1]} tokens after "The"'
 
 
 def describe_files(folder: Path) -> str:
@@ -200,8 +211,12 @@ def upload(folder: Path, repo_id: str, token: str, private: bool, revision: str 
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.upload_folder(folder_path=folder, repo_id=repo_id, revision=revision,
-                          commit_message=message or "Upload a model trained with smollm2-recipe")  # fmt: skip
+        api.upload_folder(
+            folder_path=folder,
+            repo_id=repo_id,
+            revision=revision,
+            commit_message=message or "Upload a model trained with smollm2-recipe",
+        )
     except Exception as e:
         raise hub_error(e, token) from None
     return str(url)
@@ -230,6 +245,7 @@ def push_space(space_id: str, repo_id: str, token: str, private: bool) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for name in SPACE_FILES:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(here / name, folder / name)
         (folder / "requirements.txt").write_text(SPACE_REQUIREMENTS)
         (folder / "README.md").write_text(space_readme(space_id, repo_id))

@@ -21,20 +21,17 @@ from accelerate import PartialState
 from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
 from transformers.utils import logging as transformers_logging
 
-import arguments
-import base
 import callbacks
-import card
-import model as modeling
-import resume
-from base import RecipeError, log
-from config import RecipeConfig, load_config
-from corpus import find_corpus, fingerprint
 from data import collator_for, load_tokenizer, prepare_datasets, tokenizer_fingerprint
-from run_folder import RunFolder, RunLock, write_run_files
-from sampling import check_samples
-from streaming import StreamedBlocks, StreamPositionCallback, resume_stream
-from trainer import RecipeTrainer, save_failed
+from recipe import arguments, card, cli, resume
+from recipe import model as modeling
+from recipe.cli import RecipeError, log
+from recipe.config import RecipeConfig, load_config
+from recipe.corpus import find_corpus, fingerprint
+from recipe.run_folder import RunFolder, RunLock, write_run_files
+from recipe.sampling import check_samples
+from recipe.streaming import StreamedBlocks, StreamPositionCallback, resume_stream
+from recipe.trainer import RecipeTrainer, save_failed
 
 EXIT_INTERRUPTED = 130
 
@@ -54,7 +51,9 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
             record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, args.resume_changed)
             splits, sources = prepare_data(cfg, tokenizer, checked)
             code, offer = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks), True
-            while code == 0 and (latest := resume.next_phase_due(cfg, folder, offer and should_offer_extra_phase(args))):
+            while code == 0 and (
+                latest := resume.next_phase_due(cfg, folder, offer and should_offer_extra_phase(args))
+            ):
                 offer = False  # the extra phase is offered once; a planned extension comes without asking
                 checked = check_before_work(cfg, tokenizer, folder, latest)
                 record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, False)
@@ -69,12 +68,21 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = base.parser("train.py", __doc__)
+    parser = cli.parser("train.py", __doc__)
     parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue from the latest checkpoint in training.output_dir, CHECKPOINT, or hub")  # fmt: skip
-    parser.add_argument("--resume-changed", action="store_true",
-                        help="resume although the model, tokenizer or data differ from the checkpoint's")  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from the latest checkpoint in training.output_dir, CHECKPOINT, or hub",
+    )
+    parser.add_argument(
+        "--resume-changed",
+        action="store_true",
+        help="resume although the model, tokenizer or data differ from the checkpoint's",
+    )
     parser.add_argument("--no-prompt", action="store_true", help="never ask to continue after the main run")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.max_steps=20")
     args = parser.parse(argv)
@@ -127,8 +135,9 @@ def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_fr
 def prepare_data(cfg: RecipeConfig, tokenizer, checked: Checked):  # the blocks, and the run record's sources
     state, drawn = PartialState(), checked.args.max_steps * arguments.samples_per_step(checked.args)
     with state.main_process_first():  # the main process tokenizes and caches; the others load the cache
-        splits, stats = prepare_datasets(cfg.data, tokenizer, rank=state.process_index, world_size=state.num_processes,
-                                         drawn=drawn)  # fmt: skip
+        splits, stats = prepare_datasets(
+            cfg.data, tokenizer, rank=state.process_index, world_size=state.num_processes, drawn=drawn
+        )
     log(stats.summary())
     return splits, {"sources": stats.sources} if stats.sources else {}
 
@@ -148,8 +157,15 @@ def run_phase(cfg: RecipeConfig, checked: Checked, record: dict, tokenizer, spli
         log(plan.describe())
     interrupt = callbacks.GracefulInterruptCallback()
     start = plan.start_sample(arguments.samples_per_step(checked.args)) if plan else 0
-    run_record = callbacks.RunRecordCallback(cfg.to_dict(), record, checked.fingerprints, start, cfg.data.block_size,
-                                             12 * checked.n_params, plan.state.get("tokens_seen") if plan else 0)
+    run_record = callbacks.RunRecordCallback(
+        cfg.to_dict(),
+        record,
+        checked.fingerprints,
+        start,
+        cfg.data.block_size,
+        12 * checked.n_params,
+        plan.state.get("tokens_seen") if plan else 0,
+    )
     trainer = build_trainer(cfg, checked, run_record, model, tokenizer, splits, interrupt, extra_callbacks)
     callbacks.warn_if_cpu_run_is_long(trainer, checked)
     return train_and_save(trainer, run_record, interrupt, plan)
@@ -202,8 +218,10 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
     try:
         result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
         if interrupt.stopped_at is not None:
-            log(f"interrupted at step {interrupt.stopped_at}: saved checkpoint-{interrupt.stopped_at} in "
-                f"{args.output_dir}; continue with: {resume.command()}")  # fmt: skip
+            log(
+                f"interrupted at step {interrupt.stopped_at}: saved checkpoint-{interrupt.stopped_at} in "
+                f"{args.output_dir}; continue with: {resume.command()}"
+            )
             return EXIT_INTERRUPTED
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()

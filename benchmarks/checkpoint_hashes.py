@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import model as modeling  # noqa: E402
-import run_folder  # noqa: E402
-from config import load_config  # noqa: E402
+from recipe import model as modeling  # noqa: E402
+from recipe import run_folder  # noqa: E402
+from recipe.config import load_config  # noqa: E402
 
 
 def timed(work) -> float:
@@ -40,15 +40,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(3):
             folder = Path(tmp) / f"checkpoint-{i}"
-            saves.append(timed(lambda f=folder: (model.save_pretrained(f), torch.save(optimizer.state_dict(), f / "optimizer.pt"))))
+            saves.append(
+                timed(
+                    lambda f=folder: (model.save_pretrained(f), torch.save(optimizer.state_dict(), f / "optimizer.pt"))
+                )
+            )
             hashes.append(timed(lambda f=folder: run_folder.write_manifest(f)))
             checks.append(timed(lambda f=folder: run_folder.damaged_file(f)))
         size = run_folder.bytes_in(folder) / 2**30
     save, hashing, check = (statistics.median(x) for x in (saves, hashes, checks))
     print(f"{sum(p.numel() for p in model.parameters()):,} parameters, a checkpoint of {size:.2f} GiB (median of 3)")
     print(f"save (safetensors + torch.save of AdamW): {save:.2f} s")
-    print(f"content hashes at the save (write_manifest): {hashing:.2f} s = {hashing / save:.0%} of the save, "
-          f"{size / hashing:.1f} GiB/s")  # fmt: skip
+    print(
+        f"content hashes at the save (write_manifest): {hashing:.2f} s = {hashing / save:.0%} of the save, "
+        f"{size / hashing:.1f} GiB/s"
+    )
     print(f"verification at --resume (damaged_file): {check:.2f} s")
 
 

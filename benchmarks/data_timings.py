@@ -18,10 +18,10 @@ from pathlib import Path
 import datasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import base  # noqa: E402
-from base import RecipeError  # noqa: E402
-from config import load_config  # noqa: E402
 from data import load_tokenizer, prepare_datasets  # noqa: E402
+from recipe import cli  # noqa: E402
+from recipe.cli import RecipeError  # noqa: E402
+from recipe.config import load_config  # noqa: E402
 
 
 def bench_data(cfg, tokenizer) -> list[str]:
@@ -72,11 +72,16 @@ def bench_stream_seek(cfg, tokenizer, blocks: int, processes: int = 1) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base.parser("benchmarks/data_timings.py", __doc__)
+    parser = cli.parser("benchmarks/data_timings.py", __doc__)
     parser.add_argument("--config", default=None)
     parser.add_argument("--stream-seek", type=int, metavar="N", help="stream N blocks, then seek back to block N")
-    parser.add_argument("--stream-processes", type=int, default=1, metavar="W",
-                        help="with --stream-seek: read as process 0 of W, each reading its own part")  # fmt: skip
+    parser.add_argument(
+        "--stream-processes",
+        type=int,
+        default=1,
+        metavar="W",
+        help="with --stream-seek: read as process 0 of W, each reading its own part",
+    )
     parser.add_argument("overrides", nargs="*")
     try:
         args = parser.parse(argv)

@@ -12,13 +12,13 @@
 #   defaults  python train.py as it is (8 x 2,048 x 4 accumulation, bf16, `auto`), 70 steps without evaluation,
 #             checkpoints or samples: the precision/speed/attention lines, the time to the first step (the
 #             compile), tokens/s, MFU and peak memory of the 60 steps after step 10
-#   baseline  python bench.py --vs-baseline: the recipe / hand-written loop ratio, same settings (goal >= 0.95);
+#   baseline  python benchmarks/bench.py --vs-baseline: the recipe / hand-written loop ratio, same settings (goal >= 0.95);
 #             deferred to after `resume` when the seeds' run, estimated from `defaults`, would not fit otherwise
 #   seeds     the seeds' run: tiny Shakespeare, the full model, 5,000 steps of 8 x 1,024 tokens, evaluation,
 #             samples and a checkpoint every 500 steps (the YAML's defaults)
 #   resume    python train.py --resume (same overrides): 50 more steps at lr/10, evaluated at their end; if the
 #             seeds' run was cut at step S, from checkpoint-S with training.max_steps=S
-#   switches  bench.py, 20 steps each: compile off, Liger's fused linear cross-entropy, checkpointing on, the
+#   switches  benchmarks/bench.py, 20 steps each: compile off, Liger's fused linear cross-entropy, checkpointing on, the
 #             attention (attn_implementation=sdpa where flash-attn makes the default differ)
 #
 # Output folder: $OUT when set (the device machine's), else --out DIR, else gpu_check_out/. At most 6 files:
@@ -282,14 +282,14 @@ phase_defaults() {
 
 BASELINE_TOKPS=0
 phase_baseline() {
-  local title="2. the recipe vs a hand-written loop: bench.py --vs-baseline, same settings" s
+  local title="2. the recipe vs a hand-written loop: benchmarks/bench.py --vs-baseline, same settings" s
   s=$(limit "$P2_CAP" "${1:-0}")
   if [ "$s" -lt "$P2_MIN" ]; then
     [ -n "${2:-}" ] && return 1  # the caller defers it
     not_started baseline "$title" "$s" "$P2_MIN"
     return 0
   fi
-  run baseline "$s" "$PY" bench.py --vs-baseline --steps "$P2_STEPS" --warmup "$P2_WARMUP" "${TINY[@]}" \
+  run baseline "$s" "$PY" benchmarks/bench.py --vs-baseline --steps "$P2_STEPS" --warmup "$P2_WARMUP" "${TINY[@]}" \
     "${SHAPE[@]}" "data.cache_dir=$WORK/cache" "${EXTRA[@]}"
   report baseline "$title" bench "$WORK/baseline.log" --vs-baseline --env-out "$WORK/baseline.env"
   BASELINE_TOKPS=$(envval baseline tokps)
@@ -333,7 +333,7 @@ phase_resume() {
 }
 
 phase_switches() {
-  local title="5. switches: bench.py, $P5_STEPS steps each after $P5_WARMUP warm-up" flce attn_note="" i s label switch
+  local title="5. switches: benchmarks/bench.py, $P5_STEPS steps each after $P5_WARMUP warm-up" flce attn_note="" i s label switch
   flce="training.use_liger_kernel=true training.liger_kernel_config.rope=false training.liger_kernel_config.rms_norm=false training.liger_kernel_config.swiglu=false"
   local labels=("compile off" "Liger fused linear cross-entropy on" "activation checkpointing on")
   local switches=("training.torch_compile=false" "$flce" "training.activation_checkpointing=true")
@@ -347,12 +347,12 @@ phase_switches() {
     switches+=("attn_implementation=sdpa")
   fi
   {
-    echo "# Switches: bench.py, $P5_STEPS optimizer steps each after $P5_WARMUP warm-up ($MODE mode)"
+    echo "# Switches: benchmarks/bench.py, $P5_STEPS optimizer steps each after $P5_WARMUP warm-up ($MODE mode)"
     echo
-    echo "Each row is one bench.py process at the default shape with one switch; 'vs default' divides by the recipe row of phase 2 (bench.py --vs-baseline, the plain defaults)."
+    echo "Each row is one benchmarks/bench.py process at the default shape with one switch; 'vs default' divides by the recipe row of phase 2 (benchmarks/bench.py --vs-baseline, the plain defaults)."
     [ -n "$attn_note" ] && echo && echo "$attn_note"
     echo
-    echo "| switch | override (settings as bench.py reports them) | tokens/s | MFU | peak memory (GB) | vs default | wall (s) | status |"
+    echo "| switch | override (settings as benchmarks/bench.py reports them) | tokens/s | MFU | peak memory (GB) | vs default | wall (s) | status |"
     echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"
     if [ -f "$WORK/baseline.log" ]; then
       "$PY" "$HELPER" switch "default (phase 2)" "(none)" "$WORK/baseline.log" --default-tokps "${BASELINE_TOKPS:-0}" --partial
@@ -373,7 +373,7 @@ phase_switches() {
       continue
     fi
     # shellcheck disable=SC2086  # $switch holds several overrides
-    run "switch$i" "$s" "$PY" bench.py --steps "$P5_STEPS" --warmup "$P5_WARMUP" "${TINY[@]}" "${SHAPE[@]}" \
+    run "switch$i" "$s" "$PY" benchmarks/bench.py --steps "$P5_STEPS" --warmup "$P5_WARMUP" "${TINY[@]}" "${SHAPE[@]}" \
       "data.cache_dir=$WORK/cache" $switch "${EXTRA[@]}"
     local status=ok note=""
     case $RC in 0) ;; 124 | 137) status=cut note="stopped by its timeout after $WALL s" ;; *) status=failed note="exit status $RC" ;; esac

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU table of BENCHMARKS.md: bench.py once per fast-path switch, the real model at micro-batch 8 x 2048
+# The GPU table of BENCHMARKS.md: benchmarks/bench.py once per fast-path switch, the real model at micro-batch 8 x 2048
 # tokens, gradient accumulation 4, bf16. One process per row, so that compilation and kernel patches do not leak.
 #   bash benchmarks/gpu_matrix.sh tokenizer=... data.path=...   (extra arguments go to every row)
 # Full output goes to $LOG (default bench_gpu.log); the table rows are printed. SDPA rows run the recipe's
@@ -13,7 +13,7 @@ LOG=${LOG:-bench_gpu.log}
 EXTRA=("$@")
 row() {
   echo "### $*" | tee -a "$LOG"
-  if "$PYTHON" bench.py --steps "$STEPS" --warmup "$WARMUP" "${EXTRA[@]}" "$@" >>"$LOG" 2>&1; then
+  if "$PYTHON" benchmarks/bench.py --steps "$STEPS" --warmup "$WARMUP" "${EXTRA[@]}" "$@" >>"$LOG" 2>&1; then
     grep -E "^\| (recipe|baseline)|^ratio" "$LOG" | tail -n "$([[ " $* " == *" --vs-baseline "* ]] && echo 3 || echo 1)"
   else
     echo "failed (see $LOG): $*"

@@ -142,9 +142,26 @@ def write_env(path: str | None, values: dict) -> None:
 
 # --- env -----------------------------------------------------------------------------------------
 
-PACKAGES = ("torch", "transformers", "datasets", "accelerate", "huggingface-hub", "tokenizers", "safetensors",
-            "liger-kernel", "triton", "flash-attn", "pyarrow", "fsspec", "regex", "dill", "multiprocess", "numpy",
-            "matplotlib", "wandb")  # fmt: skip
+PACKAGES = (
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "huggingface-hub",
+    "tokenizers",
+    "safetensors",
+    "liger-kernel",
+    "triton",
+    "flash-attn",
+    "pyarrow",
+    "fsspec",
+    "regex",
+    "dill",
+    "multiprocess",
+    "numpy",
+    "matplotlib",
+    "wandb",
+)
 MIN_TRANSFORMERS = (5, 23)  # requirements.txt
 
 
@@ -164,13 +181,19 @@ def cmd_env(a) -> int:
 
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        device = (f"{torch.cuda.get_device_name(0)} ({p.total_memory / 2**30:.0f} GiB, compute capability "
-                  f"{p.major}.{p.minor}, {p.multi_processor_count} SMs), CUDA {torch.version.cuda}")  # fmt: skip
+        device = (
+            f"{torch.cuda.get_device_name(0)} ({p.total_memory / 2**30:.0f} GiB, compute capability "
+            f"{p.major}.{p.minor}, {p.multi_processor_count} SMs), CUDA {torch.version.cuda}"
+        )
     else:
         device = "no CUDA GPU: CPU only"
     print(f"- device: {device}; {os.cpu_count()} CPU cores; Python {platform.python_version()}")
-    print("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + "; not installed: "
-          + (", ".join(k for k, v in versions.items() if not v) or "none"))  # fmt: skip
+    print(
+        "- versions: "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+        + "; not installed: "
+        + (", ".join(k for k, v in versions.items() if not v) or "none")
+    )
     problems = []
     if a.mode == "gpu" and not torch.cuda.is_available():
         print("- **warning: no CUDA GPU here; the figures below are not GPU figures**")
@@ -183,6 +206,7 @@ def cmd_env(a) -> int:
         sys.path.insert(0, str(Path(a.repo).resolve()))
         try:
             import bench  # noqa: F401
+
             import train  # noqa: F401
         except Exception as e:  # any import error stops the check here, in one line
             problems.append(
@@ -193,7 +217,7 @@ def cmd_env(a) -> int:
     if problems:
         print("check failed: " + "; ".join(problems), file=sys.stderr)
         return 1
-    print("- the recipe imports (train.py, bench.py)")
+    print("- the recipe imports (train.py, benchmarks/bench.py)")
     return 0
 
 
@@ -209,9 +233,11 @@ def cmd_train(a) -> int:
     print()
     print(f"- time to the first step (the compile included): {fmt_s(f['first_step_s'])}")
     if f["steady_windows"]:
-        print(f"- steady state, the {f['steady_windows']} logging windows after step {a.after} (steps "
-              f"{f['steady_first']}-{f['last_step']}): median **{fmt_int(f['tokens_per_second'])} tokens/s, MFU "
-              f"{fmt_pct(f['mfu'])}**, peak memory {gb(f['peak_memory_gb'])}")  # fmt: skip
+        print(
+            f"- steady state, the {f['steady_windows']} logging windows after step {a.after} (steps "
+            f"{f['steady_first']}-{f['last_step']}): median **{fmt_int(f['tokens_per_second'])} tokens/s, MFU "
+            f"{fmt_pct(f['mfu'])}**, peak memory {gb(f['peak_memory_gb'])}"
+        )
     print(f"- reached step {f['last_step']} of {f['max_steps']}" if f["last_step"] else "- no training step logged")
     shown = [s for s in f["train"]]
     if shown:
@@ -220,12 +246,15 @@ def cmd_train(a) -> int:
             if STEP.match(text) and (" tok/s" in text or "done in" in text):
                 print(text)
         print("```")
-    write_env(a.env_out, {
-        "tokps": int(f["tokens_per_second"] or 0),
-        "mfu": f["mfu"] if f["mfu"] is not None else "",
-        "first_step_s": f"{f['first_step_s']:.1f}" if f["first_step_s"] is not None else "",
-        "last_step": f["last_step"] or 0,
-    })  # fmt: skip
+    write_env(
+        a.env_out,
+        {
+            "tokps": int(f["tokens_per_second"] or 0),
+            "mfu": f["mfu"] if f["mfu"] is not None else "",
+            "first_step_s": f"{f['first_step_s']:.1f}" if f["first_step_s"] is not None else "",
+            "last_step": f["last_step"] or 0,
+        },
+    )
     if a.partial:
         return 0
     for prefix in ("precision: ", "speed: "):
@@ -238,7 +267,7 @@ def cmd_train(a) -> int:
     return 0
 
 
-# --- bench.py ------------------------------------------------------------------------------------
+# --- benchmarks/bench.py ------------------------------------------------------------------------------------
 
 
 def bench_rows(lines) -> dict:
@@ -253,8 +282,13 @@ def bench_rows(lines) -> dict:
         except (ValueError, IndexError):
             continue
         mfu = cells[3] if len(cells) > 3 else "n/a"
-        out[key] = {"name": cells[0], "tokens_per_second": tokps, "step_s": cells[2], "mfu": mfu,
-                    "memory": cells[4] if len(cells) > 4 else "n/a"}  # fmt: skip
+        out[key] = {
+            "name": cells[0],
+            "tokens_per_second": tokps,
+            "step_s": cells[2],
+            "mfu": mfu,
+            "memory": cells[4] if len(cells) > 4 else "n/a",
+        }
     for t in texts:
         m = re.match(r"ratio recipe/baseline \(tokens/s\): ([\d.]+)", t)
         if m:
@@ -279,13 +313,18 @@ def cmd_bench(a) -> int:
     if b["ratio"] is not None:
         verdict = "met" if b["ratio"] >= MIN_RATIO else "**not met**"
         print(f"\n- **ratio recipe/hand-written loop: {b['ratio']:.3f}** (goal >= {MIN_RATIO}: {verdict})")
-    write_env(a.env_out, {"tokps": int(b["recipe"]["tokens_per_second"]) if b["recipe"] else 0,
-                          "ratio": b["ratio"] if b["ratio"] is not None else ""})  # fmt: skip
+    write_env(
+        a.env_out,
+        {
+            "tokps": int(b["recipe"]["tokens_per_second"]) if b["recipe"] else 0,
+            "ratio": b["ratio"] if b["ratio"] is not None else "",
+        },
+    )
     if a.partial:
         return 0
-    check(b["recipe"] is not None, "no `| recipe` row in bench.py's table")
+    check(b["recipe"] is not None, "no `| recipe` row in benchmarks/bench.py's table")
     if a.vs_baseline:
-        check(b["baseline"] is not None, "no `| baseline` row in bench.py's table")
+        check(b["baseline"] is not None, "no `| baseline` row in benchmarks/bench.py's table")
         check(b["ratio"] is not None, "no `ratio recipe/baseline` line")
     return 0
 
@@ -299,8 +338,10 @@ def cmd_switch(a) -> int:
         return 0 if a.partial else 1
     vs = f"{r['tokens_per_second'] / a.default_tokps:.2f}x" if a.default_tokps else "n/a"
     settings = r["name"].split(":", 1)[-1].strip()
-    print(f"| {a.label} | `{a.switch}` ({settings}) | {r['tokens_per_second']:,.0f} | {r['mfu']} | {r['memory']} | "
-          f"{vs} | {a.wall} | {a.status} |")  # fmt: skip
+    print(
+        f"| {a.label} | `{a.switch}` ({settings}) | {r['tokens_per_second']:,.0f} | {r['mfu']} | {r['memory']} | "
+        f"{vs} | {a.wall} | {a.status} |"
+    )
     return 0
 
 
@@ -414,9 +455,11 @@ def cmd_seeds(a) -> int:
     training, samples_cfg = cfg.get("training", {}), cfg.get("samples", {})
     max_steps = training.get("max_steps") or f["max_steps"]
     history, source = history_of(run_dir, [a.log])
-    title = (f"{cfg.get('name', 'the model')} on {Path(str(cfg.get('data', {}).get('path', '?'))).name}: "
-             f"{max_steps} steps of {training.get('per_device_train_batch_size')} x "
-             f"{cfg.get('data', {}).get('block_size')} tokens")  # fmt: skip
+    title = (
+        f"{cfg.get('name', 'the model')} on {Path(str(cfg.get('data', {}).get('path', '?'))).name}: "
+        f"{max_steps} steps of {training.get('per_device_train_batch_size')} x "
+        f"{cfg.get('data', {}).get('block_size')} tokens"
+    )
     png = out / "loss_curve.png"
     try:
         plot_curve(history, png, title, None)
@@ -429,11 +472,15 @@ def cmd_seeds(a) -> int:
     for text in choice_lines(lines):
         print(f"    {text}")
     print()
-    print(f"- reached step {f['last_step']} of {max_steps}; time to the first step (compile included): "
-          f"{fmt_s(f['first_step_s'])}; training time as the Trainer counts it: "
-          f"{f['done']['done_in'] if f['done'] else 'n/a'}")  # fmt: skip
-    print(f"- steady state (windows after step {a.after}): median **{fmt_int(f['tokens_per_second'])} tokens/s, "
-          f"MFU {fmt_pct(f['mfu'])}**, peak memory {gb(f['peak_memory_gb'])}")  # fmt: skip
+    print(
+        f"- reached step {f['last_step']} of {max_steps}; time to the first step (compile included): "
+        f"{fmt_s(f['first_step_s'])}; training time as the Trainer counts it: "
+        f"{f['done']['done_in'] if f['done'] else 'n/a'}"
+    )
+    print(
+        f"- steady state (windows after step {a.after}): median **{fmt_int(f['tokens_per_second'])} tokens/s, "
+        f"MFU {fmt_pct(f['mfu'])}**, peak memory {gb(f['peak_memory_gb'])}"
+    )
     train = losses_near(history, "loss")
     evals = losses_near(history, "eval_loss")
     if train:
@@ -442,8 +489,10 @@ def cmd_seeds(a) -> int:
     if evals:
         print("- validation loss: " + ", ".join(f"{evals[s]:.3f} (step {s})" for s in sorted(evals)))
     steps_with_samples = sorted({r["step"] for r in rows})
-    print(f"- samples at steps {', '.join(map(str, steps_with_samples)) or 'none'} -> samples.txt; loss curve "
-          f"({source}) -> loss_curve.png")  # fmt: skip
+    print(
+        f"- samples at steps {', '.join(map(str, steps_with_samples)) or 'none'} -> samples.txt; loss curve "
+        f"({source}) -> loss_curve.png"
+    )
     if rows:
         newest = [r for r in rows if r["step"] == steps_with_samples[-1]]
         print(
@@ -505,9 +554,12 @@ def cmd_resume(a) -> int:
     history, source = history_of(run_dir, [a.seeds_log, a.log])
     cfg = run_config(run_dir)
     try:
-        plot_curve(history, out / "loss_curve.png",
-                   f"{cfg.get('name', 'the model')}: the seeds' run, then --resume for {a.extra} steps at lr/10",
-                   a.start)  # fmt: skip
+        plot_curve(
+            history,
+            out / "loss_curve.png",
+            f"{cfg.get('name', 'the model')}: the seeds' run, then --resume for {a.extra} steps at lr/10",
+            a.start,
+        )
     except Exception as e:
         print(f"- loss curve: not redrawn ({type(e).__name__}: {e})")
     rows = read_samples(run_dir)
@@ -521,16 +573,21 @@ def cmd_resume(a) -> int:
     before_eval = max((s for s in evals if s <= a.start), default=None)
     after_train = max((s for s in train if s > a.start), default=None)
     if after_train is not None:
-        print(f"- **train loss after the extra steps: {train[after_train]:.3f} at step {after_train}** "
-              f"(at step {a.start}: {train[a.start]:.3f})" if a.start in train else
-              f"- **train loss after the extra steps: {train[after_train]:.3f} at step {after_train}**")  # fmt: skip
+        print(
+            f"- **train loss after the extra steps: {train[after_train]:.3f} at step {after_train}** "
+            f"(at step {a.start}: {train[a.start]:.3f})"
+            if a.start in train
+            else f"- **train loss after the extra steps: {train[after_train]:.3f} at step {after_train}**"
+        )
     if end in evals:
         before = f" (at step {before_eval}: {evals[before_eval]:.3f})" if before_eval is not None else ""
         print(f"- **validation loss after the extra steps: {evals[end]:.3f} at step {end}**{before}")
     if lrs:
         print(f"- learning rate logged in the extra steps: {', '.join(sorted({f'{v:.1e}' for v in lrs.values()}))}")
-    print(f"- samples after --resume: {', '.join(str(s) for s in sorted({r['step'] for r in rows if r['step'] > a.start})) or 'none'}"
-          f"; curve from {source}")  # fmt: skip
+    print(
+        f"- samples after --resume: {', '.join(str(s) for s in sorted({r['step'] for r in rows if r['step'] > a.start})) or 'none'}"
+        f"; curve from {source}"
+    )
     if a.partial:
         return 0
     check(resumed is not None, "no `resuming from checkpoint-N (step N) for K steps at lr X` line")
@@ -609,8 +666,16 @@ def main(argv=None) -> int:
     s.add_argument("--overhead", type=float, default=0)
     s.add_argument("--default", type=int, required=True)
     a = p.parse_args(argv)
-    commands = {"env": cmd_env, "train": cmd_train, "bench": cmd_bench, "switch": cmd_switch, "seeds": cmd_seeds,
-                "resume-plan": cmd_resume_plan, "resume": cmd_resume, "estimate": cmd_estimate}  # fmt: skip
+    commands = {
+        "env": cmd_env,
+        "train": cmd_train,
+        "bench": cmd_bench,
+        "switch": cmd_switch,
+        "seeds": cmd_seeds,
+        "resume-plan": cmd_resume_plan,
+        "resume": cmd_resume,
+        "estimate": cmd_estimate,
+    }
     try:
         return commands[a.cmd](a)
     except CheckFailed as e:

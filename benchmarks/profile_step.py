@@ -22,9 +22,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import model as modeling  # noqa: E402
-from config import load_config  # noqa: E402
-from model import flops_per_token, peak_bf16_flops  # noqa: E402
+from recipe import model as modeling  # noqa: E402
+from recipe.config import load_config  # noqa: E402
+from recipe.model import flops_per_token, peak_bf16_flops  # noqa: E402
 
 
 def forward_backward(model, ids, backbone_only=False):
@@ -99,17 +99,31 @@ def main():
     if device.type == "cuda":
         model = build(cfg, config, "sdpa", device)
         report("eager", lambda: forward_backward(model, ids), ids, flops, peak, args.repeats)
-        report("eager, backbone only (no LM head, no loss)", lambda: forward_backward(model, ids, True), ids, flops,
-               peak, args.repeats)  # fmt: skip
+        report(
+            "eager, backbone only (no LM head, no loss)",
+            lambda: forward_backward(model, ids, True),
+            ids,
+            flops,
+            peak,
+            args.repeats,
+        )
         for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION):
             with sdpa_kernel(backend):
-                report(f"eager, SDPA held to {backend.name}", lambda: forward_backward(model, ids), ids, flops, peak,
-                       args.repeats)  # fmt: skip
+                report(
+                    f"eager, SDPA held to {backend.name}",
+                    lambda: forward_backward(model, ids),
+                    ids,
+                    flops,
+                    peak,
+                    args.repeats,
+                )
         kernel_table(lambda: forward_backward(model, ids), rows=22)
         del model
 
-    for attn, label in (("sdpa", "transformers' sdpa: explicit causal mask"),
-                        (modeling.choose_attn_implementation("sdpa"), "the recipe's causal SDPA: no mask")):  # fmt: skip
+    for attn, label in (
+        ("sdpa", "transformers' sdpa: explicit causal mask"),
+        (modeling.choose_attn_implementation("sdpa"), "the recipe's causal SDPA: no mask"),
+    ):
         torch._dynamo.reset()
         step = partial(forward_backward, torch.compile(build(cfg, config, attn, device)), ids)
         report(f"torch.compile (whole model), {label}", step, ids, flops, peak, args.repeats)

@@ -80,7 +80,9 @@ class HubStub:
                 return 403, {"error": f"You don't have the rights to create {repo_id}"}
             kind = spec.get("type", "model")
             private = spec.get("private", spec.get("visibility") == "private")
-            self.repos.setdefault(f"{kind}:{repo_id}", {"private": private, "files": {}, "branches": [], "sha": "0" * 40})
+            self.repos.setdefault(
+                f"{kind}:{repo_id}", {"private": private, "files": {}, "branches": [], "sha": "0" * 40}
+            )
             return 200, {"url": f"{self.url}/{'spaces/' if kind == 'space' else ''}{repo_id}"}
         if path == "/api/validate-yaml":
             return 200, {}
@@ -129,8 +131,10 @@ class HubStub:
             siblings = [{"rfilename": p} for p in sorted(files)]
             return 200, {"id": f"{user}/{name}", "sha": sha, "private": repo["private"], "siblings": siblings}
         if api and parts[5] == "tree":
-            return 200, [{"type": "file", "path": p, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                         for p, data in sorted(files.items())]  # fmt: skip
+            return 200, [
+                {"type": "file", "path": p, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                for p, data in sorted(files.items())
+            ]
         if not api and parts[3] == "resolve" and "/".join(parts[5:]) in files:
             data = files["/".join(parts[5:])]
             return 200, data, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}

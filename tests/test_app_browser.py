@@ -18,7 +18,7 @@ import pytest
 from conftest import ROOT
 
 import app
-from sampling import MAX_SEED, SettingError
+from recipe.sampling import MAX_SEED, SettingError
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -99,8 +99,12 @@ def running_app(tiny_run, tmp_path_factory):
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "app.py"), str(tiny_run / "final"), "--port", str(port)],
-        cwd=tmp_path_factory.mktemp("app"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=tmp_path_factory.mktemp("app"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url, lines = f"http://127.0.0.1:{port}/", []
     watchdog = threading.Timer(120, proc.kill)  # a hang ends the output, and the loop below with it
     watchdog.start()
@@ -127,11 +131,18 @@ def browser(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in [
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1280,1600",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1600",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ]:  # fmt: skip
+    ]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     yield driver
@@ -227,8 +238,9 @@ def test_bad_input_shows_a_message_on_the_page(page, box, value, message):
         page.driver.execute_script(
             "const box = document.querySelector(arguments[0]); box.value = arguments[1];"
             "box.dispatchEvent(new Event('input', {bubbles: true}));",
-            box, value,
-        )  # fmt: skip
+            box,
+            value,
+        )
     else:
         page.type_into(box, value)
     page.find("#generate").click()

@@ -6,10 +6,10 @@ import torch
 from conftest import TINY_MODEL
 from transformers import Trainer, get_scheduler
 
-import arguments
-from base import RecipeError
-from config import load_config
-from model import build_llama_config, build_meta_model
+from recipe import arguments
+from recipe.cli import RecipeError
+from recipe.config import load_config
+from recipe.model import build_llama_config, build_meta_model
 
 
 def args_for(overrides, **changes):
@@ -19,11 +19,14 @@ def args_for(overrides, **changes):
     return arguments.build_training_arguments(cfg, config, n_params, **changes)
 
 
-@pytest.mark.parametrize("native, bf16, line", [
-    ("AMX", True, "precision: bf16 autocast on CPU (this CPU has AMX)"),
-    ("AVX512-BF16", True, "precision: bf16 autocast on CPU (this CPU has AVX512-BF16)"),
-    (None, False, "precision: fp32 on CPU (this CPU has no native bf16"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "native, bf16, line",
+    [
+        ("AMX", True, "precision: bf16 autocast on CPU (this CPU has AMX)"),
+        ("AVX512-BF16", True, "precision: bf16 autocast on CPU (this CPU has AVX512-BF16)"),
+        (None, False, "precision: fp32 on CPU (this CPU has no native bf16"),
+    ],
+)
 def test_cpu_keeps_bf16_only_where_it_is_native(native, bf16, line, monkeypatch, capsys):
     monkeypatch.setattr(arguments, "cpu_bf16_support", lambda: native)
     args = args_for([])
@@ -84,7 +87,7 @@ def test_liger_under_compile_keeps_only_the_kernels_that_compile(monkeypatch):
 
 def test_estimated_peak_memory_is_near_the_h100_measurements():
     """Measured on an H100 (BENCHMARKS.md): 25.4 GB without checkpointing, 12.3 GB with it (eager)."""
-    from model import estimate_peak_memory
+    from recipe.model import estimate_peak_memory
 
     config = build_llama_config(load_config())
     off = estimate_peak_memory(config, 134_515_008, 8, 2048, checkpointing=False)
@@ -92,8 +95,9 @@ def test_estimated_peak_memory_is_near_the_h100_measurements():
     assert 23 * GiB < off < 27 * GiB and 10.5 * GiB < on < 13.5 * GiB
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant_with_warmup", "cosine_with_min_lr",
-                                      "warmup_stable_decay"])  # fmt: skip
+@pytest.mark.parametrize(
+    "schedule", ["cosine", "linear", "constant_with_warmup", "cosine_with_min_lr", "warmup_stable_decay"]
+)
 def test_every_schedule_gets_only_its_own_kwargs(schedule):
     args = args_for([f"training.lr_scheduler_type={schedule}", "training.max_steps=100"])
     expected = {
@@ -104,8 +108,13 @@ def test_every_schedule_gets_only_its_own_kwargs(schedule):
     arguments.check_optimizer_and_schedule(args)  # what the Trainer will build, built
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
     optimizer = optimizer_cls([torch.nn.Parameter(torch.zeros(1))], **kwargs)
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=5, num_training_steps=100,
-                              scheduler_specific_kwargs=args.lr_scheduler_kwargs)  # fmt: skip
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=5,
+        num_training_steps=100,
+        scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
     assert scheduler.get_last_lr()[0] == 0.0  # warm-up starts at zero
 
 

@@ -5,9 +5,8 @@ import sys
 
 from conftest import CORPUS, ROOT, TINY_MODEL, TOKENIZER
 
-import bench
-
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench  # noqa: E402
 import data_timings  # noqa: E402
 
 TINY = [f"tokenizer={TOKENIZER}", f"data.path={CORPUS}", "data.block_size=64", *TINY_MODEL]

@@ -9,9 +9,9 @@ from conftest import TINY_MODEL
 from transformers import get_wsd_schedule
 
 from callbacks import PhaseScheduleCallback
-from config import SamplesConfig, load_config
-from model import build_llama_config, build_model
-from sampling import generate_samples
+from recipe.config import SamplesConfig, load_config
+from recipe.model import build_llama_config, build_model
+from recipe.sampling import generate_samples
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,9 @@ def tiny_model():
 
 
 def test_generate_samples_leaves_mode_rng_and_checkpointing_untouched(tiny_model, tokenizer):
-    samples = SamplesConfig(every_n_steps=1, prompts=["ROMEO:", "JULIET:"], max_new_tokens=5,
-                            temperature=0.8, top_p=0.9, top_k=50, seed=7)  # fmt: skip
+    samples = SamplesConfig(
+        every_n_steps=1, prompts=["ROMEO:", "JULIET:"], max_new_tokens=5, temperature=0.8, top_p=0.9, top_k=50, seed=7
+    )
     torch.manual_seed(123)
     random.seed(5)
     expected_torch, expected_py = torch.rand(3), random.random()
@@ -34,7 +35,9 @@ def test_generate_samples_leaves_mode_rng_and_checkpointing_untouched(tiny_model
     first = generate_samples(tiny_model, tokenizer, samples.prompts, samples.sampling())
     assert torch.equal(torch.rand(3), expected_torch) and random.random() == expected_py
     assert tiny_model.training and tiny_model.is_gradient_checkpointing
-    assert generate_samples(tiny_model, tokenizer, samples.prompts, samples.sampling()) == first  # fixed seed: same samples
+    assert (
+        generate_samples(tiny_model, tokenizer, samples.prompts, samples.sampling()) == first
+    )  # fixed seed: same samples
     assert [p for p, _ in first] == ["ROMEO:", "JULIET:"]
 
 
@@ -59,8 +62,14 @@ class State:
 def test_phase_schedule_holds_the_constant_lr_of_the_resume_phase():
     optimizer, scheduler = finished_schedule()
     state = State()
-    phase = {"name": "resume", "first_step": 11, "last_step": 20, "lr_scheduler_type": "constant",
-             "learning_rate": 1e-4, "warmup_steps": 0}  # fmt: skip
+    phase = {
+        "name": "resume",
+        "first_step": 11,
+        "last_step": 20,
+        "lr_scheduler_type": "constant",
+        "learning_rate": 1e-4,
+        "warmup_steps": 0,
+    }
     PhaseScheduleCallback(phase).on_train_begin(None, state, None, optimizer=optimizer, lr_scheduler=scheduler)
     assert state.computed == 20
     assert scheduler.get_last_lr() == [1e-4]
@@ -73,8 +82,15 @@ def test_phase_schedule_holds_the_constant_lr_of_the_resume_phase():
 
 def test_phase_schedule_rewarms_an_extension_and_decays_over_its_own_steps():
     optimizer, scheduler = finished_schedule()
-    phase = {"name": "extend", "first_step": 11, "last_step": 20, "lr_scheduler_type": "warmup_stable_decay",
-             "learning_rate": 1e-3, "warmup_steps": 2, "lr_scheduler_kwargs": {"num_decay_steps": 4}}  # fmt: skip
+    phase = {
+        "name": "extend",
+        "first_step": 11,
+        "last_step": 20,
+        "lr_scheduler_type": "warmup_stable_decay",
+        "learning_rate": 1e-3,
+        "warmup_steps": 2,
+        "lr_scheduler_kwargs": {"num_decay_steps": 4},
+    }
     PhaseScheduleCallback(phase).on_train_begin(None, State(), None, optimizer=optimizer, lr_scheduler=scheduler)
     used = []
     for _ in range(10):
@@ -94,7 +110,7 @@ def test_samples_are_skipped_under_fsdp_from_either_source(monkeypatch):
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     assert not uses_fsdp(Args())
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --config_file accelerate/fsdp.yaml
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --config_file launch/fsdp.yaml
     assert uses_fsdp(Args())
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     Args.fsdp = "full_shard"

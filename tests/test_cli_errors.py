@@ -19,15 +19,28 @@ CASES = [
     (["training.per_device_eval_batch_size=-1"], "training.per_device_eval_batch_size must be at least 1"),
     (["training.max_steps=0"], "training.max_steps must be at least 1"),
     (["training.learning_rate=fast"], "training.learning_rate: expected float"),
-    (["training.lr_scheduler_type=cosine_with_min_lr", "training.lr_scheduler_kwargs.cosine_with_min_lr.min_lr_ratio=0.1"],
-     "training.lr_scheduler_kwargs do not fit the 'cosine_with_min_lr' schedule"),
-    (["training.lr_scheduler_type=warmup_stable_decay", "training.lr_scheduler_kwargs.warmup_stable_decay.decay_kind=x"],
-     "training.lr_scheduler_kwargs do not fit the 'warmup_stable_decay' schedule"),
+    (
+        [
+            "training.lr_scheduler_type=cosine_with_min_lr",
+            "training.lr_scheduler_kwargs.cosine_with_min_lr.min_lr_ratio=0.1",
+        ],
+        "training.lr_scheduler_kwargs do not fit the 'cosine_with_min_lr' schedule",
+    ),
+    (
+        [
+            "training.lr_scheduler_type=warmup_stable_decay",
+            "training.lr_scheduler_kwargs.warmup_stable_decay.decay_kind=x",
+        ],
+        "training.lr_scheduler_kwargs do not fit the 'warmup_stable_decay' schedule",
+    ),
     (["training.lr_scheduler_type=sideways"], "training arguments: "),
     (["training.optim=adamw_imaginary"], "training arguments: "),
     (["attn_implementation=flash_attention_9"], "attn_implementation: 'flash_attention_9' is not one of"),
     (["data.sample_by=word"], "data.sample_by: 'word' is not one of document, paragraph, line"),
-    (["training.activation_checkpointing=maybe"], "training.activation_checkpointing: 'maybe' is not one of true, false, auto"),
+    (
+        ["training.activation_checkpointing=maybe"],
+        "training.activation_checkpointing: 'maybe' is not one of true, false, auto",
+    ),
     (["data.validation_fraction=1.5"], "data.validation_fraction must be between 0 and 1"),
     (["samples.max_new_tokens=100000"], "samples.max_new_tokens must be at most 4,096"),
     (["samples.max_new_tokens=0"], "samples.max_new_tokens must be at least 1"),
@@ -45,7 +58,7 @@ CASES = [
     (["--resume", "/nonexistent/checkpoint-5"], "--resume: checkpoint folder not found"),
     (["--config", "/nonexistent.yaml"], "config file not found: /nonexistent.yaml"),
     (["training"], "cannot read override 'training': write it as section.key=value"),
-]  # fmt: skip
+]
 
 
 def base(out: Path) -> list[str]:

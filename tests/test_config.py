@@ -6,8 +6,8 @@ import sys
 import pytest
 from conftest import ROOT, TOKENIZER
 
-from base import RecipeError
-from config import DEFAULT_CONFIG, load_config
+from recipe.cli import RecipeError
+from recipe.config import DEFAULT_CONFIG, load_config
 
 
 def test_default_config_is_smollm2_135m():

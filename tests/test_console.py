@@ -25,8 +25,9 @@ NOISE = [
 
 def run(*args, cwd):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env,
-                            timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -37,10 +38,23 @@ def test_the_first_hour_reads_clean(tmp_path, cache_dir):
     overrides = [*overrides, "samples.every_n_steps=3", "resume.extra_steps=2", f"data.cache_dir={tmp_path / 'c'}"]
     consoles = {
         "train": run(ROOT / "train.py", "--no-prompt", *overrides, cwd=tmp_path),
-        "resume": run(ROOT / "train.py", "--resume", "--no-prompt", *overrides, "training.logging_steps=2", cwd=tmp_path),
-        "push": run(ROOT / "push.py", "--checkpoint", out / "final", "--repo-id", "me/tiny", "--dry-run", "--out",
-                    tmp_path / "pushed", cwd=tmp_path),  # fmt: skip
-        "generate": run(ROOT / "generate.py", out / "final", "--prompt", "ROMEO:", "--max-new-tokens", "4", cwd=tmp_path),
+        "resume": run(
+            ROOT / "train.py", "--resume", "--no-prompt", *overrides, "training.logging_steps=2", cwd=tmp_path
+        ),
+        "push": run(
+            ROOT / "push.py",
+            "--checkpoint",
+            out / "final",
+            "--repo-id",
+            "me/tiny",
+            "--dry-run",
+            "--out",
+            tmp_path / "pushed",
+            cwd=tmp_path,
+        ),
+        "generate": run(
+            ROOT / "generate.py", out / "final", "--prompt", "ROMEO:", "--max-new-tokens", "4", cwd=tmp_path
+        ),
     }
     for name, console in consoles.items():
         for noise in NOISE:

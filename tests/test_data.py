@@ -16,10 +16,10 @@ import datasets
 import pytest
 from conftest import CORPUS, ROOT, TOKENIZER
 
-import corpus
 import data
-from base import RecipeError
-from config import DataConfig, load_config
+from recipe import corpus
+from recipe.cli import RecipeError
+from recipe.config import DataConfig, load_config
 
 
 def config(tmp_path, **kw) -> DataConfig:
@@ -260,7 +260,12 @@ BAD_CORPORA = {
     "missing": ("corpus.txt", lambda p: None, "data file not found", None),
     "empty": ("corpus.txt", lambda p: p.write_text(""), "data file is empty", None),
     "blank": ("corpus.txt", lambda p: p.write_text("\n\n  \n"), "the corpus '", None),  # '<path>' holds no text
-    "too short": ("corpus.txt", lambda p: p.write_text("Only a few words."), "the corpus has 6 tokens, fewer than", None),
+    "too short": (
+        "corpus.txt",
+        lambda p: p.write_text("Only a few words."),
+        "the corpus has 6 tokens, fewer than",
+        None,
+    ),
     "binary": ("weights.bin", lambda p: p.write_bytes(bytes(range(256)) * 40), "data file is binary, not text", None),
     "utf-16": ("corpus.txt", lambda p: p.write_text(TEXT[:5000], encoding="utf-16"), "data file is UTF-16", None),
     "latin-1 at the start": (
@@ -275,14 +280,49 @@ BAD_CORPORA = {
         "data file is not UTF-8 text",
         "line 757",
     ),
-    "malformed json line": ("docs.jsonl", with_line(58, '{"text": "cut off'), "data file has a line that is not JSON", "line 58"),
-    "json line not an object": ("docs.jsonl", with_line(71, "[1, 2]"), "data file has a line that is not a JSON object", "line 71"),
-    "integers in json": ("docs.jsonl", lambda p: jsonl(p, [{"text": i} for i in range(50)]), "data file has non-text values in column 'text' (int)", "line 1"),
-    "one integer in json": ("docs.jsonl", with_line(71, '{"text": 5}'), "data file has non-text values in column 'text' (int)", "line 71"),
-    "lists in json": ("docs.jsonl", lambda p: jsonl(p, [{"text": ["a", "b"]}] * 50), "data file has non-text values in column 'text' (list)", "line 1"),
-    "integers in parquet": ("docs.parquet", lambda p: parquet(p, list(range(50))), "data file has non-text values in column 'text' (int64)", None),
-    "not parquet": ("docs.parquet", lambda p: p.write_bytes(b"PAR1" + bytes(range(256)) * 4), "data file is not a Parquet file", None),
-}  # fmt: skip
+    "malformed json line": (
+        "docs.jsonl",
+        with_line(58, '{"text": "cut off'),
+        "data file has a line that is not JSON",
+        "line 58",
+    ),
+    "json line not an object": (
+        "docs.jsonl",
+        with_line(71, "[1, 2]"),
+        "data file has a line that is not a JSON object",
+        "line 71",
+    ),
+    "integers in json": (
+        "docs.jsonl",
+        lambda p: jsonl(p, [{"text": i} for i in range(50)]),
+        "data file has non-text values in column 'text' (int)",
+        "line 1",
+    ),
+    "one integer in json": (
+        "docs.jsonl",
+        with_line(71, '{"text": 5}'),
+        "data file has non-text values in column 'text' (int)",
+        "line 71",
+    ),
+    "lists in json": (
+        "docs.jsonl",
+        lambda p: jsonl(p, [{"text": ["a", "b"]}] * 50),
+        "data file has non-text values in column 'text' (list)",
+        "line 1",
+    ),
+    "integers in parquet": (
+        "docs.parquet",
+        lambda p: parquet(p, list(range(50))),
+        "data file has non-text values in column 'text' (int64)",
+        None,
+    ),
+    "not parquet": (
+        "docs.parquet",
+        lambda p: p.write_bytes(b"PAR1" + bytes(range(256)) * 4),
+        "data file is not a Parquet file",
+        None,
+    ),
+}
 
 
 @pytest.mark.parametrize("name", BAD_CORPORA)
@@ -320,8 +360,8 @@ def test_document_aware_collator_restarts_positions_and_keeps_documents_apart(to
     from conftest import TINY_MODEL
     from transformers import AutoModelForCausalLM
 
-    from config import load_config
-    from model import build_llama_config
+    from recipe.config import load_config
+    from recipe.model import build_llama_config
 
     eos = tokenizer.eos_token_id
     collate = data.DocumentAwareCollator(eos)
@@ -396,9 +436,14 @@ sys.exit(data.main(sys.argv[1:]))
     ]
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
     process = subprocess.Popen(
-        [sys.executable, "-c", script, *overrides], cwd=ROOT, env=env, text=True, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [sys.executable, "-c", script, *overrides],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not started.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -434,8 +479,15 @@ def test_a_csv_is_read_by_its_text_column_and_skipped_files_are_named(tmp_path, 
     source = corpus.find_corpus(str(folder))
     assert source.builder == "csv" and [Path(f).name for f in source.files] == ["notes.csv"]
     assert "skips 2 file(s)" in capsys.readouterr().out
-    cfg = load_config(None, [f"data.path={folder}", "data.text_column=content", "data.block_size=16",
-                             f"data.cache_dir={tmp_path / 'cache'}"]).data  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"data.path={folder}",
+            "data.text_column=content",
+            "data.block_size=16",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    ).data
     splits, stats = data.prepare_datasets(cfg, tokenizer)
     assert stats.documents == 400  # rows, not lines of text with their commas
     first = tokenizer.decode(splits["train"][0]["input_ids"] + splits["validation"][0]["input_ids"])

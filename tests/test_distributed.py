@@ -19,8 +19,17 @@ pytestmark = pytest.mark.slow
 
 
 def torchrun_command(nproc: int, *args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--standalone", str(ROOT / "train.py"), "--no-prompt", *args]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        str(ROOT / "train.py"),
+        "--no-prompt",
+        *args,
+    ]
 
 
 def torchrun(nproc: int, *args, cwd):
@@ -64,7 +73,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, cache_
     and write one complete checkpoint, and nothing hangs."""
     import psutil
 
-    from run_folder import checkpoint_step
+    from recipe.run_folder import checkpoint_step
 
     out = tmp_path / "run"
     never = dict(max_steps=100000, save_steps=100000, eval_steps=100000, per_device_train_batch_size=2)

@@ -20,7 +20,7 @@ import yaml
 from conftest import ROOT
 
 import eval
-from run_folder import newest_model, write_atomically
+from recipe.run_folder import newest_model, write_atomically
 
 EVAL_DATA = ROOT / "assets" / "eval"
 OFFLINE_METRICS = {
@@ -82,7 +82,11 @@ def test_a_model_folder_is_used_as_it_is_and_a_hub_id_is_left_to_the_hub(tmp_pat
     folder = fake_model(tmp_path / "exported")
     assert eval.resolve_model(str(folder))[1] == folder
     monkeypatch.setattr(eval, "hub_is_reachable", lambda timeout=3.0: True)
-    assert eval.resolve_model("HuggingFaceTB/SmolLM2-135M") == ("HuggingFaceTB/SmolLM2-135M", None, "HuggingFaceTB/SmolLM2-135M")
+    assert eval.resolve_model("HuggingFaceTB/SmolLM2-135M") == (
+        "HuggingFaceTB/SmolLM2-135M",
+        None,
+        "HuggingFaceTB/SmolLM2-135M",
+    )
 
 
 def test_block_size_comes_from_the_model_folder_or_the_run_folder_above_it(tmp_path):
@@ -242,18 +246,32 @@ def test_lm_eval_output_becomes_one_entry_per_task_and_group():
     """The shape simple_evaluate returns (lm-eval 0.4.13), for a group of one task."""
     output = {
         "results": {
-            "tinyshakespeare_nextline": {"alias": "x", "acc,none": 0.5, "acc_stderr,none": 0.1, "acc_norm,none": 0.25,
-                                         "acc_norm_stderr,none": "N/A"},
+            "tinyshakespeare_nextline": {
+                "alias": "x",
+                "acc,none": 0.5,
+                "acc_stderr,none": 0.1,
+                "acc_norm,none": 0.25,
+                "acc_norm_stderr,none": "N/A",
+            },
             "shakes": {"alias": "shakes", "acc,none": 0.5, "acc_stderr,none": 0.1, "sample_count": {"acc,none": 4}},
         },
         "group_subtasks": {"shakes": ["tinyshakespeare_nextline"]},
-        "configs": {"tinyshakespeare_nextline": {"dataset_path": "json", "test_split": "test", "metadata": {
-            "dataset_type": "tinyshakespeare", "dataset_config": "nextline", "dataset_name": "tiny Shakespeare"}}},
+        "configs": {
+            "tinyshakespeare_nextline": {
+                "dataset_path": "json",
+                "test_split": "test",
+                "metadata": {
+                    "dataset_type": "tinyshakespeare",
+                    "dataset_config": "nextline",
+                    "dataset_name": "tiny Shakespeare",
+                },
+            }
+        },
         "versions": {"tinyshakespeare_nextline": 1.0, "shakes": 1.0},
         "n-shot": {"tinyshakespeare_nextline": 0},
         "higher_is_better": {"tinyshakespeare_nextline": {"acc": True, "acc_norm": True}, "shakes": {"acc": True}},
         "n-samples": {"tinyshakespeare_nextline": {"original": 500, "effective": 4}},
-    }  # fmt: skip
+    }
     task, group = eval.task_results(output, {"limit": 4})
     assert task["dataset"] == {
         "type": "tinyshakespeare",

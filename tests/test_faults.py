@@ -13,15 +13,20 @@ import torch
 from conftest import ROOT, StopAt, tiny_overrides
 
 import train
-from run_folder import RunFolder, checkpoint_step
-from trainer import RecipeTrainer
+from recipe.run_folder import RunFolder, checkpoint_step
+from recipe.trainer import RecipeTrainer
 
 pytestmark = pytest.mark.slow
 
 
 def start(overrides, cwd):
-    return subprocess.Popen([sys.executable, "-u", str(ROOT / "train.py"), "--no-prompt", *overrides], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-u", str(ROOT / "train.py"), "--no-prompt", *overrides],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_two_runs_started_together_into_one_folder(tmp_path, cache_dir):
@@ -105,7 +110,9 @@ def test_resume_with_a_doubled_batch_trains_every_block_exactly_once(tmp_path, c
     settings = dict(save_steps=100, eval_steps=100, per_device_train_batch_size=4)
     straight_dir, out = tmp_path / "straight", tmp_path / "run"
     straight = RecordBlocks(monkeypatch)
-    assert train.main(tiny_overrides(straight_dir, cache_dir, max_steps=8, **settings) + ["samples.every_n_steps=0"]) == 0
+    assert (
+        train.main(tiny_overrides(straight_dir, cache_dir, max_steps=8, **settings) + ["samples.every_n_steps=0"]) == 0
+    )
     expected = list(straight.seen)
     resumed = RecordBlocks(monkeypatch)
     overrides = tiny_overrides(out, cache_dir, max_steps=6, **settings) + ["samples.every_n_steps=0"]
@@ -124,6 +131,8 @@ def test_a_changed_block_size_on_resume_stops_in_one_line(tiny_run, tmp_path, ca
     changed = [o.replace("data.block_size=64", "data.block_size=32") for o in overrides]
     assert train.main(["--resume", *changed]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: --resume: the config differs from checkpoint-4's: data.block_size 64 -> 32; resume with "
-                   "the same settings, or pass --resume-changed if you mean it"]  # fmt: skip
+    assert err == [
+        "error: --resume: the config differs from checkpoint-4's: data.block_size 64 -> 32; resume with "
+        "the same settings, or pass --resume-changed if you mean it"
+    ]
     assert sorted(p.name for p in out.iterdir()) == before

@@ -15,9 +15,9 @@ import torch
 from conftest import ROOT
 
 import generate
-import run_folder
-from base import RecipeError
-from sampling import SamplingSettings
+from recipe import run_folder
+from recipe.cli import RecipeError
+from recipe.sampling import SamplingSettings
 
 CONTEXT = 64  # the small model's max_position_embeddings, so that a long prompt is short to write
 
@@ -28,10 +28,17 @@ def small_run(tmp_path_factory, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=CONTEXT,
-        bos_token_id=0, eos_token_id=0, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=CONTEXT,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("small") / "shakespeare"
     LlamaForCausalLM(config).save_pretrained(run / "final")
@@ -123,8 +130,10 @@ def test_bad_folder_or_prompt_is_one_line(folder, flags, first_words, small_run,
 def test_the_script_itself_prints_one_line_and_exits_2(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "generate.py"), str(tmp_path), "--max-new-tokens", "0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr == "error: --max-new-tokens must be at least 1 (got 0); pass e.g. --max-new-tokens 100\n"
 
@@ -146,14 +155,23 @@ def test_text_past_the_trained_blocks_is_noted_in_one_line(small_run, tmp_path, 
     prompt_tokens = len(loaded.tokenizer("ROMEO:")["input_ids"])
     assert loaded.block_size == 16 and prompt_tokens < 12
     for new_tokens in (16 - prompt_tokens, 20):
-        assert generate.main([str(final), "--prompt", "ROMEO:", "--max-new-tokens", str(new_tokens), "--seed", "1"]) == 0
+        assert (
+            generate.main([str(final), "--prompt", "ROMEO:", "--max-new-tokens", str(new_tokens), "--seed", "1"]) == 0
+        )
         printed = capsys.readouterr()
         assert printed.out.startswith("ROMEO:")
-        expected = [] if new_tokens + prompt_tokens <= 16 else [
-            f"note: the prompt and max new tokens make {prompt_tokens + 20} tokens, past the 16-token blocks this "
-            "model was trained on; the text after that is usually worse"]  # fmt: skip
+        expected = (
+            []
+            if new_tokens + prompt_tokens <= 16
+            else [
+                f"note: the prompt and max new tokens make {prompt_tokens + 20} tokens, past the 16-token blocks this "
+                "model was trained on; the text after that is usually worse"
+            ]
+        )
         assert printed.err.splitlines() == expected
-    assert "make 17 tokens" in generate.past_training_note(loaded, "", SamplingSettings(max_new_tokens=16))  # + separator
+    assert "make 17 tokens" in generate.past_training_note(
+        loaded, "", SamplingSettings(max_new_tokens=16)
+    )  # + separator
 
 
 # --- the newest run ------------------------------------------------------------------------------
@@ -286,9 +304,14 @@ def test_a_hub_id_offline_fails_in_seconds_in_one_line(script, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://hub.invalid"}  # a name no resolver answers
     started = time.monotonic()
-    args = ["someone/not-a-model", "--prompt", "hi"] if script == "generate.py" else ["someone/not-a-model", "--port", "7999"]
-    result = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=120,
-                            env=env, cwd=tmp_path)  # fmt: skip
+    args = (
+        ["someone/not-a-model", "--prompt", "hi"]
+        if script == "generate.py"
+        else ["someone/not-a-model", "--port", "7999"]
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
     assert time.monotonic() - started < 10
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
@@ -298,10 +321,16 @@ def test_a_hub_id_offline_fails_in_seconds_in_one_line(script, tmp_path):
 
 
 def test_a_prompt_that_is_not_utf8_is_one_line(small_run, capsys, tmp_path):
-    assert_one_error_line(*run_main([str(small_run / "final"), "--prompt", "caf\udce9"], capsys),
-                          "--prompt is not UTF-8 text (byte 0xe9 at character 4")  # fmt: skip
-    result = subprocess.run([sys.executable, str(ROOT / "generate.py"), str(small_run / "final")],
-                            input=b"caf\xe9 au lait\n", capture_output=True, timeout=120)  # fmt: skip
+    assert_one_error_line(
+        *run_main([str(small_run / "final"), "--prompt", "caf\udce9"], capsys),
+        "--prompt is not UTF-8 text (byte 0xe9 at character 4",
+    )
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "generate.py"), str(small_run / "final")],
+        input=b"caf\xe9 au lait\n",
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stdout == b""
     assert result.stderr.decode().splitlines() == [
         "error: the prompt on stdin is not UTF-8 text (byte 0xe9 at character 4); pass UTF-8 text "

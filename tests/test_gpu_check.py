@@ -25,14 +25,23 @@ PROMPTS = ("ROMEO:", "First Citizen:", "To be, or not to be")
 def rehearse(tmp_path: Path, *args: str, python: str = sys.executable, **env_vars: str):
     """Run the rehearsal offline into tmp_path/out (the data cache and the runs in tmp_path/work)."""
     env = {k: v for k, v in os.environ.items() if k != "OUT" and not k.startswith("GPU_CHECK_")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", HF_HOME=str(tmp_path / "hf"),
-               PYTHON=python, **env_vars)  # fmt: skip
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="disabled",
+        HF_HOME=str(tmp_path / "hf"),
+        PYTHON=python,
+        **env_vars,
+    )
     out, work = tmp_path / "out", tmp_path / "work"
     start = time.monotonic()
     proc = subprocess.run(
         ["bash", str(SCRIPT), "--cpu-rehearsal", "--out", str(out), "--work", str(work), *args],
-        env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     seconds = time.monotonic() - start
     summary = (out / "summary.md").read_text() if (out / "summary.md").is_file() else ""
     return proc, out, summary, seconds
@@ -64,8 +73,16 @@ def rehearsal(tmp_path_factory):
 def test_every_phase_runs_and_passes_its_checks(rehearsal):
     _, summary, _ = rehearsal
     rows = phase_rows(summary)
-    for phase in ("setup", "defaults", "baseline", "seeds", "resume", "switch: compile off",
-                  "switch: activation checkpointing on", "switch: transformers' sdpa with masks"):  # fmt: skip
+    for phase in (
+        "setup",
+        "defaults",
+        "baseline",
+        "seeds",
+        "resume",
+        "switch: compile off",
+        "switch: activation checkpointing on",
+        "switch: transformers' sdpa with masks",
+    ):
         assert phase in rows, f"{phase} missing from the table of phases:\n{summary}"
         status, wall = rows[phase]
         assert status == "ok" and float(wall) > 0, (phase, status, wall)
@@ -122,9 +139,11 @@ def test_the_seeds_run_reports_losses_samples_and_the_extra_steps(rehearsal):
 def test_the_switch_table_has_a_measured_row_per_switch(rehearsal):
     out, _, _ = rehearsal
     table = (out / "switches.md").read_text()
-    for label, override in (("compile off", "training.torch_compile=false"),
-                            ("activation checkpointing on", "training.activation_checkpointing=true"),
-                            ("transformers' sdpa with masks", "data.document_aware=true")):  # fmt: skip
+    for label, override in (
+        ("compile off", "training.torch_compile=false"),
+        ("activation checkpointing on", "training.activation_checkpointing=true"),
+        ("transformers' sdpa with masks", "data.document_aware=true"),
+    ):
         assert re.search(
             rf"^\| {re.escape(label)} \| `{re.escape(override)}` \([^)]*\) \| [\d,]+ \| .* \| ok \|$", table, re.M
         ), label

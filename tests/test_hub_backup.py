@@ -17,13 +17,19 @@ from hub_stub import HubStub
 from transformers import Trainer, TrainerCallback
 
 import train
-from trainer import RecipeTrainer
+from recipe.trainer import RecipeTrainer
 
 BACKUP = ["training.push_to_hub=true", "training.hub_model_id=me/run", "training.hub_strategy=checkpoint"]
-CHECKPOINT_FILES = {"checksums.json", "run.json", "recipe_config.yaml", "trainer_state.json", "model.safetensors",
-                    "optimizer.pt", "scheduler.pt", "rng_state.pth"}  # fmt: skip
-
-
+CHECKPOINT_FILES = {
+    "checksums.json",
+    "run.json",
+    "recipe_config.yaml",
+    "trainer_state.json",
+    "model.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+}
 
 
 def hub_files(stub: HubStub, repo: str = "me/run") -> dict[str, bytes]:
@@ -50,12 +56,32 @@ def hub_step(stub: HubStub) -> int | None:
         (BACKUP, {"offline": True}, "training.push_to_hub: the Hub (http://127.0.0.1:"),
         ([*BACKUP, "training.hub_token=hf_x"], {}, "training.hub_token would be uploaded in each checkpoint's config"),
         (["--resume", "hub"], {}, "--resume hub needs training.hub_model_id=user/name"),
-        (["--resume", "hub", "training.hub_model_id=me/run"], {"HF_TOKEN": None}, "--resume hub: no Hugging Face token"),
+        (
+            ["--resume", "hub", "training.hub_model_id=me/run"],
+            {"HF_TOKEN": None},
+            "--resume hub: no Hugging Face token",
+        ),
         (["--resume", "hub", "training.hub_model_id=me/missing"], {}, "--resume hub: no repo me/missing on the Hub"),
-        (["--resume", "hub", "training.hub_model_id=me/empty"], {}, "--resume hub: me/empty has no complete last-checkpoint/"),
+        (
+            ["--resume", "hub", "training.hub_model_id=me/empty"],
+            {},
+            "--resume hub: me/empty has no complete last-checkpoint/",
+        ),
     ],
-    ids=["no-repo-id", "no-user", "three-parts", "no-token", "wrong-token", "refused", "unreachable", "token-in-config",
-         "resume-no-repo-id", "resume-no-token", "resume-missing-repo", "resume-no-checkpoint"],  # fmt: skip
+    ids=[
+        "no-repo-id",
+        "no-user",
+        "three-parts",
+        "no-token",
+        "wrong-token",
+        "refused",
+        "unreachable",
+        "token-in-config",
+        "resume-no-repo-id",
+        "resume-no-token",
+        "resume-missing-repo",
+        "resume-no-checkpoint",
+    ],
 )
 def test_a_hub_mistake_is_one_line_before_the_data_work(hub, tmp_path, monkeypatch, capsys, flags, env, expected):
     for key, value in env.items():
@@ -110,12 +136,15 @@ class WaitForBackup(TrainerCallback):
 
 def losses(out) -> list[tuple[int, float]]:
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
-    return [(h["step"], h["loss"]) for h in history if "loss" in h] + [(h["step"], h["eval_loss"]) for h in history
-                                                                         if "eval_loss" in h]  # fmt: skip
+    return [(h["step"], h["loss"]) for h in history if "loss" in h] + [
+        (h["step"], h["eval_loss"]) for h in history if "eval_loss" in h
+    ]
 
 
 def md5s(folder) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 SETTINGS = dict(max_steps=12, save_steps=3, eval_steps=6, bf16="false")  # fp32: the same losses to the bit
@@ -131,16 +160,21 @@ def straight_and_died(hub, tmp_path, cache_dir) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_a_run_backed_up_to_the_hub_resumes_from_it_exactly_in_a_new_folder_or_its_own(hub, tmp_path, cache_dir,
-                                                                                        capsys, monkeypatch):  # fmt: skip
+def test_a_run_backed_up_to_the_hub_resumes_from_it_exactly_in_a_new_folder_or_its_own(
+    hub, tmp_path, cache_dir, capsys, monkeypatch
+):
     pushed_whole = []  # the Trainer pushes a checkpoint inside its save, before on_save writes the recipe's files
     push = Trainer._push_from_checkpoint
-    monkeypatch.setattr(Trainer, "_push_from_checkpoint",
-                        lambda self, folder: pushed_whole.append((Path(folder) / "checksums.json").is_file()) or push(self, folder))  # fmt: skip
+    monkeypatch.setattr(
+        Trainer,
+        "_push_from_checkpoint",
+        lambda self, folder: pushed_whole.append((Path(folder) / "checksums.json").is_file()) or push(self, folder),
+    )
     settings = SETTINGS
     straight, died = straight_and_died(hub, tmp_path, cache_dir)
-    assert [m for r, m in hub.commits if m.endswith("checkpoint")] == [f"Training in progress, step {s}, checkpoint"
-                                                                      for s in (3, 6)]  # fmt: skip
+    assert [m for r, m in hub.commits if m.endswith("checkpoint")] == [
+        f"Training in progress, step {s}, checkpoint" for s in (3, 6)
+    ]
     assert pushed_whole == [True, True]  # RecipeTrainer pushes each checkpoint once its checksums complete it
     backed_up = {p.split("/", 1)[1]: data for p, data in hub_files(hub).items() if p.startswith("last-checkpoint/")}
     assert CHECKPOINT_FILES <= set(backed_up)
@@ -151,8 +185,13 @@ def test_a_run_backed_up_to_the_hub_resumes_from_it_exactly_in_a_new_folder_or_i
 
     # another machine: a new, empty folder (under a runs/ that does not exist yet) resumes from the Hub
     fresh = tmp_path / "elsewhere" / "runs" / "run"
-    assert train.main(["--resume", "hub", *tiny_overrides(fresh, cache_dir, **settings), *BACKUP],
-                      extra_callbacks=[WaitForBackup(hub)]) == 0  # fmt: skip
+    assert (
+        train.main(
+            ["--resume", "hub", *tiny_overrides(fresh, cache_dir, **settings), *BACKUP],
+            extra_callbacks=[WaitForBackup(hub)],
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"resume: the Hub's last-checkpoint is now {fresh / 'checkpoint-6'}" in out
     assert "resuming from checkpoint-6 (step 6): continuing the main phase to step 12" in out
@@ -160,15 +199,20 @@ def test_a_run_backed_up_to_the_hub_resumes_from_it_exactly_in_a_new_folder_or_i
     assert losses(fresh)[6:] and losses(fresh) == losses(straight)  # every loss, to the last bit (fp32)
     record = json.loads((fresh / "final" / "run.json").read_text())
     assert record["run_id"] == run_id and record["forked_from"] is None  # the same run, continued
-    assert [m for r, m in hub.commits][-3:] == ["Training in progress, step 12", "Training in progress, step 12, checkpoint",
-                                              "End of training: the final model and its card (smollm2-recipe)"]  # fmt: skip
+    assert [m for r, m in hub.commits][-3:] == [
+        "Training in progress, step 12",
+        "Training in progress, step 12, checkpoint",
+        "End of training: the final model and its card (smollm2-recipe)",
+    ]
 
     # the card at the top of the repo is the recipe's, with the final model beside it
     files = hub_files(hub)
     card = files["README.md"].decode()
     assert "- smollm2-recipe" in card and "## Training phases" in card and "| main | 1–12 | 12 |" in card
     assert "More information needed" not in card and "This model was trained from scratch on an unknown" not in card
-    assert "loss_curve.png" in files and files["model.safetensors"] == (fresh / "final" / "model.safetensors").read_bytes()
+    assert (
+        "loss_curve.png" in files and files["model.safetensors"] == (fresh / "final" / "model.safetensors").read_bytes()
+    )
     assert hub_step(hub) == 12
 
     # another run's folder is refused, untouched; the run's own folder takes the checkpoint back and goes on exactly
@@ -190,11 +234,24 @@ def test_two_processes_resume_from_the_hub_moving_it_in_once(hub, tmp_path, cach
     straight, _ = straight_and_died(hub, tmp_path, cache_dir)
     fresh = tmp_path / "two" / "run"
     overrides = [*tiny_overrides(fresh, cache_dir, **{**SETTINGS, "per_device_train_batch_size": 2}), *BACKUP]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-               str(ROOT / "train.py"), "--no-prompt", "--resume", "hub", *overrides]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(ROOT / "train.py"),
+        "--no-prompt",
+        "--resume",
+        "hub",
+        *overrides,
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
-    assert result.returncode == 0, "\n".join(errors) or result.stderr[-3000:]  # torchrun's traceback hides the error line
+    assert result.returncode == 0, (
+        "\n".join(errors) or result.stderr[-3000:]
+    )  # torchrun's traceback hides the error line
     assert result.stdout.count("resume: the Hub's last-checkpoint is now") == 1
     assert "batch: 2 processes x 2 sequences" in result.stdout and not list(fresh.parent.glob(".*hub-download"))
     expected, got = losses(straight), losses(fresh)

@@ -10,9 +10,9 @@ import sys
 import pytest
 from conftest import ROOT, tiny_overrides
 
-import arguments
 import train
-from config import load_config
+from recipe import arguments
+from recipe.config import load_config
 
 INSTALL = {
     "trackio": "pip install -r requirements-trackio.txt",
@@ -56,10 +56,18 @@ def test_trackio_project_is_the_recipe_s_and_stays_local_unless_the_config_says_
 @pytest.mark.slow
 def test_a_short_run_logs_to_trackio_offline(tmp_path, cache_dir):
     """In a process of its own: trackio reads TRACKIO_DIR when it is imported."""
-    overrides = tiny_overrides(tmp_path / "run", cache_dir, max_steps=4, save_steps=2, eval_steps=2, report_to="trackio")
+    overrides = tiny_overrides(
+        tmp_path / "run", cache_dir, max_steps=4, save_steps=2, eval_steps=2, report_to="trackio"
+    )
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "trackio"), "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "* Trackio project initialized: smollm2-recipe" in run.stdout
     with sqlite3.connect(tmp_path / "trackio" / "smollm2-recipe.db") as db:

@@ -15,11 +15,11 @@ from test_resume import MAIN, checkpoint
 
 import data
 import push
-import resume
 import train
-from base import RecipeError
-from config import load_config
-from trainer import MixtureOrder, RecipeTrainer
+from recipe import resume
+from recipe.cli import RecipeError
+from recipe.config import load_config
+from recipe.trainer import MixedBlocks, MixtureOrder, RecipeTrainer
 
 
 @pytest.fixture(scope="session")
@@ -35,13 +35,21 @@ def corpora(tmp_path_factory) -> Path:
 
 
 def sources(folder: Path, books: float = 0.7, notes: float = 0.3, notes_path: Path | None = None) -> str:
-    return (f"data.sources=[{{path: {folder / 'books.txt'}, weight: {books}}}, "
-            f"{{path: {notes_path or folder / 'notes.jsonl'}, weight: {notes}, text_column: content}}]")  # fmt: skip
+    return (
+        f"data.sources=[{{path: {folder / 'books.txt'}, weight: {books}}}, "
+        f"{{path: {notes_path or folder / 'notes.jsonl'}, weight: {notes}, text_column: content}}]"
+    )
 
 
 def mixture_overrides(folder: Path, cache: Path, *more: str) -> list[str]:
-    return [f"tokenizer={TOKENIZER}", "data.block_size=64", "data.max_validation_blocks=8", f"data.cache_dir={cache}",
-            sources(folder), *more]  # fmt: skip
+    return [
+        f"tokenizer={TOKENIZER}",
+        "data.block_size=64",
+        "data.max_validation_blocks=8",
+        f"data.cache_dir={cache}",
+        sources(folder),
+        *more,
+    ]
 
 
 def mixture_config(folder: Path, cache: Path, *more: str):
@@ -63,7 +71,9 @@ def test_sources_take_what_they_do_not_set_from_the_data_section(corpora, tmp_pa
     assert cfg.data.path is None  # ignored with sources, and recorded as null
     specs = cfg.data.specs()
     assert list(specs) == ["data.sources.books.path", "data.sources.notes.path"]
-    assert specs["data.sources.notes.path"].text_column == "content" and specs["data.sources.notes.path"].sources is None
+    assert (
+        specs["data.sources.notes.path"].text_column == "content" and specs["data.sources.notes.path"].sources is None
+    )
     assert list(load_config().data.specs()) == ["data.path"]  # one corpus: the simple case, as before
 
 
@@ -76,19 +86,31 @@ MISTAKES = [
     ("[{path: a.txt, weight: true}]", "data.sources.a.weight must be a number, 0 or more, got True"),
     ("[{weight: 1}]", "data.sources: a source has no 'path'"),
     ("[{path: a.txt}]", "data.sources: a source has no 'weight'"),
-    ("[{path: a.txt, weight: 1, wieght: 2}]", "unknown config key 'data.sources.wieght': did you mean 'data.sources.weight'?"),
-    ("[{path: a.txt, weight: 1, sample_by: word}]", "data.sources.sample_by: 'word' is not one of document, paragraph, line"),
+    (
+        "[{path: a.txt, weight: 1, wieght: 2}]",
+        "unknown config key 'data.sources.wieght': did you mean 'data.sources.weight'?",
+    ),
+    (
+        "[{path: a.txt, weight: 1, sample_by: word}]",
+        "data.sources.sample_by: 'word' is not one of document, paragraph, line",
+    ),
     ("[{path: x/a.txt, weight: 1}, {path: y/a.txt, weight: 1}]", "data.sources: two sources are named 'a'"),
     ("[{path: /nonexistent/a.txt, weight: 1}]", "data file not found: '/nonexistent/a.txt'; set data.sources.a.path"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("value, message", MISTAKES, ids=[m[0][:40] for m in MISTAKES])
 def test_a_bad_source_or_weight_is_one_line_exit_2_and_nothing_written(value, message, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "run"
-    argv = [*TINY_MODEL, f"tokenizer={TOKENIZER}", "data.block_size=64", f"training.output_dir={out}",
-            "training.report_to=wandb", f"data.sources={value}"]  # fmt: skip
+    argv = [
+        *TINY_MODEL,
+        f"tokenizer={TOKENIZER}",
+        "data.block_size=64",
+        f"training.output_dir={out}",
+        "training.report_to=wandb",
+        f"data.sources={value}",
+    ]
     assert train.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
@@ -107,17 +129,21 @@ def test_blocks_are_drawn_in_proportion_to_the_weights(corpora, tmp_path, tokeni
     cfg = mixture_config(corpora, tmp_path / "cache", sources(corpora, books=0.3, notes=0.7, notes_path=small))
     splits, stats = data.prepare_datasets(cfg.data, tokenizer, drawn=2000)
     train_set = splits["train"]
-    assert isinstance(train_set, data.MixedBlocks)
+    assert isinstance(train_set, MixedBlocks)
     own = {s["name"]: s for s in stats.sources}
     assert own["notes"]["share"] == pytest.approx(0.7) and own["notes"]["passes"] > 5 > own["books"]["passes"]
-    known = {name: blocks_of(data.prepare_datasets(spec, tokenizer)[0]["train"]) for name, spec in
-             zip(["books", "notes"], cfg.data.specs().values(), strict=True)}  # fmt: skip
+    known = {
+        name: blocks_of(data.prepare_datasets(spec, tokenizer)[0]["train"])
+        for name, spec in zip(["books", "notes"], cfg.data.specs().values(), strict=True)
+    }
     order = iter(MixtureOrder(train_set.sizes, train_set.weights, seed=42))
     drawn = [tuple(train_set[next(order)]["input_ids"]) for _ in range(2000)]
     source_of = {block: name for name, blocks in known.items() for block in blocks}
     counts = Counter(source_of.get(block, "?") for block in drawn)
     assert counts["?"] == 0
-    assert counts["books"] / 2000 == pytest.approx(0.3, abs=0.03) and counts["notes"] / 2000 == pytest.approx(0.7, abs=0.03)
+    assert counts["books"] / 2000 == pytest.approx(0.3, abs=0.03) and counts["notes"] / 2000 == pytest.approx(
+        0.7, abs=0.03
+    )
     notes = [block for block in drawn if source_of[block] == "notes"]
     n = len(known["notes"])
     assert set(notes[:n]) == known["notes"] and notes[n : 2 * n] != notes[:n]  # a whole pass, then a new order
@@ -133,7 +159,9 @@ def test_the_mixture_order_is_a_function_of_the_sample_index():
     weights = np.array([0.2, 0.5, 0.3])
     whole = list(islice(MixtureOrder([7, 50, 1000], weights, seed=3), 5000))
     for start in (1, 999, 1000, 1001, 3456):
-        assert list(islice(MixtureOrder([7, 50, 1000], weights, seed=3, start=start), 500)) == whole[start : start + 500]
+        assert (
+            list(islice(MixtureOrder([7, 50, 1000], weights, seed=3, start=start), 500)) == whole[start : start + 500]
+        )
     assert list(islice(MixtureOrder([7, 50, 1000], weights, seed=4), 5000)) != whole
     assert max(whole) < 1057 and min(whole) >= 0
 
@@ -141,7 +169,9 @@ def test_the_mixture_order_is_a_function_of_the_sample_index():
 def test_each_source_is_cached_by_its_own_fingerprint(corpora, tmp_path, tokenizer, capsys):
     """Adding a source to a mixture tokenizes only the new one; a source alone and in a mixture share a cache."""
     cache = tmp_path / "cache"
-    alone = load_config(None, [*mixture_overrides(corpora, cache), "data.sources=null", f"data.path={corpora / 'books.txt'}"])
+    alone = load_config(
+        None, [*mixture_overrides(corpora, cache), "data.sources=null", f"data.path={corpora / 'books.txt'}"]
+    )
     _, first = data.prepare_datasets(alone.data, tokenizer)
     assert not first.from_cache
     _, mixed = data.prepare_datasets(mixture_config(corpora, cache).data, tokenizer)
@@ -152,8 +182,15 @@ def test_each_source_is_cached_by_its_own_fingerprint(corpora, tmp_path, tokeniz
 
 
 def test_data_py_prints_a_line_per_source(corpora, tmp_path, capsys):
-    argv = [f"tokenizer={TOKENIZER}", "data.block_size=64", f"data.cache_dir={tmp_path}", sources(corpora),
-            "training.max_steps=100", "training.per_device_train_batch_size=4", "training.gradient_accumulation_steps=1"]
+    argv = [
+        f"tokenizer={TOKENIZER}",
+        "data.block_size=64",
+        f"data.cache_dir={tmp_path}",
+        sources(corpora),
+        "training.max_steps=100",
+        "training.per_device_train_batch_size=4",
+        "training.gradient_accumulation_steps=1",
+    ]
     assert data.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "data: 2 sources, mixed by blocks; the run draws 400 blocks"
@@ -171,8 +208,11 @@ def test_resume_names_the_source_that_changed(corpora, tmp_path, capsys):
     prints = {"tokenizer": "t", "data.sources.books.path": "b-1", "data.sources.notes.path": "n-1"}
     plan = resume.ResumePlan(checkpoint(tmp_path, 4, overrides=mixture_overrides(corpora, tmp_path)), 4, [MAIN], prints)
     resume.check_what_changed(plan, cfg, prints, allow_changes=False)  # nothing changed
-    with pytest.raises(RecipeError, match=r"differs from checkpoint-4's: corpus files of data.sources.notes changed "
-                       r"\(same name, other contents\); resume"):  # fmt: skip
+    with pytest.raises(
+        RecipeError,
+        match=r"differs from checkpoint-4's: corpus files of data.sources.notes changed "
+        r"\(same name, other contents\); resume",
+    ):
         resume.check_what_changed(plan, cfg, {**prints, "data.sources.notes.path": "n-2"}, allow_changes=False)
     moved = mixture_config(corpora, tmp_path, sources(corpora, notes_path=tmp_path / "elsewhere" / "notes.jsonl"))
     resume.check_what_changed(plan, moved, prints, allow_changes=False)  # the same contents: said in one line
@@ -183,7 +223,7 @@ def test_resume_names_the_source_that_changed(corpora, tmp_path, capsys):
 
 
 def test_a_streamed_mixture_resumes_exactly_where_a_position_stood(corpora, tmp_path, tokenizer):
-    import streaming
+    from recipe import streaming
 
     cfg = mixture_config(corpora, tmp_path, "data.streaming=true", "data.sample_by=paragraph")
     splits, stats = data.prepare_datasets(cfg.data, tokenizer)
@@ -197,8 +237,9 @@ def test_a_streamed_mixture_resumes_exactly_where_a_position_stood(corpora, tmp_
         again["train"].resume_at = json.loads(json.dumps(straight[at - 1]["stream_position"]))  # as saved
         resumed = iter(again["train"])
         assert all((next(resumed)["input_ids"] == s["input_ids"]).all() for s in straight[at : at + 100])
-    heads = Counter(int(any((s["input_ids"] == v).all() for v in splits["validation"]["books"]["input_ids"]))
-                    for s in straight[:50])  # fmt: skip
+    heads = Counter(
+        int(any((s["input_ids"] == v).all() for v in splits["validation"]["books"]["input_ids"])) for s in straight[:50]
+    )
     assert heads[1] == 0  # the held-out blocks are not trained on
 
 
@@ -247,7 +288,9 @@ def test_a_mixture_trains_evaluates_each_source_resumes_exactly_and_shows_in_the
     assert at_6["eval_loss"] <= max(at_6["eval_books_loss"], at_6["eval_notes_loss"])
     record = json.loads((straight / "final" / "run.json").read_text())
     assert [(s["name"], s["corpus"], s["weight"]) for s in record["sources"]] == [
-        ("books", ["books.txt"], 0.7), ("notes", ["notes.jsonl"], 0.3)]  # fmt: skip
+        ("books", ["books.txt"], 0.7),
+        ("notes", ["notes.jsonl"], 0.3),
+    ]
     assert str(corpora) not in json.dumps(record)  # file names, never local paths
 
     # interrupted at step 6 and resumed: the same losses, exactly
@@ -268,8 +311,10 @@ def test_a_mixture_trains_evaluates_each_source_resumes_exactly_and_shows_in_the
 
     # the card
     card_dir = tmp_path / "card"
-    assert push.main(["--checkpoint", str(straight / "final"), "--repo-id", "me/mix", "--dry-run", "--out",
-                      str(card_dir)]) == 0  # fmt: skip
+    assert (
+        push.main(["--checkpoint", str(straight / "final"), "--repo-id", "me/mix", "--dry-run", "--out", str(card_dir)])
+        == 0
+    )
     card = (card_dir / "README.md").read_text()
     table = card.split("## Training data\n", 1)[1].split("\n## ", 1)[0]
     assert "| books | `books.txt` | 1 | " in table and "| 0.7 | 70.0% |" in table
@@ -280,12 +325,19 @@ def test_a_mixture_trains_evaluates_each_source_resumes_exactly_and_shows_in_the
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-the-main-process", "in-a-dataloader-worker"])
 def test_a_streamed_mixture_trains_and_resumes_exactly(corpora, tmp_path, cache_dir, capsys, workers):
     settings = dict(max_steps=10, save_steps=100, eval_steps=5, bf16="false", dataloader_num_workers=workers)
-    mix = [sources(corpora), "data.streaming=true", "data.sample_by=paragraph", "data.max_validation_blocks=3",
-           "samples.every_n_steps=0"]  # fmt: skip
+    mix = [
+        sources(corpora),
+        "data.streaming=true",
+        "data.sample_by=paragraph",
+        "data.max_validation_blocks=3",
+        "samples.every_n_steps=0",
+    ]
     straight = tmp_path / "straight"
     assert train.main(tiny_overrides(straight, cache_dir, **settings) + mix) == 0
-    assert any("eval_books_loss" in h and "eval_notes_loss" in h for h in [
-        {k: v for h in history(straight) if h["step"] == 5 for k, v in h.items()}])  # fmt: skip
+    assert any(
+        "eval_books_loss" in h and "eval_notes_loss" in h
+        for h in [{k: v for h in history(straight) if h["step"] == 5 for k, v in h.items()}]
+    )
     broken = tmp_path / "broken"
     overrides = tiny_overrides(broken, cache_dir, **settings) + mix
     assert train.main(overrides, extra_callbacks=[StopAt(5)]) == train.EXIT_INTERRUPTED
@@ -293,7 +345,9 @@ def test_a_streamed_mixture_trains_and_resumes_exactly(corpora, tmp_path, cache_
     assert position["block"] == 20 and len(position["sources"]) == 2
     capsys.readouterr()
     assert train.main(["--resume", *overrides]) == 0
-    assert "streaming: continuing at block 20 of the stream without reading what came before it" in capsys.readouterr().out
+    assert (
+        "streaming: continuing at block 20 of the stream without reading what came before it" in capsys.readouterr().out
+    )
     assert losses(broken) == losses(straight)
 
 
@@ -304,9 +358,17 @@ def test_two_processes_draw_the_mixture_as_one_does(corpora, tmp_path, cache_dir
     common = dict(max_steps=4, save_steps=100, eval_steps=2, bf16="false")
     mix = [sources(corpora), "samples.every_n_steps=0", "--no-prompt"]
     runs = {2: tmp_path / "2", 1: tmp_path / "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-               str(Path(train.__file__)), *tiny_overrides(runs[2], cache_dir, per_device_train_batch_size=2, **common),
-               *mix]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+        str(Path(train.__file__)),
+        *tiny_overrides(runs[2], cache_dir, per_device_train_batch_size=2, **common),
+        *mix,
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert train.main([*tiny_overrides(runs[1], cache_dir, per_device_train_batch_size=4, **common), *mix]) == 0

@@ -7,8 +7,8 @@ from conftest import ROOT
 from conftest import TINY_MODEL as TINY
 from transformers import AutoModelForCausalLM
 
-from config import load_config
-from model import CAUSAL_SDPA, build_llama_config, build_model, choose_attn_implementation, parameter_breakdown
+from recipe.config import load_config
+from recipe.model import CAUSAL_SDPA, build_llama_config, build_model, choose_attn_implementation, parameter_breakdown
 
 
 def build_on_meta(cfg):
@@ -74,7 +74,7 @@ def test_head_is_tied_and_config_matches_smollm2():
 
 
 def test_attention_says_what_it_loads_and_falls_back_to_sdpa_in_one_line(capsys, monkeypatch):
-    import model as modeling
+    from recipe import model as modeling
 
     def said():
         return capsys.readouterr().out.strip().splitlines()
@@ -95,12 +95,14 @@ def test_attention_says_what_it_loads_and_falls_back_to_sdpa_in_one_line(capsys,
     assert "needs the kernels package: pip install kernels" in said()[0]
     monkeypatch.setattr(modeling, "is_kernels_available", lambda: True)  # transformers' kernels fallback
     assert choose_attn_implementation("flash_attention_2") == "flash_attention_2"
-    assert said() == ["attention: flash_attention_2 from the Hub kernel kernels-community/flash-attn2 (flash-attn is "
-                      "not installed; the kernels package loads it)"]  # fmt: skip
+    assert said() == [
+        "attention: flash_attention_2 from the Hub kernel kernels-community/flash-attn2 (flash-attn is "
+        "not installed; the kernels package loads it)"
+    ]
 
 
 def test_a_kernel_that_cannot_load_falls_back_to_sdpa_in_one_line(capsys, monkeypatch):
-    import model as modeling
+    from recipe import model as modeling
 
     real = modeling.AutoModelForCausalLM.from_config
 
@@ -192,7 +194,7 @@ def test_building_the_model_leaves_the_config_untouched():
 
 
 def test_flops_per_token_counts_weights_and_attention():
-    from model import flops_per_token
+    from recipe.model import flops_per_token
 
     # 6N + 12·L·d·T for SmolLM2-135M at 2,048 tokens
     assert flops_per_token(134_515_008, 30, 576, 2048) == 6 * 134_515_008 + 12 * 30 * 576 * 2048 == 1_231_763_328
@@ -203,8 +205,8 @@ def test_final_model_is_saved_from_the_gathered_state_dict(tmp_path, cache_dir, 
     accelerate/fsdp.yaml): final/ is written from accelerate's gathered state dict, whatever the sharding."""
     from conftest import tiny_overrides
 
-    import arguments
-    from trainer import RecipeTrainer
+    from recipe import arguments
+    from recipe.trainer import RecipeTrainer
 
     cfg = load_config(None, tiny_overrides(tmp_path / "run", cache_dir))
     args = arguments.build_training_arguments(cfg, eval_strategy="no", quiet=True)
@@ -235,8 +237,8 @@ def test_init_from_loads_saved_weights_with_the_recipes_attention(tmp_path):
 def test_shapes_are_checked_both_ways():
     import pytest
 
-    from base import RecipeError
-    from model import check_shapes
+    from recipe.cli import RecipeError
+    from recipe.model import check_shapes
 
     expected = {"a": torch.empty(2, 3), "lm_head.weight": torch.empty(4)}
     check_shapes(expected, {"a": torch.empty(2, 3)}, "checkpoint-4")  # a tied head need not be stored

@@ -17,13 +17,6 @@ tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Until the module restructuring lands (it is merged together with this file), pyproject already lists its
-# final modules: these are listed but have no file yet, and checkpoints.py is a file that the final list drops.
-# At the merge both sets must become empty (delete them): the comparison below is then strict.
-NOT_WRITTEN_YET: set[str] = set()
-GOING_AWAY: set[str] = set()
-
-
 def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -61,13 +54,14 @@ def constraints() -> dict[str, str]:
     return pins
 
 
-def test_py_modules_are_the_top_level_python_files():
+def test_py_modules_are_the_top_level_python_files_and_the_package():
     listed, present = py_modules(), top_level_modules()
-    assert listed - NOT_WRITTEN_YET == present - GOING_AWAY, (
+    assert listed == present, (
         "pyproject.toml's [tool.setuptools] py-modules must name every top-level *.py file and nothing else: "
-        f"add {sorted(present - GOING_AWAY - listed)}, remove {sorted(listed - NOT_WRITTEN_YET - present)}"
+        f"add {sorted(present - listed)}, remove {sorted(listed - present)}"
     )
-    assert sorted(pyproject()["tool"]["ruff"]["lint"]["isort"]["known-first-party"]) == sorted(listed)
+    assert pyproject()["tool"]["setuptools"]["packages"] == ["recipe"]
+    assert sorted(pyproject()["tool"]["ruff"]["lint"]["isort"]["known-first-party"]) == sorted({*listed, "recipe"})
 
 
 def test_the_wheel_holds_the_modules_and_the_core_requirements(tmp_path):
@@ -76,6 +70,7 @@ def test_the_wheel_holds_the_modules_and_the_core_requirements(tmp_path):
     src.mkdir()
     for path in [*ROOT.glob("*.py"), *ROOT.glob("requirements*.txt"), ROOT / "pyproject.toml", ROOT / "README.md"]:
         shutil.copy2(path, src)
+    shutil.copytree(ROOT / "recipe", src / "recipe", ignore=shutil.ignore_patterns("__pycache__"))
     command = [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "--no-index"]
     subprocess.run([*command, "--disable-pip-version-check", "-q", "-w", str(tmp_path / "dist")], check=True)
     (wheel,) = (tmp_path / "dist").glob("smollm2_recipe-*.whl")
@@ -83,7 +78,9 @@ def test_the_wheel_holds_the_modules_and_the_core_requirements(tmp_path):
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert {n[:-3] for n in names if "/" not in n and n.endswith(".py")} == py_modules() & top_level_modules()
-    assert not [n for n in names if n.split("/")[0] in {"assets", "accelerate", "docs", "tests", "benchmarks"}]
+    package = {p.name for p in (ROOT / "recipe").glob("*.py")}
+    assert {n.removeprefix("recipe/") for n in names if n.startswith("recipe/")} == package
+    assert not [n for n in names if n.split("/")[0] in {"assets", "launch", "docs", "tests", "benchmarks"}]
     requires = [line.split(":", 1)[1] for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     core = {str(Requirement(line)) for line in requires if "extra ==" not in line}
     assert core == {str(r) for r in requirements("requirements.txt")}

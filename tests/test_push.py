@@ -17,19 +17,30 @@ from conftest import ROOT, TOKEN, TOKENIZER, tiny_overrides
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import card
 import push
+from recipe import card
 
 # --- a run folder written by hand: a main phase of 60 steps and a resume phase to step 110 ---------------
 
 PHASES = {
     "phases": [
-        {"name": "main", "first_step": 1, "last_step": 60, "lr_scheduler_type": "warmup_stable_decay",
-         "learning_rate": 0.003, "warmup_steps": 10},
-        {"name": "resume", "first_step": 61, "last_step": 110, "lr_scheduler_type": "constant",
-         "learning_rate": 0.0003},
+        {
+            "name": "main",
+            "first_step": 1,
+            "last_step": 60,
+            "lr_scheduler_type": "warmup_stable_decay",
+            "learning_rate": 0.003,
+            "warmup_steps": 10,
+        },
+        {
+            "name": "resume",
+            "first_step": 61,
+            "last_step": 110,
+            "lr_scheduler_type": "constant",
+            "learning_rate": 0.0003,
+        },
     ]
-}  # fmt: skip
+}
 
 
 def logged_lr(step: int) -> float:
@@ -46,24 +57,43 @@ def trainer_state(global_step: int) -> dict:
     history = []
     for step in range(1, global_step + 1):
         if step == 1 or step % 10 == 0:
-            history.append({"step": step, "loss": 10 - step / 20, "learning_rate": logged_lr(step),
-                            "tokens_per_second": 2000.0, "tokens_per_second_per_device": 1000.0})  # fmt: skip
+            history.append(
+                {
+                    "step": step,
+                    "loss": 10 - step / 20,
+                    "learning_rate": logged_lr(step),
+                    "tokens_per_second": 2000.0,
+                    "tokens_per_second_per_device": 1000.0,
+                }
+            )
         if step % 20 == 0:
             history.append({"step": step, "eval_loss": 10.2 - step / 25})
-    return {"global_step": global_step, "max_steps": 110, "train_batch_size": 4, "num_input_tokens_seen": 0,
-            "log_history": history}  # fmt: skip
+    return {
+        "global_step": global_step,
+        "max_steps": 110,
+        "train_batch_size": 4,
+        "num_input_tokens_seen": 0,
+        "log_history": history,
+    }
 
 
 RECIPE = {
     "name": "SmolLM2-360M",
     "tokenizer": TOKENIZER,
     "data": {"path": "../shared/data/tinyshakespeare.txt", "block_size": 64},
-    "training": {"max_steps": 60, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2,
-                 "learning_rate": 0.003, "lr_scheduler_type": "warmup_stable_decay", "warmup_steps": 10.0,
-                 "weight_decay": 0.01, "bf16": False},
+    "training": {
+        "max_steps": 60,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "learning_rate": 0.003,
+        "lr_scheduler_type": "warmup_stable_decay",
+        "warmup_steps": 10.0,
+        "weight_decay": 0.01,
+        "bf16": False,
+    },
     "init_from": None,
     "hub": {"license": "apache-2.0", "dataset": None},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +103,17 @@ def tiny_weights(tmp_path_factory, tokenizer) -> Path:
 
     folder = tmp_path_factory.mktemp("weights") / "published"
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=0,
-                         eos_token_id=0)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -90,8 +128,16 @@ def write_run(root: Path, weights: Path, global_step: int = 110, record: str = "
     (run / "recipe_config.yaml").write_text(yaml.safe_dump(RECIPE))
     if record == "run.json":  # 110 steps x 4 sequences x 2 accumulation x 2 processes x 64 tokens
         phases = [{**p, "processes": 2} for p in PHASES["phases"]]
-        (run / "run.json").write_text(json.dumps({"run_id": "r", "phases": phases, "tokens_trained": 112_640,
-                                                  "corpus": {"hub_id": None, "files": ["tinyshakespeare.txt"]}}))  # fmt: skip
+        (run / "run.json").write_text(
+            json.dumps(
+                {
+                    "run_id": "r",
+                    "phases": phases,
+                    "tokens_trained": 112_640,
+                    "corpus": {"hub_id": None, "files": ["tinyshakespeare.txt"]},
+                }
+            )
+        )
     elif record == "training_phases.json":
         (run / "training_phases.json").write_text(json.dumps(PHASES))
     samples = [{"step": s, "prompt": "ROMEO:", "completion": f" at step {s}"} for s in (50, 100)]
@@ -115,8 +161,17 @@ def phase_rows(card: str) -> list[dict]:
         if not line.startswith("| ") or cells[0] in ("phase", "---"):
             continue
         first, last = (int(x.replace(",", "")) for x in cells[1].split("–"))
-        rows.append({"name": cells[0], "first": first, "last": last, "steps": int(cells[2].replace(",", "")),
-                     "schedule": cells[3].strip("`"), "lr": float(cells[4]), "warmup": cells[5]})  # fmt: skip
+        rows.append(
+            {
+                "name": cells[0],
+                "first": first,
+                "last": last,
+                "steps": int(cells[2].replace(",", "")),
+                "schedule": cells[3].strip("`"),
+                "lr": float(cells[4]),
+                "warmup": cells[5],
+            }
+        )
     return rows
 
 
@@ -127,8 +182,11 @@ def assert_phases_match_trainer_state(rows: list[dict], state: dict) -> None:
         assert row["steps"] == row["last"] - row["first"] + 1
         if following:
             assert following["first"] == row["last"] + 1
-        logged = [h["learning_rate"] for h in state["log_history"]
-                  if "learning_rate" in h and row["first"] <= h["step"] <= row["last"]]  # fmt: skip
+        logged = [
+            h["learning_rate"]
+            for h in state["log_history"]
+            if "learning_rate" in h and row["first"] <= h["step"] <= row["last"]
+        ]
         assert logged, row
         if row["schedule"] == "constant":
             assert logged == pytest.approx([row["lr"]] * len(logged))
@@ -142,8 +200,9 @@ def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, 
     card = push_dry_run(run / "final", tmp_path / "pushed")
     rows = phase_rows(card)
     assert [(r["name"], r["first"], r["last"], r["schedule"]) for r in rows] == [
-        ("main", 1, 60, "warmup_stable_decay"), ("resume", 61, 110, "constant"),
-    ]  # fmt: skip
+        ("main", 1, 60, "warmup_stable_decay"),
+        ("resume", 61, 110, "constant"),
+    ]
     assert rows[0]["warmup"] == "10"  # an integer, not 10.0
     assert_phases_match_trainer_state(rows, trainer_state(110))
     intro = card.split("\n## ", 1)[0]
@@ -204,11 +263,21 @@ def test_loss_curve_marks_each_phase_and_shows_the_learning_rate():
         ("../shared/data/tinyshakespeare.txt", None, None, "`tinyshakespeare.txt`"),
         ("/home/me/corpus/", None, None, "`corpus`"),
         (["a/b.txt", "c/d.txt"], None, None, "`b.txt`, `d.txt`"),
-        ("/home/me/books", {"files": [f"{i}.txt" for i in range(7)]}, None, "`0.txt`, `1.txt`, `2.txt`, `3.txt`, `4.txt` and 2 more files"),
-        ("karpathy/tiny_shakespeare", {"hub_id": "karpathy/tiny_shakespeare"}, None, "[karpathy/tiny_shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare)"),
+        (
+            "/home/me/books",
+            {"files": [f"{i}.txt" for i in range(7)]},
+            None,
+            "`0.txt`, `1.txt`, `2.txt`, `3.txt`, `4.txt` and 2 more files",
+        ),
+        (
+            "karpathy/tiny_shakespeare",
+            {"hub_id": "karpathy/tiny_shakespeare"},
+            None,
+            "[karpathy/tiny_shakespeare](https://huggingface.co/datasets/karpathy/tiny_shakespeare)",
+        ),
         ("input.txt", None, "me/corpus", "[me/corpus](https://huggingface.co/datasets/me/corpus)"),
     ],
-)  # fmt: skip
+)
 def test_dataset_is_a_hub_id_or_a_file_name_never_a_local_path(path, corpus, hub_dataset, expected):
     record = card.TrainingRecord(recipe={"data": {"path": path}}, state=None, run={"corpus": corpus}, samples_file=None)
     assert card.dataset_description(record, hub_dataset) == expected
@@ -216,8 +285,13 @@ def test_dataset_is_a_hub_id_or_a_file_name_never_a_local_path(path, corpus, hub
 
 def test_settings_print_integers_as_integers():
     assert [card.plain(v) for v in (10.0, 0.0003, 1e-08, 4, True, {"num_decay_steps": 12.0})] == [
-        "10", "0.0003", "1e-08", "4", "True", "num_decay_steps=12",
-    ]  # fmt: skip
+        "10",
+        "0.0003",
+        "1e-08",
+        "4",
+        "True",
+        "num_decay_steps=12",
+    ]
 
 
 def test_card_of_weights_the_recipe_did_not_train_says_only_what_is_known(tiny_weights, tmp_path):
@@ -226,8 +300,16 @@ def test_card_of_weights_the_recipe_did_not_train_says_only_what_is_known(tiny_w
     assert "base_model" not in header and "datasets" not in header and "smollm2-recipe" not in header
     assert "| parameters | 3,219,776 |" in body and "| layers | 2 |" in body
     claims = body.replace("No record of its training", "")
-    for claim in (r"\btrained\b", "optimizer steps", "input.txt", "Training phases", "Settings", "learning_rate",
-                  "SmolLM2-135M", "Samples"):  # fmt: skip
+    for claim in (
+        r"\btrained\b",
+        "optimizer steps",
+        "input.txt",
+        "Training phases",
+        "Settings",
+        "learning_rate",
+        "SmolLM2-135M",
+        "Samples",
+    ):
         assert not re.search(claim, claims), claim
     assert not (tmp_path / "pushed" / "loss_curve.png").exists()
 
@@ -304,7 +386,9 @@ def test_bad_flag_is_one_line_exit_2_and_nothing_written(fake_model, tmp_path, c
 def test_without_checkpoint_the_newest_run_final_is_used(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     cfg = push.load_config(None, ["training.output_dir=runs/not-trained"])
-    with pytest.raises(push.RecipeError, match=r"no trained model: looked in .*/runs/not-trained/final and runs/\*/final"):
+    with pytest.raises(
+        push.RecipeError, match=r"no trained model: looked in .*/runs/not-trained/final and runs/\*/final"
+    ):
         push.find_source(None, cfg)
     for age, name in [(200, "older"), (100, "newer"), (0, "no-model")]:
         final = tmp_path / "runs" / name / "final"
@@ -342,8 +426,9 @@ def test_card_after_a_real_resume_matches_trainer_state(tiny_run, cache_dir, tmp
 @pytest.mark.slow
 def test_dry_run_builds_a_bf16_folder_that_round_trips(tiny_run, tmp_path, capsys):
     out = tmp_path / "pushed"
-    code = push.main(["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny-smollm2", "--dry-run",
-                      "--out", str(out)])  # fmt: skip
+    code = push.main(
+        ["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny-smollm2", "--dry-run", "--out", str(out)]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "dry run: would upload to me/tiny-smollm2" in printed and "model.safetensors" in printed
@@ -363,8 +448,10 @@ def test_dry_run_builds_a_bf16_folder_that_round_trips(tiny_run, tmp_path, capsy
 @pytest.mark.slow
 def test_model_card_has_metadata_results_curve_and_samples(tiny_run, tmp_path):
     out = tmp_path / "pushed"
-    assert push.main(["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny", "--dry-run",
-                      "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        push.main(["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny", "--dry-run", "--out", str(out)])
+        == 0
+    )
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
     for line in ["license: apache-2.0", "library_name: transformers", "pipeline_tag: text-generation", "- smollm2"]:
@@ -381,22 +468,42 @@ def test_model_card_has_metadata_results_curve_and_samples(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_checkpoint_folder_can_be_pushed(tiny_run, tmp_path):
     out = tmp_path / "pushed"
-    assert push.main(["--checkpoint", str(tiny_run / "checkpoint-2"), "--repo-id", "me/tiny", "--dry-run",
-                      "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        push.main(
+            ["--checkpoint", str(tiny_run / "checkpoint-2"), "--repo-id", "me/tiny", "--dry-run", "--out", str(out)]
+        )
+        == 0
+    )
     assert "## Samples at step 2" in (out / "README.md").read_text()
 
 
 @pytest.mark.slow
 def test_upload_sends_the_folder_to_the_hub_api(tiny_run, hub, tmp_path, capsys):
-    code = push.main(["--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny-smollm2", "--private",
-                      "--revision", "v1", "--space", "me/tiny-demo"])  # fmt: skip
+    code = push.main(
+        [
+            "--checkpoint",
+            str(tiny_run / "final"),
+            "--repo-id",
+            "me/tiny-smollm2",
+            "--private",
+            "--revision",
+            "v1",
+            "--space",
+            "me/tiny-demo",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     repo = hub.repos["model:me/tiny-smollm2"]
     assert repo["private"] is True and repo["branches"] == ["v1"]
     assert set(repo["files"]) == {
-        "README.md", "config.json", "generation_config.json", "loss_curve.png", "model.safetensors",
-        "tokenizer.json", "tokenizer_config.json",
-    }  # fmt: skip
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "loss_curve.png",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     local = tmp_path / "received"
     local.mkdir()
     for name, content in repo["files"].items():
@@ -427,8 +534,11 @@ def test_no_token_is_one_line_and_non_zero(tiny_run, tmp_path):
     env["HF_HOME"] = str(tmp_path / "empty-hf-home")
     result = subprocess.run(
         [sys.executable, str(ROOT / "push.py"), "--checkpoint", str(tiny_run / "final"), "--repo-id", "me/x"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: no Hugging Face token: run `hf auth login` or set HF_TOKEN (or use --dry-run)"
@@ -450,8 +560,11 @@ def test_missing_checkpoint_and_failed_reload_check(tiny_run, tmp_path, capsys):
 def test_generate_py_streams_a_continuation(tiny_run):
     result = subprocess.run(
         [sys.executable, str(ROOT / "generate.py"), str(tiny_run / "final"), "--max-new-tokens", "20"],
-        input="ROMEO:\n", capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        input="ROMEO:\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ROMEO:") and len(result.stdout.strip()) > len("ROMEO:")
 
@@ -462,10 +575,27 @@ def test_card_of_an_evaluated_model_carries_a_model_index(tiny_run, tmp_path):
 
     final = tmp_path / "final"
     shutil.copytree(tiny_run / "final", final)
-    results = {"format": 1, "model": {"source": str(final)}, "tasks": [{
-        "task": "tinyshakespeare_nextline", "dataset": {"type": "tinyshakespeare", "name": "tiny Shakespeare",
-        "config": "nextline", "split": "test"}, "num_fewshot": 0, "examples": 500, "examples_total": 500,
-        "limit": None, "lm_eval_version": "0.4.13", "metrics": [{"name": "acc", "value": 0.25, "stderr": 0.02}]}]}  # fmt: skip
+    results = {
+        "format": 1,
+        "model": {"source": str(final)},
+        "tasks": [
+            {
+                "task": "tinyshakespeare_nextline",
+                "dataset": {
+                    "type": "tinyshakespeare",
+                    "name": "tiny Shakespeare",
+                    "config": "nextline",
+                    "split": "test",
+                },
+                "num_fewshot": 0,
+                "examples": 500,
+                "examples_total": 500,
+                "limit": None,
+                "lm_eval_version": "0.4.13",
+                "metrics": [{"name": "acc", "value": 0.25, "stderr": 0.02}],
+            }
+        ],
+    }
     (final / "eval_results.json").write_text(json.dumps(results))
     assert eval.read_eval_results(final) == results
     card = push_dry_run(final, tmp_path / "pushed")

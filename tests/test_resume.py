@@ -11,17 +11,23 @@ import yaml
 from conftest import tiny_overrides
 from safetensors.torch import save_file
 
-import resume
-import run_folder
 import train
-from base import RecipeError
-from config import load_config
-from corpus import find_corpus
-from run_folder import RunFolder
-from trainer import BlockOrder
+from recipe import resume, run_folder
+from recipe.cli import RecipeError
+from recipe.config import load_config
+from recipe.corpus import find_corpus
+from recipe.run_folder import RunFolder
+from recipe.trainer import BlockOrder
 
-MAIN = {"name": "main", "first_step": 1, "last_step": 60, "lr_scheduler_type": "warmup_stable_decay",
-        "learning_rate": 3e-4, "warmup_steps": 6, "lr_scheduler_kwargs": {"num_decay_steps": 12}}  # fmt: skip
+MAIN = {
+    "name": "main",
+    "first_step": 1,
+    "last_step": 60,
+    "lr_scheduler_type": "warmup_stable_decay",
+    "learning_rate": 3e-4,
+    "warmup_steps": 6,
+    "lr_scheduler_kwargs": {"num_decay_steps": 12},
+}
 
 
 def checkpoint(folder: Path, step: int, phases=(MAIN,), run_id="run-a", overrides=(), legacy=False) -> Path:
@@ -48,15 +54,24 @@ def plan(tmp_path, step, phases=(MAIN,), overrides=(), **kw):
 def test_an_interrupted_phase_continues_on_its_own_schedule(tmp_path):
     p = plan(tmp_path, 30)
     assert p.continues and p.phases == [MAIN] and p.max_steps == 60
-    assert p.describe() == "resuming from checkpoint-30 (step 30): continuing the main phase to step 60 on its own schedule"
+    assert (
+        p.describe()
+        == "resuming from checkpoint-30 (step 30): continuing the main phase to step 60 on its own schedule"
+    )
 
 
 def test_a_finished_run_gets_the_extra_phase_at_a_tenth_of_the_learning_rate(tmp_path):
     p = plan(tmp_path, 60)
     assert not p.continues and p.phases[0] == MAIN
     assert p.phase | {"lr_scheduler_kwargs": None} == p.phase | {
-        "name": "resume", "first_step": 61, "last_step": 110, "lr_scheduler_type": "constant",
-        "learning_rate": pytest.approx(3e-5), "warmup_steps": 0, "lr_scheduler_kwargs": None}  # fmt: skip
+        "name": "resume",
+        "first_step": 61,
+        "last_step": 110,
+        "lr_scheduler_type": "constant",
+        "learning_rate": pytest.approx(3e-5),
+        "warmup_steps": 0,
+        "lr_scheduler_kwargs": None,
+    }
     assert "resuming from checkpoint-60 (step 60) for 50 steps at lr 3e-05: a new phase 'resume'" in p.describe()
 
 
@@ -70,8 +85,15 @@ def test_a_larger_max_steps_extends_a_finished_run_rewarmed_over_its_own_steps(t
 
 
 def test_an_interrupted_extra_phase_continues_it_and_a_finished_one_starts_another(tmp_path):
-    extra = {**MAIN, "name": "resume", "first_step": 61, "last_step": 110, "lr_scheduler_type": "constant",
-             "learning_rate": 3e-5, "warmup_steps": 0}  # fmt: skip
+    extra = {
+        **MAIN,
+        "name": "resume",
+        "first_step": 61,
+        "last_step": 110,
+        "lr_scheduler_type": "constant",
+        "learning_rate": 3e-5,
+        "warmup_steps": 0,
+    }
     p = plan(tmp_path / "a", 80, phases=(MAIN, extra))
     assert p.continues and p.phases == [MAIN, extra] and p.max_steps == 110
     p = plan(tmp_path / "b", 110, phases=(MAIN, extra))
@@ -91,18 +113,25 @@ def test_a_larger_max_steps_finishes_an_interrupted_main_phase_first_then_extend
     assert "planned to step 60, then a phase 'extend' trains steps 61-80" in capsys.readouterr().out
     cfg = load_config(None, ["training.max_steps=80"])
     assert resume.next_phase_due(cfg, RunFolder(tmp_path / "run"), offer=False) == str(p.checkpoint)  # at once
-    assert resume.next_phase_due(load_config(None, ["training.max_steps=30"]), RunFolder(tmp_path / "run"), False) is None
+    assert (
+        resume.next_phase_due(load_config(None, ["training.max_steps=30"]), RunFolder(tmp_path / "run"), False) is None
+    )
 
 
 def test_a_max_steps_between_the_checkpoint_and_the_planned_end_is_one_line(tmp_path):
-    with pytest.raises(RecipeError, match=r"training.max_steps 45 ends the main phase before its planned step 60 and "
-                                          r"after checkpoint-30: set training.max_steps=60 to finish it \(then extend\), "
-                                          r"or 30 to end it at the checkpoint"):  # fmt: skip
+    with pytest.raises(
+        RecipeError,
+        match=r"training.max_steps 45 ends the main phase before its planned step 60 and "
+        r"after checkpoint-30: set training.max_steps=60 to finish it \(then extend\), "
+        r"or 30 to end it at the checkpoint",
+    ):
         plan(tmp_path, 30, overrides=["training.max_steps=45"])
 
 
-@pytest.mark.parametrize("init_from, recorded", [("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M"),
-                                                ("/some/local/folder", None), ("~/weights", None)])
+@pytest.mark.parametrize(
+    "init_from, recorded",
+    [("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M"), ("/some/local/folder", None), ("~/weights", None)],
+)
 def test_the_run_record_names_a_hub_base_model_never_a_local_path(init_from, recorded, tmp_path):
     corpus = tmp_path / "notes.txt"
     corpus.write_text("To be, or not to be")
@@ -159,7 +188,9 @@ def test_a_checkpoint_resumes_into_its_own_folder_or_a_new_one_never_another_run
     other = tmp_path / "other"
     checkpoint(other, 10, run_id="run-b")
     (other / "run.json").write_text(json.dumps({"run_id": "run-b"}))
-    with pytest.raises(RecipeError, match=r"holds another run \(run-b: checkpoint-10, run.json\) and .* belongs to run run-a"):
+    with pytest.raises(
+        RecipeError, match=r"holds another run \(run-b: checkpoint-10, run.json\) and .* belongs to run run-a"
+    ):
         resume.check_ownership(p, RunFolder(other))
     with pytest.raises(RecipeError, match="already holds checkpoint-10: continue it with --resume"):
         resume.refuse_to_overwrite(RunFolder(other))
@@ -179,14 +210,17 @@ def test_a_damaged_checkpoint_names_the_file_and_the_newest_intact_one(tmp_path)
     )
 
 
-@pytest.mark.parametrize("change, listed", [
-    (["model.rope_theta=10000.0"], "model.rope_theta 100000.0 -> 10000.0"),
-    (["model.num_attention_heads=3", "model.num_key_value_heads=1"], "model.num_attention_heads 9 -> 3"),
-    (["data.block_size=1024"], "data.block_size 2048 -> 1024"),
-    (["tokenizer=/elsewhere/tokenizer"], "tokenizer "),
-    (["data.path=other.txt"], "data.path "),
-    (["training.learning_rate=1.0e-3"], "training.learning_rate 0.0003 -> 0.001"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, listed",
+    [
+        (["model.rope_theta=10000.0"], "model.rope_theta 100000.0 -> 10000.0"),
+        (["model.num_attention_heads=3", "model.num_key_value_heads=1"], "model.num_attention_heads 9 -> 3"),
+        (["data.block_size=1024"], "data.block_size 2048 -> 1024"),
+        (["tokenizer=/elsewhere/tokenizer"], "tokenizer "),
+        (["data.path=other.txt"], "data.path "),
+        (["training.learning_rate=1.0e-3"], "training.learning_rate 0.0003 -> 0.001"),
+    ],
+)
 def test_resume_with_another_model_tokenizer_or_data_stops_listing_it(change, listed, tmp_path):
     p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, [MAIN])
     with pytest.raises(RecipeError, match="--resume: the config differs from checkpoint-4's: ") as error:
@@ -228,7 +262,9 @@ def test_block_order_resumes_by_samples_whatever_the_batch():
 
 
 def md5s(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -261,7 +297,9 @@ def test_resume_with_mismatching_shapes_names_the_tensor(checkpointed_run, capsy
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"])
+@pytest.mark.parametrize(
+    "name", ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"]
+)
 def test_a_flipped_byte_in_any_file_is_refused_in_one_line_with_nothing_written(checkpointed_run, capsys, name):
     out, overrides = checkpointed_run
     damaged = out / "checkpoint-4" / name
@@ -272,25 +310,33 @@ def test_a_flipped_byte_in_any_file_is_refused_in_one_line_with_nothing_written(
     assert train.main(["--resume", *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     intact = out / "checkpoint-2"
-    assert err == [f"error: --resume: {out / 'checkpoint-4'} is damaged: {name} differs from the hash recorded when it "
-                   f"was saved; resume from {intact} instead: python train.py --resume {intact} "
-                   "[the same --config and overrides]"]  # fmt: skip
+    assert err == [
+        f"error: --resume: {out / 'checkpoint-4'} is damaged: {name} differs from the hash recorded when it "
+        f"was saved; resume from {intact} instead: python train.py --resume {intact} "
+        "[the same --config and overrides]"
+    ]
     assert md5s(out) == before
 
 
 @pytest.mark.slow
-def test_resume_from_another_runs_checkpoint_into_a_finished_run_is_refused(checkpointed_run, tmp_path, cache_dir, capsys):
+def test_resume_from_another_runs_checkpoint_into_a_finished_run_is_refused(
+    checkpointed_run, tmp_path, cache_dir, capsys
+):
     out, overrides = checkpointed_run
     other = tmp_path / "other"
     shutil.copytree(out, other)
     (other / "run.json").write_text(json.dumps({**json.loads((other / "run.json").read_text()), "run_id": "run-b"}))
     before = md5s(other)
-    assert train.main(["--resume", str(out / "checkpoint-2"), *[o.replace(str(out), str(other)) for o in overrides]]) == 2
+    assert (
+        train.main(["--resume", str(out / "checkpoint-2"), *[o.replace(str(out), str(other)) for o in overrides]]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--resume: {other} holds another run (run-b: " in err[0], err
     assert md5s(other) == before
     fork = tmp_path / "fork"  # an empty folder: the checkpoint continues there as a run of its own
-    assert train.main(["--resume", str(out / "checkpoint-2"), *[o.replace(str(out), str(fork)) for o in overrides]]) == 0
+    assert (
+        train.main(["--resume", str(out / "checkpoint-2"), *[o.replace(str(out), str(fork)) for o in overrides]]) == 0
+    )
     record = json.loads((fork / "run.json").read_text())
     assert record["forked_from"]["checkpoint"] == str(out / "checkpoint-2")
     assert record["run_id"] != json.loads((out / "run.json").read_text())["run_id"]
@@ -306,8 +352,9 @@ def test_a_new_run_into_a_folder_with_a_run_is_refused(checkpointed_run, capsys)
 
 
 @pytest.mark.slow
-def test_home_relative_output_dir_is_one_folder_for_the_lock_the_refusal_and_resume(checkpointed_run, tmp_path,
-                                                                                    monkeypatch, capsys):  # fmt: skip
+def test_home_relative_output_dir_is_one_folder_for_the_lock_the_refusal_and_resume(
+    checkpointed_run, tmp_path, monkeypatch, capsys
+):
     out, overrides = checkpointed_run
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path / "run")  # a literal ./~ would land here
@@ -326,8 +373,11 @@ def test_extending_a_finished_run_is_its_own_rewarmed_phase(checkpointed_run, ca
     record = json.loads((out / "final" / "run.json").read_text())
     assert [p["name"] for p in record["phases"]] == ["main", "extend"] and record["global_step"] == 8
     assert record["tokens_trained"] == 8 * 4 * 64  # 8 steps of 4 blocks of 64 tokens
-    logged = {h["step"]: h["learning_rate"] for h in json.loads((out / "trainer_state.json").read_text())["log_history"]
-              if "learning_rate" in h}  # fmt: skip
+    logged = {
+        h["step"]: h["learning_rate"]
+        for h in json.loads((out / "trainer_state.json").read_text())["log_history"]
+        if "learning_rate" in h
+    }
     assert logged[5] == 0.0 and 0 < logged[6] <= 3e-3  # re-warmed from 0, no jump to the peak
 
 
@@ -336,14 +386,19 @@ def test_an_interrupted_run_given_a_larger_max_steps_finishes_its_schedule_then_
     from test_train_e2e import InterruptAt
 
     overrides = tiny_overrides(tmp_path / "run", cache_dir, max_steps=10, save_steps=100, eval_steps=100) + [
-        "samples.every_n_steps=0", "training.lr_scheduler_type=linear"]  # fmt: skip
+        "samples.every_n_steps=0",
+        "training.lr_scheduler_type=linear",
+    ]
     assert train.main(overrides, extra_callbacks=[InterruptAt(5)]) == train.EXIT_INTERRUPTED
     capsys.readouterr()
     assert train.main(["--resume", *overrides, "training.max_steps=14"]) == 0
     out = capsys.readouterr().out
     assert "then a phase 'extend' trains steps 11-14" in out and "a new phase 'extend' after the finished run" in out
     record = json.loads((tmp_path / "run" / "final" / "run.json").read_text())
-    assert [(p["name"], p["first_step"], p["last_step"]) for p in record["phases"]] == [("main", 1, 10), ("extend", 11, 14)]
+    assert [(p["name"], p["first_step"], p["last_step"]) for p in record["phases"]] == [
+        ("main", 1, 10),
+        ("extend", 11, 14),
+    ]
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
     assert lrs[5:10] == sorted(lrs[5:10], reverse=True) and lrs[10] == 0.0  # the linear decay to step 10, then re-warm

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import run_folder
-from base import RecipeError
-from run_folder import RunFolder, RunLock
+from recipe import run_folder
+from recipe.cli import RecipeError
+from recipe.run_folder import RunFolder, RunLock
 
 
 def fake_checkpoint(folder: Path, step: int, run_id: str | None = "run-a", manifest: bool = True) -> Path:

@@ -8,11 +8,10 @@ from types import SimpleNamespace
 import pytest
 from conftest import CORPUS
 
-import corpus
 import data
-import streaming
-from base import RecipeError
-from config import DataConfig, load_config
+from recipe import corpus, streaming
+from recipe.cli import RecipeError
+from recipe.config import DataConfig, load_config
 
 
 def config(tmp_path, **kw) -> DataConfig:

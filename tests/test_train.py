@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pytest
 from conftest import CORPUS, tiny_overrides
 
-import arguments
 import callbacks
 import train
 from callbacks import format_duration
+from recipe import arguments
 
 
 def test_resume_path_is_optional_and_overrides_are_not_paths():
@@ -60,13 +60,20 @@ def test_a_corpus_smaller_than_a_batch_says_each_block_repeats(tmp_path, cache_d
     overrides = tiny_overrides(tmp_path / "run", cache_dir, max_steps=1, per_device_train_batch_size=8)
     assert train.main([*overrides, f"data.path={small}", "samples.every_n_steps=0"]) == 0
     batch = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("batch: "))
-    assert batch.endswith("8 sequences = 512 tokens per step; the corpus has 4 training blocks, so each repeats "
-                          "within every step")  # fmt: skip
+    assert batch.endswith(
+        "8 sequences = 512 tokens per step; the corpus has 4 training blocks, so each repeats within every step"
+    )
 
 
-@pytest.mark.parametrize(("cuda", "use_cpu", "env", "expected"), [
-    (False, False, "", True), (True, False, "", False), (True, True, "", True), (True, False, "true", True),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("cuda", "use_cpu", "env", "expected"),
+    [
+        (False, False, "", True),
+        (True, False, "", False),
+        (True, True, "", True),
+        (True, False, "true", True),
+    ],
+)
 def test_the_first_process_state_is_the_one_the_trainer_will_build(cuda, use_cpu, env, expected, monkeypatch):
     """A CPU launch of several processes is one process each to accelerate unless told cpu=True (as
     TrainingArguments tells it when there is no GPU, with training.use_cpu, or with ACCELERATE_USE_CPU)."""

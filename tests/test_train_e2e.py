@@ -14,11 +14,11 @@ import torch
 from conftest import CORPUS, ROOT, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-import run_folder
 import train
-from base import RecipeError
-from config import load_config
-from run_folder import checkpoint_step
+from recipe import run_folder
+from recipe.cli import RecipeError
+from recipe.config import load_config
+from recipe.run_folder import checkpoint_step
 
 pytestmark = pytest.mark.slow
 
@@ -178,8 +178,11 @@ def test_interactive_terminal_is_offered_the_extra_phase(tmp_path, cache_dir):
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *overrides],
-        stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path,
-    )  # fmt: skip
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        cwd=tmp_path,
+    )
     os.close(follower)
     seen, answered, deadline = b"", False, time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -212,7 +215,7 @@ def test_streamed_run_resumes_exactly(tmp_path, cache_dir, capsys, monkeypatch, 
     """A streamed run interrupted at step 5 and resumed trains on the same blocks as an unbroken one: by
     seeking the stream to the checkpoint's position, or, without one, by replaying the stream; with the
     stream read in the main process or in a dataloader worker."""
-    import streaming
+    from recipe import streaming
 
     monkeypatch.setattr(streaming.StreamedBlocks, "WINDOW", 7)  # windows and passes end inside the run
     corpus = tmp_path / "small.txt"
@@ -268,7 +271,7 @@ def test_compiled_training_runs_end_to_end(tmp_path, cache_dir):
 @pytest.mark.parametrize("native", ["AMX", None], ids=["native-bf16", "no-native-bf16"])
 def test_both_precision_paths_train_on_any_cpu(native, tmp_path, cache_dir, capsys, monkeypatch):
     """The bf16 check's answer is forced, so both paths run whatever this CPU has."""
-    import arguments
+    from recipe import arguments
 
     monkeypatch.setattr(arguments, "cpu_bf16_support", lambda: native)
     out = tmp_path / "run"
@@ -278,7 +281,9 @@ def test_both_precision_paths_train_on_any_cpu(native, tmp_path, cache_dir, caps
     class RecordMatmulDtype(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             layer = model.model.layers[0].mlp.down_proj
-            layer.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype) if module.training else None)
+            layer.register_forward_hook(
+                lambda module, inputs, output: seen.add(output.dtype) if module.training else None
+            )
 
     assert train.main(overrides, extra_callbacks=[RecordMatmulDtype()]) == 0
     expected = "bf16 autocast on CPU (this CPU has AMX)" if native else "fp32 on CPU (this CPU has no native bf16"

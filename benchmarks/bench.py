@@ -1,7 +1,7 @@
 """Measure steady-state training throughput of the recipe for a config (benchmarks/data_timings.py: the data).
 
-    python bench.py                                   # the YAML as it is (the shipped tokenizer and corpus)
-    python bench.py --vs-baseline data.block_size=512 training.per_device_train_batch_size=1 ...
+    python benchmarks/bench.py                                   # the YAML as it is (the shipped tokenizer and corpus)
+    python benchmarks/bench.py --vs-baseline data.block_size=512 training.per_device_train_batch_size=1 ...
 
 Runs `--warmup` + `--steps` optimizer steps of the recipe's Trainer (no eval, no saving, no samples) and
 reports the median step time of the steps after warm-up: tokens/s, step time, MFU (GPU, bf16) and peak
@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from transformers import PrinterCallback, TrainerCallback, set_seed
 
-import arguments
-import base
-import model as modeling
-from base import RecipeError
-from config import load_config
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the clone: data.py and the recipe package
 from data import collator_for, load_tokenizer, prepare_datasets
-from trainer import RecipeTrainer
+from recipe import arguments, cli
+from recipe import model as modeling
+from recipe.cli import RecipeError
+from recipe.config import load_config
+from recipe.trainer import RecipeTrainer
 
 
 @dataclass
@@ -162,7 +162,9 @@ def measurement(name: str, seconds: list[float], args, model, cfg) -> Measuremen
         name=name,
         step_seconds=seconds,
         tokens_per_step=arguments.samples_per_step(args) * cfg.data.block_size,
-        flops_per_token=modeling.flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, cfg.data.block_size),
+        flops_per_token=modeling.flops_per_token(
+            n_params, config.num_hidden_layers, config.hidden_size, cfg.data.block_size
+        ),
         peak_flops=modeling.peak_bf16_flops(args.device) if args.bf16 else None,
         peak_memory_gb=peak_memory(args.device),
     )
@@ -195,7 +197,8 @@ def bench_baseline(cfg, blocks, collate, warmup: int, steps: int) -> Measurement
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
-        fused="fused" in getattr(args.optim, "value", str(args.optim)),  # the enum's str() is OptimizerNames.ADAMW_TORCH_FUSED
+        fused="fused"
+        in getattr(args.optim, "value", str(args.optim)),  # the enum's str() is OptimizerNames.ADAMW_TORCH_FUSED
     )
     micro, accum = args.per_device_train_batch_size, args.gradient_accumulation_steps
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
@@ -227,13 +230,16 @@ def environment() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base.parser("bench.py", __doc__)
+    parser = cli.parser("benchmarks/bench.py", __doc__)
     parser.add_argument("--config", default=None)
     parser.add_argument("--steps", type=int, default=5, help="measured optimizer steps (median is reported)")
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from the measurement")
     parser.add_argument("--vs-baseline", action="store_true", help="also time a hand-written PyTorch loop")
-    parser.add_argument("--allocator", action="store_true",
-                        help="CPU: the recipe with freed memory returned to the kernel too (glibc's defaults)")  # fmt: skip
+    parser.add_argument(
+        "--allocator",
+        action="store_true",
+        help="CPU: the recipe with freed memory returned to the kernel too (glibc's defaults)",
+    )
     parser.add_argument("overrides", nargs="*")
     try:
         args = parser.parse(argv)
@@ -259,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     m = results[-1]
     print(f"\n{environment()}")
-    print(f"{m.flops_per_token:,} training FLOPs per token (6N + 12·L·d·T); {m.tokens_per_step:,} tokens per "
-          f"optimizer step; median of {args.steps} steps after {args.warmup} warm-up steps")  # fmt: skip
+    print(
+        f"{m.flops_per_token:,} training FLOPs per token (6N + 12·L·d·T); {m.tokens_per_step:,} tokens per "
+        f"optimizer step; median of {args.steps} steps after {args.warmup} warm-up steps"
+    )
     print("| run | tokens/s | step time (s) | MFU | peak memory (GB) |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for result in results:

@@ -28,12 +28,12 @@ from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors import safe_open
 
-from arguments import check_hub_backup, schedule_kwargs
-from base import RecipeError, first_line, log, looks_like_hub_id
-from config import RecipeConfig
-from corpus import CorpusSource
-from model import check_shapes
-from run_folder import (
+from recipe.arguments import check_hub_backup, schedule_kwargs
+from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
+from recipe.config import RecipeConfig
+from recipe.corpus import CorpusSource
+from recipe.model import check_shapes
+from recipe.run_folder import (
     FINAL,
     MANIFEST,
     OLDER_PHASES,
@@ -109,7 +109,9 @@ def main_phase(cfg: RecipeConfig, processes: int) -> dict:
         "warmup_steps": int(warmup) if warmup >= 1 else math.ceil(t["max_steps"] * warmup),  # as TrainingArguments
         "lr_scheduler_kwargs": schedule_kwargs(t),
         "processes": processes,
-        "samples_per_step": processes * t.get("per_device_train_batch_size", 8) * t.get("gradient_accumulation_steps", 1),
+        "samples_per_step": processes
+        * t.get("per_device_train_batch_size", 8)
+        * t.get("gradient_accumulation_steps", 1),
     }
 
 
@@ -128,8 +130,10 @@ def find_checkpoint(folder: RunFolder, resume: str) -> Path:
     if checkpoint_number(checkpoint) is None and RunFolder(checkpoint).checkpoints():  # a run folder: its newest
         return find_checkpoint(RunFolder(checkpoint), "latest")
     if checkpoint_step(checkpoint) is None:
-        raise RecipeError(f"--resume: {checkpoint} is not a complete checkpoint-N folder (no weights, trainer state "
-                          "or checksums); pass a checkpoint-N folder or a run folder")  # fmt: skip
+        raise RecipeError(
+            f"--resume: {checkpoint} is not a complete checkpoint-N folder (no weights, trainer state "
+            "or checksums); pass a checkpoint-N folder or a run folder"
+        )
     return checkpoint
 
 
@@ -146,17 +150,24 @@ def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, main_phase: d
     new_max, planned = cfg.training["max_steps"], current["last_step"]
     if step < planned and current["name"] == "main" and new_max != planned:
         if step < new_max < planned:  # its schedule was built for `planned`: stopping between would jump it
-            raise RecipeError(f"--resume: training.max_steps {new_max} ends the main phase before its planned step "
-                              f"{planned} and after {checkpoint.name}: set training.max_steps={planned} to finish it "
-                              f"(then extend), or {step} to end it at the checkpoint")  # fmt: skip
-        then = f", then a phase 'extend' trains steps {planned + 1}-{new_max}" if new_max > planned else (
-            f"; it ends here at step {step}")  # fmt: skip
+            raise RecipeError(
+                f"--resume: training.max_steps {new_max} ends the main phase before its planned step "
+                f"{planned} and after {checkpoint.name}: set training.max_steps={planned} to finish it "
+                f"(then extend), or {step} to end it at the checkpoint"
+            )
+        then = (
+            f", then a phase 'extend' trains steps {planned + 1}-{new_max}"
+            if new_max > planned
+            else (f"; it ends here at step {step}")
+        )
         log(f"resume: training.max_steps is {new_max}, the main phase was planned to step {planned}{then}")
         current = current if new_max > planned else {**current, "last_step": step}
     if step < current["last_step"]:  # interrupted inside a phase: it goes on, on its own schedule
         return ResumePlan(checkpoint, step, [*earlier, current], record)
     finished = [*earlier, current]
-    return ResumePlan(checkpoint, step, [*finished, next_phase(cfg, finished, step, main_phase)], record, continues=False)
+    return ResumePlan(
+        checkpoint, step, [*finished, next_phase(cfg, finished, step, main_phase)], record, continues=False
+    )
 
 
 def next_phase(cfg: RecipeConfig, earlier: list[dict], step: int, main_phase: dict) -> dict:
@@ -168,11 +179,20 @@ def next_phase(cfg: RecipeConfig, earlier: list[dict], step: int, main_phase: di
     else:
         kind, steps = "resume", cfg.resume.extra_steps
         lr = cfg.training.get("learning_rate", 5e-5) * cfg.resume.lr_factor
-        phase = {**main_phase, "lr_scheduler_type": "constant", "learning_rate": lr, "warmup_steps": 0,
-                 "lr_scheduler_kwargs": {}}  # fmt: skip
+        phase = {
+            **main_phase,
+            "lr_scheduler_type": "constant",
+            "learning_rate": lr,
+            "warmup_steps": 0,
+            "lr_scheduler_kwargs": {},
+        }
     count = sum(p["name"].split()[0] == kind for p in earlier)
-    return {**phase, "name": kind if count == 0 else f"{kind} {count + 1}", "first_step": step + 1,
-            "last_step": step + steps}  # fmt: skip
+    return {
+        **phase,
+        "name": kind if count == 0 else f"{kind} {count + 1}",
+        "first_step": step + 1,
+        "last_step": step + steps,
+    }
 
 
 def download_last_checkpoint(cfg: RecipeConfig, folder: RunFolder) -> Path:
@@ -181,7 +201,9 @@ def download_last_checkpoint(cfg: RecipeConfig, folder: RunFolder) -> Path:
     repo, staging = cfg.training["hub_model_id"], folder.path.with_name(f".{folder.path.name}{HUB_DOWNLOAD}")
     try:
         with PartialState().main_process_first():  # under a GPU launch the others then find the files there
-            checkpoint = Path(snapshot_download(repo, allow_patterns=f"{HUB_CHECKPOINT}/*", local_dir=staging)) / HUB_CHECKPOINT
+            checkpoint = (
+                Path(snapshot_download(repo, allow_patterns=f"{HUB_CHECKPOINT}/*", local_dir=staging)) / HUB_CHECKPOINT
+            )
     except RepositoryNotFoundError:
         shutil.rmtree(staging, ignore_errors=True)
         raise RecipeError(f"--resume hub: no repo {repo} on the Hub (or your token may not read it)") from None
@@ -204,7 +226,9 @@ def next_phase_due(cfg: RecipeConfig, folder: RunFolder, offer: bool) -> str | N
     if not offer:
         return None
     factor = f"lr/{1 / cfg.resume.lr_factor:g}" if cfg.resume.lr_factor < 1 else f"lr x {cfg.resume.lr_factor:g}"
-    print(f"Continue from {latest.name} for {cfg.resume.extra_steps} more steps at {factor}? [y/N] ", end="", flush=True)
+    print(
+        f"Continue from {latest.name} for {cfg.resume.extra_steps} more steps at {factor}? [y/N] ", end="", flush=True
+    )
     try:
         answer = input()
     except (EOFError, KeyboardInterrupt):
@@ -225,8 +249,11 @@ def verify_checkpoint(plan: ResumePlan, expected_state_dict: dict) -> None:
         damage = None
     if damage is not None:
         intact = newest_intact_checkpoint(plan.checkpoint)
-        instead = f"resume from {intact} instead: {command(intact)}" if intact else (
-            "no older checkpoint of this run is intact; start a new run")  # fmt: skip
+        instead = (
+            f"resume from {intact} instead: {command(intact)}"
+            if intact
+            else ("no older checkpoint of this run is intact; start a new run")
+        )
         raise RecipeError(f"--resume: {plan.checkpoint} is damaged: {damage}; {instead}")
     weights = plan.checkpoint / "model.safetensors"
     if weights.is_file():
@@ -277,7 +304,11 @@ def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
 def command(checkpoint: Path | str = "") -> str:
     """The command that resumes the run: this one's own --config and overrides, with --resume [CHECKPOINT]."""
     args = [a for a in sys.argv[1:] if not a.startswith("--resume") and a != "--no-prompt"]
-    if "--resume" in sys.argv[1:] and (i := sys.argv.index("--resume")) + 1 < len(sys.argv) and "=" not in sys.argv[i + 1]:
+    if (
+        "--resume" in sys.argv[1:]
+        and (i := sys.argv.index("--resume")) + 1 < len(sys.argv)
+        and "=" not in sys.argv[i + 1]
+    ):
         args.remove(sys.argv[i + 1])  # the checkpoint that --resume was given
     line = ["python", "train.py", "--resume", *([str(checkpoint)] if checkpoint else [])]
     if Path(sys.argv[0]).name != "train.py":  # called from Python: its arguments are not on the command line
@@ -294,8 +325,9 @@ def record_of(cfg: RecipeConfig, phases: list[dict], sources: list[CorpusSource]
     return {"phases": phases, "corpus": corpus, "base_model": base_model}
 
 
-def claim(folder: RunFolder, plan: ResumePlan | None, cfg: RecipeConfig, record: dict, fingerprints: dict,
-          allow_changes: bool) -> dict:  # fmt: skip
+def claim(
+    folder: RunFolder, plan: ResumePlan | None, cfg: RecipeConfig, record: dict, fingerprints: dict, allow_changes: bool
+) -> dict:
     """The run record this run writes: a new run into a folder of its own, or the checkpoint's run continued in
     its folder (or forked into a new one); another run's folder is refused, before anything is written."""
     if plan is None:
@@ -351,13 +383,36 @@ def later_files(plan: ResumePlan, folder: RunFolder) -> None:
 
 # Keys that may change on --resume without a word of warning beyond one line each.
 FREE_KEYS = (
-    "name", "samples.", "hub.", "resume.", "data.num_proc", "data.cache_dir", "training.logging_", "training.eval_",
-    "training.save_", "training.report_to", "training.output_dir", "training.disable_tqdm", "training.run_name",
-    "training.dataloader_", "training.per_device_eval_batch_size", "training.torch_compile",
-    "training.activation_checkpointing", "training.use_liger_kernel", "training.liger_kernel_config",
-    "training.max_steps", "training.push_to_hub", "training.hub_", "attn_implementation", "training.use_cpu",
-    "training.bf16", "training.include_", "training.ddp_", "training.project", "training.trackio_",
-)  # fmt: skip
+    "name",
+    "samples.",
+    "hub.",
+    "resume.",
+    "data.num_proc",
+    "data.cache_dir",
+    "training.logging_",
+    "training.eval_",
+    "training.save_",
+    "training.report_to",
+    "training.output_dir",
+    "training.disable_tqdm",
+    "training.run_name",
+    "training.dataloader_",
+    "training.per_device_eval_batch_size",
+    "training.torch_compile",
+    "training.activation_checkpointing",
+    "training.use_liger_kernel",
+    "training.liger_kernel_config",
+    "training.max_steps",
+    "training.push_to_hub",
+    "training.hub_",
+    "attn_implementation",
+    "training.use_cpu",
+    "training.bf16",
+    "training.include_",
+    "training.ddp_",
+    "training.project",
+    "training.trackio_",
+)
 # Keys whose change is handled: the data position is counted in samples, so a new batch continues exactly.
 BATCH_KEYS = ("training.per_device_train_batch_size", "training.gradient_accumulation_steps")
 

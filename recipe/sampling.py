@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, StoppingCriteria
 
-from base import RecipeError, first_line
+from recipe.cli import RecipeError, first_line
 
 MAX_SEED = 2**32 - 1  # the range numpy and transformers.set_seed accept
 
@@ -68,8 +68,13 @@ class SamplingSettings:
 
 
 def generation_config(settings: SamplingSettings, tokenizer) -> GenerationConfig:
-    return GenerationConfig(**settings.generate_kwargs(), pad_token_id=tokenizer.eos_token_id,
-                            eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, use_cache=True)  # fmt: skip
+    return GenerationConfig(
+        **settings.generate_kwargs(),
+        pad_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        use_cache=True,
+    )
 
 
 def check_samples(prompts: list[str], settings: SamplingSettings, tokenizer, max_positions: int) -> None:
@@ -97,8 +102,9 @@ class StopWhen(StoppingCriteria):
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer, prompts: list[str], settings: SamplingSettings, bf16: bool = False,
-                     should_stop=lambda: False) -> list[tuple[str, str]]:  # fmt: skip
+def generate_samples(
+    model, tokenizer, prompts: list[str], settings: SamplingSettings, bf16: bool = False, should_stop=lambda: False
+) -> list[tuple[str, str]]:
     """Complete each prompt, seeded (`settings.seed`; None: fresh randomness); leaves the model's mode and the
     global RNG as they were. Returns [] if `should_stop()` turned true on the way."""
     was_training, device = model.training, next(model.parameters()).device

@@ -23,8 +23,8 @@ from datasets.distributed import split_dataset_by_node
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback, TrainingArguments
 
-from base import RecipeError, log
-from corpus import (
+from recipe.cli import RecipeError, log
+from recipe.corpus import (
     CorpusSource,
     CorpusStats,
     check_readable,
@@ -34,7 +34,7 @@ from corpus import (
     tokenize_function,
     unreadable_data_error,
 )
-from run_folder import CHECKPOINT_PREFIX, STREAM_POSITION, read_json, write_atomically
+from recipe.run_folder import CHECKPOINT_PREFIX, STREAM_POSITION, read_json, write_atomically
 
 # --- the blocks ----------------------------------------------------------------------------------
 
@@ -70,11 +70,18 @@ def prepare_streaming(cfg, tokenizer, rank: int = 0, world_size: int = 1):
                 "split between the processes by document (or by file, where the files divide evenly); for plain text "
                 "set data.sample_by=paragraph or line, or use more documents, fewer processes, or data.streaming=false"
             )
-    train = StreamedBlocks(partial(open_stream, source, cfg, rank, world_size), tokenize, text_column, cfg.block_size,
-                           held_out=cfg.max_validation_blocks if rank == 0 else 0, seed=cfg.seed,
-                           explain=partial(unreadable_data_error, source, cfg))  # fmt: skip
-    stats = CorpusStats(documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation),
-                        block_size=cfg.block_size)  # fmt: skip
+    train = StreamedBlocks(
+        partial(open_stream, source, cfg, rank, world_size),
+        tokenize,
+        text_column,
+        cfg.block_size,
+        held_out=cfg.max_validation_blocks if rank == 0 else 0,
+        seed=cfg.seed,
+        explain=partial(unreadable_data_error, source, cfg),
+    )
+    stats = CorpusStats(
+        documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
+    )
     return {"train": train, "validation": validation}, stats
 
 
@@ -261,9 +268,14 @@ def streamed_dataloader(dataset: StreamedBlocks, args: TrainingArguments, batch_
     process or in one dataloader worker; accelerate's usual loader would read it on one process and send
     the batches to the others."""
     workers = args.dataloader_num_workers
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=workers,
-                        pin_memory=args.dataloader_pin_memory,
-                        prefetch_factor=args.dataloader_prefetch_factor if workers else None)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        pin_memory=args.dataloader_pin_memory,
+        prefetch_factor=args.dataloader_prefetch_factor if workers else None,
+    )
     return prepare_data_loader(
         loader, args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
     )
@@ -311,4 +323,3 @@ def resume_stream(stream: StreamedBlocks, checkpoint: str | Path, args: Training
     args.ignore_data_skip = True  # the Trainer would otherwise replay the batches before the checkpoint
     each = " in each process's part" if args.world_size > 1 else ""
     log(f"streaming: continuing at block {position['block']:,} of the stream{each} without reading what came before it")
-

@@ -25,10 +25,10 @@ import yaml
 from dacite.types import is_instance
 from transformers import LlamaConfig, TrainingArguments
 
-from base import RecipeError
-from sampling import SamplingSettings, SettingError
+from recipe.cli import RecipeError
+from recipe.sampling import SamplingSettings, SettingError
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the clone: its YAML configs and assets/
 DEFAULT_CONFIG = ROOT / "config_smollm2_135M.yaml"
 ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager")  # or a Hub kernel id (user/name)
 MAX_NEW_TOKENS = 4096  # samples longer than this would hold a run (and a stop signal) for minutes
@@ -43,10 +43,12 @@ YamlLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                 list("tTfF"))  # fmt: skip
-YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-                                 list("-+0123456789."))  # fmt: skip
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
 
 
 def parse_yaml(text: str) -> Any:
@@ -102,9 +104,18 @@ class DataConfig:
         """The section as each source reads it, by the config key of the source's path ({"data.path": self} alone)."""
         if not self.sources:
             return {"data.path": self}
-        return {f"data.sources.{s.name}.path": dataclasses.replace(
-            self, sources=None, path=s.path, text_column=s.text_column, dataset_config=s.dataset_config, split=s.split,
-            sample_by=s.sample_by) for s in self.sources}  # fmt: skip
+        return {
+            f"data.sources.{s.name}.path": dataclasses.replace(
+                self,
+                sources=None,
+                path=s.path,
+                text_column=s.text_column,
+                dataset_config=s.dataset_config,
+                split=s.split,
+                sample_by=s.sample_by,
+            )
+            for s in self.sources
+        }
 
 
 @dataclass
@@ -330,42 +341,65 @@ def cross_key_problems(cfg: RecipeConfig) -> list[str]:
     if data.block_size < 2:
         problems.append(f"data.block_size must be at least 2, got {data.block_size}")
     elif max_positions and data.block_size > max_positions:
-        problems.append(f"data.block_size {data.block_size} is longer than model.max_position_embeddings "
-                        f"{max_positions}: use data.block_size<={max_positions}")  # fmt: skip
+        problems.append(
+            f"data.block_size {data.block_size} is longer than model.max_position_embeddings "
+            f"{max_positions}: use data.block_size<={max_positions}"
+        )
     if not 0 < data.validation_fraction < 1:
         problems.append(f"data.validation_fraction must be between 0 and 1, got {data.validation_fraction}")
-    at_least_one = {"data.max_validation_blocks": data.max_validation_blocks, "resume.extra_steps": cfg.resume.extra_steps,
-                    "training.max_steps": training.get("max_steps")}  # fmt: skip
+    at_least_one = {
+        "data.max_validation_blocks": data.max_validation_blocks,
+        "resume.extra_steps": cfg.resume.extra_steps,
+        "training.max_steps": training.get("max_steps"),
+    }
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         at_least_one[f"training.{key}"] = training.get(key, 1)
     for key, value in at_least_one.items():
         if value is None or value < 1:
             problems.append(f"{key} must be at least 1, got {value}")
     if not training.get("learning_rate", 1) > 0:
-        problems.append(f"training.learning_rate must be above 0, got {training.get('learning_rate')}: nothing would train")
+        problems.append(
+            f"training.learning_rate must be above 0, got {training.get('learning_rate')}: nothing would train"
+        )
     if training.get("save_strategy", "steps") == "steps" and training.get("save_steps", 1) <= 0:
-        problems.append("training.save_steps must be above 0: a crash would lose the whole run (or set "
-                        "training.save_strategy=no to save only at the end)")  # fmt: skip
-    for key in ("logging_steps", "eval_steps"):  # TrainingArguments would take 0 as "every logging step", or name a flag
+        problems.append(
+            "training.save_steps must be above 0: a crash would lose the whole run (or set "
+            "training.save_strategy=no to save only at the end)"
+        )
+    for key in (
+        "logging_steps",
+        "eval_steps",
+    ):  # TrainingArguments would take 0 as "every logging step", or name a flag
         if training.get(key) is not None and training[key] <= 0:
             off = "; training.eval_strategy=no evaluates never" if key == "eval_steps" else ""
             problems.append(f"training.{key} must be above 0, got {training[key]} (e.g. training.{key}=10{off})")
     sources, names = data.sources or [], [s.name for s in data.sources or []]
     if data.sources is None and data.path is None:
         problems.append("data.path is null and data.sources is not set: set one of them")
-    problems += [f"data.sources.{s.name}.weight must be a number, 0 or more, got {s.weight}" for s in sources
-                 if isinstance(s.weight, bool) or not 0 <= s.weight < float("inf")]  # fmt: skip
+    problems += [
+        f"data.sources.{s.name}.weight must be a number, 0 or more, got {s.weight}"
+        for s in sources
+        if isinstance(s.weight, bool) or not 0 <= s.weight < float("inf")
+    ]
     if data.sources is not None and not any(s.weight > 0 for s in sources):
-        problems.append("data.sources is empty or no weight is above 0: give a source a weight above 0 (or set "
-                        "data.sources=null)")  # fmt: skip
-    problems += [f"data.sources: two sources are named '{n}'; give each its own name" for n in sorted(set(names))
-                 if names.count(n) > 1]  # fmt: skip
+        problems.append(
+            "data.sources is empty or no weight is above 0: give a source a weight above 0 (or set data.sources=null)"
+        )
+    problems += [
+        f"data.sources: two sources are named '{n}'; give each its own name"
+        for n in sorted(set(names))
+        if names.count(n) > 1
+    ]
     if data.streaming and (training.get("dataloader_num_workers") or 0) > 1:
-        problems.append("data.streaming reads each process's stream in one place: set training.dataloader_num_workers "
-                        "to 1 (a worker reads ahead while the model trains) or 0")  # fmt: skip
+        problems.append(
+            "data.streaming reads each process's stream in one place: set training.dataloader_num_workers "
+            "to 1 (a worker reads ahead while the model trains) or 0"
+        )
     if cfg.attn_implementation not in ATTENTION and "/" not in cfg.attn_implementation:
-        problems.append(f"attn_implementation: {cfg.attn_implementation!r} is not one of {', '.join(ATTENTION)}, "
-                        "or a Hub kernel id such as kernels-community/flash-attn2")  # fmt: skip
+        problems.append(
+            f"attn_implementation: {cfg.attn_implementation!r} is not one of {', '.join(ATTENTION)}, "
+            "or a Hub kernel id such as kernels-community/flash-attn2"
+        )
     if samples.every_n_steps < 0:
         problems.append("samples.every_n_steps must be >= 0 (0 turns samples off)")
     try:

@@ -22,15 +22,16 @@ from huggingface_hub import HfApi, constants, get_token
 from transformers import SchedulerType, Trainer, TrainingArguments, get_scheduler
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
-from base import HUB_NAME, RecipeError, first_line, hub_is_reachable, log
-from config import RecipeConfig
-from model import estimate_peak_memory
+from recipe.cli import HUB_NAME, RecipeError, first_line, hub_is_reachable, log
+from recipe.config import RecipeConfig
+from recipe.model import estimate_peak_memory
 
 MEMORY_MARGIN = 0.8  # activation checkpointing goes off when the estimated peak fits in this share of memory
 
 
-def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int | None = None, quiet=False,
-                             **changes) -> TrainingArguments:  # fmt: skip
+def build_training_arguments(
+    cfg: RecipeConfig, model_config=None, n_params: int | None = None, quiet=False, **changes
+) -> TrainingArguments:
     """TrainingArguments from the YAML's `training:` (and `changes`), with precision, speed and schedule
     resolved for this machine. `quiet` leaves out the lines that say what was chosen."""
     kwargs = {**copy.deepcopy(cfg.training), **changes}
@@ -40,8 +41,10 @@ def build_training_arguments(cfg: RecipeConfig, model_config=None, n_params: int
     kwargs["lr_scheduler_kwargs"] = schedule_kwargs(kwargs)
     max_steps, warmup = kwargs.get("max_steps", 0), kwargs.get("warmup_steps", 0)
     if 1 <= max_steps <= warmup:
-        say(f"warning: training.warmup_steps {warmup:g} is not below training.max_steps {max_steps}: the learning rate "
-            f"never reaches its peak {kwargs.get('learning_rate', 5e-5):g}; set fewer (or a share, e.g. 0.1)")  # fmt: skip
+        say(
+            f"warning: training.warmup_steps {warmup:g} is not below training.max_steps {max_steps}: the learning rate "
+            f"never reaches its peak {kwargs.get('learning_rate', 5e-5):g}; set fewer (or a share, e.g. 0.1)"
+        )
     kwargs.setdefault("disable_tqdm", not sys.stderr.isatty())  # in a log file a bar is one line per update
     kwargs.setdefault("project", "smollm2-recipe")  # trackio's project (TrainingArguments.project)
     kwargs.setdefault("trackio_static_space_id", False)  # push_to_hub would publish trackio's logs as a Space too
@@ -119,7 +122,9 @@ def choose_speed(training: dict, model_config=None, n_params: int | None = None,
         training["activation_checkpointing"] = checkpointing
         if peak is not None and available is not None:
             why_checkpointing = f" (estimated peak {peak / 2**30:.1f} GiB of {available / 2**30:.0f} GiB without it)"
-    if checkpointing and not training.get("activation_checkpointing_kwargs", training.get("gradient_checkpointing_kwargs")):
+    if checkpointing and not training.get(
+        "activation_checkpointing_kwargs", training.get("gradient_checkpointing_kwargs")
+    ):
         training["activation_checkpointing_kwargs"] = {"use_reentrant": False}
     line = (
         f"speed: torch.compile {'on' if compile_ else 'off'}{why_compile}, "
@@ -247,9 +252,13 @@ def _shifted(factor, offset: int, step: int) -> float:
 def check_loggers(report_to: list[str]) -> None:
     """Each logger of training.report_to known and installed, or one line saying how to install it."""
     for name in set(report_to) - set(get_available_reporting_integrations() if report_to else ()):
-        extra = Path(__file__).with_name(f"requirements-{name}.txt")
+        extra = Path(__file__).parents[1] / f"requirements-{name}.txt"
         install = f"pip install -r {extra.name}" if extra.is_file() else f"pip install {name}"
-        why = f"{name} is not installed; {install}" if name in INTEGRATION_TO_CALLBACK else "no such logger (see README.md)"
+        why = (
+            f"{name} is not installed; {install}"
+            if name in INTEGRATION_TO_CALLBACK
+            else "no such logger (see README.md)"
+        )
         raise RecipeError(f"training.report_to={name}: {why}")
 
 
@@ -261,7 +270,9 @@ def check_hub_backup(training: dict, resume_from: str | None = None) -> None:
         return
     repo, need = training.get("hub_model_id"), "training.push_to_hub" if push else "--resume hub"
     if not isinstance(repo, str) or repo.count("/") != 1 or not all(map(HUB_NAME.fullmatch, repo.split("/"))):
-        raise RecipeError(f"{need} needs training.hub_model_id=user/name, the repo of the run's checkpoints (not {repo!r})")
+        raise RecipeError(
+            f"{need} needs training.hub_model_id=user/name, the repo of the run's checkpoints (not {repo!r})"
+        )
     if get_token() is None:
         raise RecipeError(f"{need}: no Hugging Face token; run `hf auth login` or set HF_TOKEN")
     if not hub_is_reachable():
@@ -314,8 +325,10 @@ def describe_batch(args: TrainingArguments, block_size: int, train_blocks: int |
     """The batch line; a corpus of fewer training blocks than a step takes repeats each block within the step."""
     n, micro, accum = args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps
     sequences = samples_per_step(args)
-    line = (f"batch: {n} process{'es' if n > 1 else ''} x {micro} sequences x {accum} accumulation = "
-            f"{sequences:,} sequences = {sequences * block_size:,} tokens per step")  # fmt: skip
+    line = (
+        f"batch: {n} process{'es' if n > 1 else ''} x {micro} sequences x {accum} accumulation = "
+        f"{sequences:,} sequences = {sequences * block_size:,} tokens per step"
+    )
     if train_blocks is not None and train_blocks < sequences:
         line += f"; the corpus has {train_blocks:,} training blocks, so each repeats within every step"
     return line

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from base import RecipeError, first_line, log, looks_like_hub_id
-from run_folder import (
+from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
+from recipe.run_folder import (
     EVAL_RESULTS,
     OLDER_PHASES,
     RECIPE_CONFIG,
@@ -32,9 +32,18 @@ from run_folder import (
 CARD_TAGS = ["smollm2", "llama", "pretraining", "smollm2-recipe"]
 # settings of recipe_config.yaml shown in the card; the schedule and step counts are in the phase table
 SETTING_KEYS = [
-    "per_device_train_batch_size", "gradient_accumulation_steps", "optim", "adam_beta1", "adam_beta2",
-    "adam_epsilon", "weight_decay", "max_grad_norm", "bf16", "activation_checkpointing", "seed",
-]  # fmt: skip
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "weight_decay",
+    "max_grad_norm",
+    "bf16",
+    "activation_checkpointing",
+    "seed",
+]
 SETTINGS_NOTE = (
     "As configured in the run's recipe_config.yaml (on a CPU without native bf16, train.py trains in fp32 "
     "whatever `bf16` says)."
@@ -69,7 +78,9 @@ def read_training_record(source: Path) -> TrainingRecord:
     for name in (RECIPE_CONFIG, RECORD):
         path = run_file(source, name)
         if path is not None and (read_yaml(path) if name == RECIPE_CONFIG else read_json(path)) is None:
-            raise RecipeError(f"cannot read {path}: not valid {'YAML' if name == RECIPE_CONFIG else 'JSON'}; fix or remove it")
+            raise RecipeError(
+                f"cannot read {path}: not valid {'YAML' if name == RECIPE_CONFIG else 'JSON'}; fix or remove it"
+            )
     recipe, run = run_file(source, RECIPE_CONFIG), run_file(source, RECORD)
     older = run_file(source, OLDER_PHASES)
     return TrainingRecord(
@@ -99,14 +110,32 @@ def training_phases(record: TrainingRecord) -> list[Phase]:
     if not spec:
         if step is None:
             return []
-        return [Phase("training", 1, step, record.training("max_steps"), record.training("lr_scheduler_type"),
-                      record.training("learning_rate"), record.training("warmup_steps"))]  # fmt: skip
+        return [
+            Phase(
+                "training",
+                1,
+                step,
+                record.training("max_steps"),
+                record.training("lr_scheduler_type"),
+                record.training("learning_rate"),
+                record.training("warmup_steps"),
+            )
+        ]
     ran = [p for p in spec if step is None or p["first_step"] <= step]
     phases = []
     for p, following in zip(ran, [*ran[1:], None], strict=True):
         last = following["first_step"] - 1 if following else (step if step is not None else p["last_step"])
-        phases.append(Phase(p["name"], p["first_step"], last, p.get("last_step"), p.get("lr_scheduler_type"),
-                            p.get("learning_rate"), p.get("warmup_steps")))  # fmt: skip
+        phases.append(
+            Phase(
+                p["name"],
+                p["first_step"],
+                last,
+                p.get("last_step"),
+                p.get("lr_scheduler_type"),
+                p.get("learning_rate"),
+                p.get("warmup_steps"),
+            )
+        )
     return phases
 
 
@@ -172,13 +201,21 @@ def model_index_results(results: dict) -> list[EvalResult]:
         if entry.get("limit") is not None and entry.get("examples") != entry.get("examples_total"):
             notes.append(f"first {entry['examples']:,} of {entry['examples_total']:,} examples")
         for metric in (m for m in entry.get("metrics", []) if number(m.get("value")) is not None):
-            out.append(EvalResult(
-                task_type="text-generation", task_name=entry["task"], dataset_type=dataset.get("type") or entry["task"],
-                dataset_name=dataset.get("name") or entry["task"], dataset_config=dataset.get("config"),
-                dataset_split=dataset.get("split"), metric_type=metric["name"], metric_value=round(metric["value"], 4),
-                metric_name=f"{metric['name']} ({', '.join(notes)})" if notes else metric["name"],
-                source_name=f"lm-evaluation-harness {entry.get('lm_eval_version', '')}".strip(), source_url=HARNESS_URL,
-            ))  # fmt: skip
+            out.append(
+                EvalResult(
+                    task_type="text-generation",
+                    task_name=entry["task"],
+                    dataset_type=dataset.get("type") or entry["task"],
+                    dataset_name=dataset.get("name") or entry["task"],
+                    dataset_config=dataset.get("config"),
+                    dataset_split=dataset.get("split"),
+                    metric_type=metric["name"],
+                    metric_value=round(metric["value"], 4),
+                    metric_name=f"{metric['name']} ({', '.join(notes)})" if notes else metric["name"],
+                    source_name=f"lm-evaluation-harness {entry.get('lm_eval_version', '')}".strip(),
+                    source_url=HARNESS_URL,
+                )
+            )
     return out
 
 
@@ -248,13 +285,20 @@ def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, 
         model_name=repo_id.split("/")[-1] if record.evaluation else None,  # the model-index needs a name
         eval_results=model_index_results(record.evaluation) if record.evaluation else None,
     )
-    sections = [introduction(record, model, repo_id, hub_dataset, base_model), architecture_section(model, record, dtype)]
+    sections = [
+        introduction(record, model, repo_id, hub_dataset, base_model),
+        architecture_section(model, record, dtype),
+    ]
     if record.trained_here:
         phases = training_phases(record)
         has_curve = plot_loss_curve(record.history, phases, folder / "loss_curve.png")
-        sections += [phases_section(record, phases), sources_section(record), settings_section(record),
-                     results_section(record, has_curve),
-                     samples_section(read_samples(record.samples_file, record.global_step))]  # fmt: skip
+        sections += [
+            phases_section(record, phases),
+            sources_section(record),
+            settings_section(record),
+            results_section(record, has_curve),
+            samples_section(read_samples(record.samples_file, record.global_step)),
+        ]
     sections.append(evaluation_section(record.evaluation))
     body = "\n\n".join(s for s in [*sections, usage_section(repo_id)] if s)
     ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n").save(folder / "README.md")
@@ -265,10 +309,16 @@ def push_final(trainer, final: Path) -> None:
     model, repo = trainer.accelerator.unwrap_model(trainer.model), trainer.hub_model_id
     write_model_card(final, read_training_record(final), model, repo, model.dtype, {})
     try:
-        HfApi().upload_folder(repo_id=repo, folder_path=final, revision=trainer.args.hub_revision,
-                              commit_message="End of training: the final model and its card (smollm2-recipe)")  # fmt: skip
+        HfApi().upload_folder(
+            repo_id=repo,
+            folder_path=final,
+            revision=trainer.args.hub_revision,
+            commit_message="End of training: the final model and its card (smollm2-recipe)",
+        )
     except Exception as e:
-        raise RecipeError(f"the Hub refused {final} ({first_line(e)}); push it with: python push.py --checkpoint {final}") from None
+        raise RecipeError(
+            f"the Hub refused {final} ({first_line(e)}); push it with: python push.py --checkpoint {final}"
+        ) from None
     log(f"hub: pushed {final} and its model card to {repo}")
 
 
@@ -276,14 +326,19 @@ def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str |
     title = f"# {repo_id.split('/')[-1]}\n\n"
     kind = f"A `{architecture(model)}` model with {sum(p.numel() for p in model.parameters()):,} parameters"
     if not record.trained_here:
-        return (f"{title}{kind}. No record of its training came with it (no recipe_config.yaml or "
-                "trainer_state.json), so this card shows only what its `config.json` says.")  # fmt: skip
+        return (
+            f"{title}{kind}. No record of its training came with it (no recipe_config.yaml or "
+            "trainer_state.json), so this card shows only what its `config.json` says."
+        )
     name = (record.recipe or {}).get("name")
     if name:
         shown = f"[{name}](https://huggingface.co/HuggingFaceTB/{name})" if name in PUBLISHED_SMOLLM2 else name
         kind += f" in the {shown} configuration"
-    how = f"continued from [{base_model}](https://huggingface.co/{base_model})" if base_model else (
-        "continued from local weights" if (record.recipe or {}).get("init_from") else "trained from scratch")  # fmt: skip
+    how = (
+        f"continued from [{base_model}](https://huggingface.co/{base_model})"
+        if base_model
+        else ("continued from local weights" if (record.recipe or {}).get("init_from") else "trained from scratch")
+    )
     line = f"{kind}, {how} with smollm2-recipe (Hugging Face `Trainer`)"
     if dataset := dataset_description(record, hub_dataset):
         block = record.data("block_size")
@@ -324,8 +379,10 @@ def architecture_section(model, record: TrainingRecord, dtype) -> str:
 def phases_section(record: TrainingRecord, phases: list[Phase]) -> str:
     if not phases:
         return ""
-    rows = ["| phase | steps | optimizer steps | schedule | learning rate | warmup steps |",
-            "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = [
+        "| phase | steps | optimizer steps | schedule | learning rate | warmup steps |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for p in phases:
         rows.append(
             f"| {p.name} | {p.first_step:,}–{p.last_step:,} | {p.last_step - p.first_step + 1:,} "
@@ -338,11 +395,16 @@ def phases_section(record: TrainingRecord, phases: list[Phase]) -> str:
     if record.global_step is None:
         notes.append("The steps are the planned ones: no trainer_state.json recorded how far the run went.")
     elif end.planned_last_step and end.planned_last_step != end.last_step:
-        notes.append(f"The {end.name} phase was planned to step {end.planned_last_step:,} and stopped at {end.last_step:,}.")
+        notes.append(
+            f"The {end.name} phase was planned to step {end.planned_last_step:,} and stopped at {end.last_step:,}."
+        )
     if not record.run.get("phases"):
         notes.append("No run record (run.json) came with the model: the phase is read from recipe_config.yaml.")
-    if kwargs := [f"{p['name']}: `{plain(p['lr_scheduler_kwargs'])}`" for p in record.run.get("phases", [])
-                  if p.get("lr_scheduler_kwargs")]:  # fmt: skip
+    if kwargs := [
+        f"{p['name']}: `{plain(p['lr_scheduler_kwargs'])}`"
+        for p in record.run.get("phases", [])
+        if p.get("lr_scheduler_kwargs")
+    ]:
         notes.append(f"Schedule settings: {'; '.join(kwargs)}.")
     return "\n".join(["## Training phases", "", *rows, *(["", " ".join(notes)] if notes else [])])
 
@@ -351,15 +413,18 @@ def sources_section(record: TrainingRecord) -> str:
     """A mixture's sources as the run recorded them: names, weights, share of the training blocks, passes."""
     if not (sources := record.run.get("sources")):
         return ""
-    rows = ["| source | corpus | documents | tokens | weight | share of the training blocks | passes |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    rows = [
+        "| source | corpus | documents | tokens | weight | share of the training blocks | passes |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in sources:
         more = f" and {len(s['corpus']) - 3} more" if len(s["corpus"]) > 3 else ""
         names = ", ".join(f"`{n}`" for n in s["corpus"][:3]) + more
         counts = [f"{n:,}" if n is not None else "streamed" for n in (s["documents"], s["tokens"])]
         passes = format(s["passes"], ",.2f") if s["passes"] else ""
-        rows.append(f"| {s['name']} | {names} | {' | '.join(counts)} | {plain(s['weight'])} | {s['share']:.1%} "
-                    f"| {passes} |")
+        rows.append(
+            f"| {s['name']} | {names} | {' | '.join(counts)} | {plain(s['weight'])} | {s['share']:.1%} | {passes} |"
+        )
     return "\n".join(["## Training data", "", "Blocks drawn from each source in proportion to its weight:", "", *rows])
 
 
@@ -415,13 +480,23 @@ def examples_shown(entry: dict) -> str:
 
 def evaluation_section(results: dict | None) -> str:
     """eval.py's results, as the model-index in the header says them, for a reader."""
-    rows = [f"| {e['task']} | {m['name']} | {m['value']:.4g} | {examples_shown(e)} | {e.get('num_fewshot') or 0} |"
-            for e in (results or {}).get("tasks", []) for m in e.get("metrics", []) if number(m.get("value")) is not None]  # fmt: skip
+    rows = [
+        f"| {e['task']} | {m['name']} | {m['value']:.4g} | {examples_shown(e)} | {e.get('num_fewshot') or 0} |"
+        for e in (results or {}).get("tasks", [])
+        for m in e.get("metrics", [])
+        if number(m.get("value")) is not None
+    ]
     if not rows:
         return ""
     version = results["tasks"][0].get("lm_eval_version", "")
-    return "\n".join([f"## Evaluation\n\nWith [lm-evaluation-harness]({HARNESS_URL}) {version} (`python eval.py`).\n",
-                      "| task | metric | value | examples | shots |", "| --- | --- | --- | --- | --- |", *rows])  # fmt: skip
+    return "\n".join(
+        [
+            f"## Evaluation\n\nWith [lm-evaluation-harness]({HARNESS_URL}) {version} (`python eval.py`).\n",
+            "| task | metric | value | examples | shots |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
 
 
 def samples_section(samples: list[dict]) -> str:

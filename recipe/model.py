@@ -1,6 +1,6 @@
 """The model: a `LlamaConfig` from the YAML's `model:` section, and a `LlamaForCausalLM` built from it.
 
-Used by train.py, bench.py and benchmarks/: the config (checked by transformers' own validation), the model
+Used by train.py, benchmarks/bench.py and benchmarks/: the config (checked by transformers' own validation), the model
 from scratch, on the meta device (for checks that cost no memory) or from `init_from` weights, tensor shapes
 checked both ways against a checkpoint, the parameter breakdown, the attention implementation (with the
 recipe's causal SDPA), training FLOPs per token and an estimate of the peak training memory.
@@ -19,8 +19,8 @@ from transformers.masking_utils import AttentionMaskInterface, causal_mask_funct
 from transformers.modeling_flash_attention_utils import FLASH_ATTN_KERNEL_FALLBACK
 from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_kernels_available
 
-from base import RecipeError, first_line, hub_is_reachable, log
-from config import RecipeConfig
+from recipe.cli import RecipeError, first_line, hub_is_reachable, log
+from recipe.config import RecipeConfig
 
 # --- config and model ----------------------------------------------------------------------------
 
@@ -154,10 +154,14 @@ def choose_attn_implementation(requested: str, document_aware: bool = False) -> 
         return use_sdpa(document_aware, f"{requested} needs a CUDA GPU")
     if requested in FLASH_ATTENTION and not FLASH_ATTENTION[requested]():
         if not is_kernels_available():
-            return use_sdpa(document_aware, f"flash-attn is not installed; pip install kernels loads {requested} "
-                                            "from the Hub instead")  # fmt: skip
-        log(f"attention: {requested} from the Hub kernel {FLASH_ATTN_KERNEL_FALLBACK[requested]} (flash-attn is not "
-            "installed; the kernels package loads it)")  # fmt: skip
+            return use_sdpa(
+                document_aware,
+                f"flash-attn is not installed; pip install kernels loads {requested} from the Hub instead",
+            )
+        log(
+            f"attention: {requested} from the Hub kernel {FLASH_ATTN_KERNEL_FALLBACK[requested]} (flash-attn is not "
+            "installed; the kernels package loads it)"
+        )
         return requested
     if "/" in requested and not is_kernels_available():
         return use_sdpa(document_aware, f"the Hub kernel {requested} needs the kernels package: pip install kernels")
@@ -169,8 +173,11 @@ def choose_attn_implementation(requested: str, document_aware: bool = False) -> 
 
 def use_sdpa(document_aware: bool, why: str) -> str:
     name = "sdpa" if document_aware else register_causal_sdpa()
-    what = "transformers' sdpa, its masks keep the packed documents apart" if document_aware else (
-        "the recipe's causal SDPA")  # fmt: skip
+    what = (
+        "transformers' sdpa, its masks keep the packed documents apart"
+        if document_aware
+        else ("the recipe's causal SDPA")
+    )
     log(f"attention: {name} ({what}; {why})")
     return name
 
@@ -178,8 +185,17 @@ def use_sdpa(document_aware: bool, why: str) -> str:
 CAUSAL_SDPA = "sdpa_causal"
 
 
-def causal_sdpa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
-                     attention_mask=None, local_size=None, **kwargs):  # fmt: skip
+def causal_sdpa_mask(
+    batch_size,
+    q_length,
+    kv_length,
+    q_offset=0,
+    kv_offset=0,
+    mask_function=None,
+    attention_mask=None,
+    local_size=None,
+    **kwargs,
+):
     """No mask at all for a batch without padding (no attention_mask) and without a cache offset, so SDPA runs
     with is_causal=True on its flash kernels; anything else gets transformers' own SDPA mask.
 
@@ -189,8 +205,17 @@ def causal_sdpa_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, m
     data.document_aware its batches never carry position ids."""
     if attention_mask is None and local_size is None and q_length == kv_length:
         return None
-    return sdpa_mask(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function or causal_mask_function,
-                     attention_mask, local_size, **kwargs)  # fmt: skip
+    return sdpa_mask(
+        batch_size,
+        q_length,
+        kv_length,
+        q_offset,
+        kv_offset,
+        mask_function or causal_mask_function,
+        attention_mask,
+        local_size,
+        **kwargs,
+    )
 
 
 def register_causal_sdpa() -> str:
@@ -235,7 +260,9 @@ def flops_per_token(n_params: int, n_layers: int, hidden: int, seq_len: int) -> 
     return 6 * n_params + 12 * n_layers * hidden * seq_len
 
 
-def estimate_peak_memory(config: LlamaConfig, n_params: int, micro_batch: int, seq_len: int, checkpointing: bool) -> int:
+def estimate_peak_memory(
+    config: LlamaConfig, n_params: int, micro_batch: int, seq_len: int, checkpointing: bool
+) -> int:
     """Bytes a training step needs at its peak, in bf16 autocast with AdamW: fp32 weights, gradients and two
     optimizer moments (16 bytes a parameter), the activations kept for the backward pass (SDPA keeps no
     seq x seq scores), and the logits with their fp32 loss and gradient. Checked against the peaks an H100

@@ -11,7 +11,7 @@ A run folder (`training.output_dir`) belongs to one run, named by the id in its 
     final/                 the model: safetensors, config, generation config, tokenizer, the run files
 
 Every path is resolved once (`~`, relative paths, symbolic links), and every module reads and writes a run
-through this one: train.py, push.py, generate.py, app.py, eval.py and bench.py.
+through this one: train.py, push.py, generate.py, app.py, eval.py and benchmarks/bench.py.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import xxhash
 import yaml
 
-from base import RecipeError, first_line, log
+from recipe.cli import RecipeError, first_line, log
 
 RUNS_DIR = Path("runs")  # the parent of the YAML's training.output_dir
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -160,8 +160,10 @@ def model_folder(path: Path) -> Path:
     complete = [f for f in (path / FINAL, *RunFolder(path).checkpoints()) if is_complete_model(f)]
     model = next((f for f in (path, *complete, path / FINAL) if (f / "config.json").is_file()), None)
     if model is None:
-        raise RecipeError(f"no model in {path} (no config.json, and no final/ or complete checkpoint-N inside); "
-                          "pass a final/ or checkpoint-N folder, a run folder, or a Hub id")  # fmt: skip
+        raise RecipeError(
+            f"no model in {path} (no config.json, and no final/ or complete checkpoint-N inside); "
+            "pass a final/ or checkpoint-N folder, a run folder, or a Hub id"
+        )
     if not has_weights(model):
         raise RecipeError(f"no weights in {model} (no *.safetensors); pass a final/ or a complete checkpoint-N folder")
     if not any((model / name).is_file() for name in TOKENIZER_FILES):
@@ -188,7 +190,10 @@ def checkpoint_files(folder: Path) -> list[Path]:
 
 def write_manifest(folder: Path) -> None:
     """Record the size and hash of every file of a checkpoint, last, in one rename."""
-    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "xxh3_128": file_hash(p)} for p in checkpoint_files(folder)}
+    files = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "xxh3_128": file_hash(p)}
+        for p in checkpoint_files(folder)
+    }
     write_atomically(folder / MANIFEST, json.dumps({"files": files}, indent=1))
 
 

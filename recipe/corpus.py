@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import xxhash
 from datasets.exceptions import DatasetGenerationError
 
-from base import RecipeError, first_line, log, looks_like_hub_id
+from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
 JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
@@ -34,6 +34,7 @@ PARQUET_SUFFIXES = (".parquet",)
 CSV_SUFFIXES = (".csv",)
 LONG_LOAD_BYTES = 256 * 2**20  # a corpus this large takes datasets long enough to read that its bar is news
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
 
 @dataclass
 class CorpusStats:
@@ -115,8 +116,10 @@ def files_in_folder(folder: Path, key: str) -> list[str]:
     if skipped and str(folder) not in SAID:  # the corpus is looked at more than once; said once
         SAID.add(str(folder))
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
-        log(f"data: {key} skips {len(skipped)} file(s) in {folder} that are hidden or not .txt, .md, .jsonl, "
-            f".parquet or .csv: {', '.join(skipped[:3])}{more}")  # fmt: skip
+        log(
+            f"data: {key} skips {len(skipped)} file(s) in {folder} that are hidden or not .txt, .md, .jsonl, "
+            f".parquet or .csv: {', '.join(skipped[:3])}{more}"
+        )
     return used
 
 
@@ -147,8 +150,10 @@ def find_corpus(path: str | list[str], key: str = "data.path") -> CorpusSource:
             raise RecipeError(f"data file not found: '{p}'; set {key} to your corpus{hint}")
     builders = {builder_for(f) or "text" for f in files}
     if len(builders) > 1:
-        raise RecipeError(f"{key} mixes file kinds ({', '.join(sorted(builders))}); use one kind per source, several "
-                          "kinds as data.sources (docs/data.md)")  # fmt: skip
+        raise RecipeError(
+            f"{key} mixes file kinds ({', '.join(sorted(builders))}); use one kind per source, several "
+            "kinds as data.sources (docs/data.md)"
+        )
     for f in files:
         if os.path.getsize(f) == 0:
             raise RecipeError(f"data file is empty: '{f}'; put text in it or remove it from {key}")
@@ -391,4 +396,3 @@ def batch_encoder(tokenizer):
     if backend is None or not hasattr(backend, "encode_batch_fast") or backend.truncation or backend.padding:
         return lambda texts: tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     return lambda texts: [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
-

@@ -19,10 +19,9 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from base import RecipeError, first_line, log
-from data import MixedBlocks
-from run_folder import RunFolder, atomic_folder, write_run_files
-from streaming import StreamedBlocks, draw_round, streamed_dataloader
+from recipe.cli import RecipeError, first_line, log
+from recipe.run_folder import RunFolder, atomic_folder, write_run_files
+from recipe.streaming import StreamedBlocks, draw_round, streamed_dataloader
 
 
 class BlockOrder(torch.utils.data.Sampler):
@@ -39,8 +38,17 @@ class BlockOrder(torch.utils.data.Sampler):
             epoch, offset = epoch + 1, 0
 
 
+class MixedBlocks(torch.utils.data.ConcatDataset):
+    """A mixture's training blocks: its sources' blocks one after the other, and their weights, by which
+    trainer.MixtureOrder draws from them."""
+
+    def __init__(self, parts: list[torch.utils.data.Dataset], weights: list[float]):
+        super().__init__(parts)
+        self.sizes, self.weights = [len(part) for part in parts], np.array(weights) / sum(weights)
+
+
 class MixtureOrder(torch.utils.data.Sampler):
-    """Indices of a mixture's blocks (data.MixedBlocks): each sample's source as streaming.draw_round says, each
+    """Indices of a mixture's blocks (MixedBlocks): each sample's source as streaming.draw_round says, each
     source's own blocks in a BlockOrder of their own, so a source that runs out is repeated in a new order. Like
     BlockOrder, a function of the sample's number alone; the first `start` samples are skipped."""
 
@@ -50,8 +58,10 @@ class MixtureOrder(torch.utils.data.Sampler):
     def __iter__(self):
         (number, offset), offsets = divmod(self.start, 1000), np.cumsum([0, *self.sizes[:-1]])
         count = partial(np.bincount, minlength=len(self.sizes))  # each source's samples before start:
-        before = sum((count(draw_round(self.weights, self.seed, n)) for n in range(number)),
-                     count(draw_round(self.weights, self.seed, number)[:offset]))  # fmt: skip
+        before = sum(
+            (count(draw_round(self.weights, self.seed, n)) for n in range(number)),
+            count(draw_round(self.weights, self.seed, number)[:offset]),
+        )
         orders = [iter(BlockOrder(n, self.seed + s, int(before[s]))) for s, n in enumerate(self.sizes)]
         while True:
             for source in draw_round(self.weights, self.seed, number)[offset:].tolist():
@@ -130,18 +140,27 @@ class RecipeTrainer(Trainer):
             loader = streamed_dataloader(self.train_dataset, self.args, self.args.train_batch_size, self.data_collator)
         else:
             blocks, seed, start = self.train_dataset, self.data_order_seed(), self.start_sample
-            order = (MixtureOrder(blocks.sizes, blocks.weights, seed, start) if isinstance(blocks, MixedBlocks)
-                     else BlockOrder(len(blocks), seed, start))  # fmt: skip
+            order = (
+                MixtureOrder(blocks.sizes, blocks.weights, seed, start)
+                if isinstance(blocks, MixedBlocks)
+                else BlockOrder(len(blocks), seed, start)
+            )
             workers = self.args.dataloader_num_workers
-            loader = self.accelerator.prepare(DataLoader(
-                blocks, batch_size=self.args.train_batch_size, sampler=order, collate_fn=self.data_collator,
-                num_workers=workers, pin_memory=self.args.dataloader_pin_memory,
-                prefetch_factor=self.args.dataloader_prefetch_factor if workers else None))  # fmt: skip
+            loader = self.accelerator.prepare(
+                DataLoader(
+                    blocks,
+                    batch_size=self.args.train_batch_size,
+                    sampler=order,
+                    collate_fn=self.data_collator,
+                    num_workers=workers,
+                    pin_memory=self.args.dataloader_pin_memory,
+                    prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
+                )
+            )
         if self.args.dataloader_num_workers:
             torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
             torch_loader.worker_init_fn = partial(start_worker_without_signals, torch_loader.worker_init_fn)
         return loader
-
 
     def save_final(self, config: dict, record: dict, publish=None) -> Path:
         """Weights (safetensors), config, generation config, tokenizer and the run files in output_dir/final,

@@ -165,6 +165,28 @@ PACKAGES = (
 MIN_TRANSFORMERS = (5, 23)  # requirements.txt
 
 
+def device_name(torch) -> str:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU: CPU only"
+    p = torch.cuda.get_device_properties(0)
+    return (
+        f"{torch.cuda.get_device_name(0)} ({p.total_memory / 2**30:.0f} GiB, compute capability "
+        f"{p.major}.{p.minor}, {p.multi_processor_count} SMs), CUDA {torch.version.cuda}"
+    )
+
+
+def import_problems(repo: str) -> list[str]:
+    """Whether the recipe's entry points import here: any error stops the check, in one line."""
+    sys.path.insert(0, str(Path(repo).resolve()))
+    try:
+        import bench  # noqa: F401
+
+        import train  # noqa: F401
+    except Exception as e:
+        return [f"the recipe does not import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
+    return []
+
+
 def cmd_env(a) -> int:
     """The machine and the versions, and whether the recipe imports; exit 1 if it cannot run here."""
     import importlib.metadata as md
@@ -179,15 +201,7 @@ def cmd_env(a) -> int:
             versions[name] = None
     import torch
 
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        device = (
-            f"{torch.cuda.get_device_name(0)} ({p.total_memory / 2**30:.0f} GiB, compute capability "
-            f"{p.major}.{p.minor}, {p.multi_processor_count} SMs), CUDA {torch.version.cuda}"
-        )
-    else:
-        device = "no CUDA GPU: CPU only"
-    print(f"- device: {device}; {os.cpu_count()} CPU cores; Python {platform.python_version()}")
+    print(f"- device: {device_name(torch)}; {os.cpu_count()} CPU cores; Python {platform.python_version()}")
     print(
         "- versions: "
         + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
@@ -203,15 +217,7 @@ def cmd_env(a) -> int:
     if versions["datasets"] is None:
         problems.append("datasets is not installed: carry the wheels (.whl/)")
     if not problems:
-        sys.path.insert(0, str(Path(a.repo).resolve()))
-        try:
-            import bench  # noqa: F401
-
-            import train  # noqa: F401
-        except Exception as e:  # any import error stops the check here, in one line
-            problems.append(
-                f"the recipe does not import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            )
+        problems += import_problems(a.repo)
     for p in problems:
         print(f"- **{p}**")
     if problems:

@@ -336,8 +336,16 @@ def build_config(raw: dict) -> RecipeConfig:
 
 def cross_key_problems(cfg: RecipeConfig) -> list[str]:
     """The rules between keys, and bounds no type says. Each problem is listed: fix them in one round."""
-    data, samples, training, problems = cfg.data, cfg.samples, cfg.training, []
-    max_positions = cfg.model.get("max_position_embeddings")
+    return [
+        *data_problems(cfg.data, cfg.model.get("max_position_embeddings")),
+        *source_problems(cfg.data),
+        *training_problems(cfg),
+        *sample_problems(cfg.samples),
+    ]
+
+
+def data_problems(data: DataConfig, max_positions: int | None) -> list[str]:
+    problems = []
     if data.block_size < 2:
         problems.append(f"data.block_size must be at least 2, got {data.block_size}")
     elif max_positions and data.block_size > max_positions:
@@ -347,35 +355,14 @@ def cross_key_problems(cfg: RecipeConfig) -> list[str]:
         )
     if not 0 < data.validation_fraction < 1:
         problems.append(f"data.validation_fraction must be between 0 and 1, got {data.validation_fraction}")
-    at_least_one = {
-        "data.max_validation_blocks": data.max_validation_blocks,
-        "resume.extra_steps": cfg.resume.extra_steps,
-        "training.max_steps": training.get("max_steps"),
-    }
-    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-        at_least_one[f"training.{key}"] = training.get(key, 1)
-    for key, value in at_least_one.items():
-        if value is None or value < 1:
-            problems.append(f"{key} must be at least 1, got {value}")
-    if not training.get("learning_rate", 1) > 0:
-        problems.append(
-            f"training.learning_rate must be above 0, got {training.get('learning_rate')}: nothing would train"
-        )
-    if training.get("save_strategy", "steps") == "steps" and training.get("save_steps", 1) <= 0:
-        problems.append(
-            "training.save_steps must be above 0: a crash would lose the whole run (or set "
-            "training.save_strategy=no to save only at the end)"
-        )
-    for key in (
-        "logging_steps",
-        "eval_steps",
-    ):  # TrainingArguments would take 0 as "every logging step", or name a flag
-        if training.get(key) is not None and training[key] <= 0:
-            off = "; training.eval_strategy=no evaluates never" if key == "eval_steps" else ""
-            problems.append(f"training.{key} must be above 0, got {training[key]} (e.g. training.{key}=10{off})")
+    return problems
+
+
+def source_problems(data: DataConfig) -> list[str]:
     sources, names = data.sources or [], [s.name for s in data.sources or []]
-    if data.sources is None and data.path is None:
-        problems.append("data.path is null and data.sources is not set: set one of them")
+    problems = ["data.path is null and data.sources is not set: set one of them"] * (
+        data.sources is None and data.path is None
+    )
     problems += [
         f"data.sources.{s.name}.weight must be a number, 0 or more, got {s.weight}"
         for s in sources
@@ -390,7 +377,37 @@ def cross_key_problems(cfg: RecipeConfig) -> list[str]:
         for n in sorted(set(names))
         if names.count(n) > 1
     ]
-    if data.streaming and (training.get("dataloader_num_workers") or 0) > 1:
+    return problems
+
+
+def training_problems(cfg: RecipeConfig) -> list[str]:
+    training = cfg.training
+    at_least_one = {
+        "data.max_validation_blocks": cfg.data.max_validation_blocks,
+        "resume.extra_steps": cfg.resume.extra_steps,
+        "training.max_steps": training.get("max_steps"),
+    }
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        at_least_one[f"training.{key}"] = training.get(key, 1)
+    problems = [
+        f"{key} must be at least 1, got {value}" for key, value in at_least_one.items() if value is None or value < 1
+    ]
+    if not training.get("learning_rate", 1) > 0:
+        problems.append(
+            f"training.learning_rate must be above 0, got {training.get('learning_rate')}: nothing would train"
+        )
+    if not cfg.resume.lr_factor > 0:
+        problems.append(f"resume.lr_factor must be above 0, got {cfg.resume.lr_factor}")
+    if training.get("save_strategy", "steps") == "steps" and training.get("save_steps", 1) <= 0:
+        problems.append(
+            "training.save_steps must be above 0: a crash would lose the whole run (or set "
+            "training.save_strategy=no to save only at the end)"
+        )
+    for key in ("logging_steps", "eval_steps"):  # TrainingArguments would take 0 as "every logging step"
+        if training.get(key) is not None and training[key] <= 0:
+            off = "; training.eval_strategy=no evaluates never" if key == "eval_steps" else ""
+            problems.append(f"training.{key} must be above 0, got {training[key]} (e.g. training.{key}=10{off})")
+    if cfg.data.streaming and (training.get("dataloader_num_workers") or 0) > 1:
         problems.append(
             "data.streaming reads each process's stream in one place: set training.dataloader_num_workers "
             "to 1 (a worker reads ahead while the model trains) or 0"
@@ -400,16 +417,17 @@ def cross_key_problems(cfg: RecipeConfig) -> list[str]:
             f"attn_implementation: {cfg.attn_implementation!r} is not one of {', '.join(ATTENTION)}, "
             "or a Hub kernel id such as kernels-community/flash-attn2"
         )
-    if samples.every_n_steps < 0:
-        problems.append("samples.every_n_steps must be >= 0 (0 turns samples off)")
+    return problems
+
+
+def sample_problems(samples: SamplesConfig) -> list[str]:
+    problems = ["samples.every_n_steps must be >= 0 (0 turns samples off)"] * (samples.every_n_steps < 0)
     try:
         samples.sampling().check()
     except SettingError as e:
         problems.append(e.for_key("samples"))
     if samples.max_new_tokens > MAX_NEW_TOKENS:
         problems.append(f"samples.max_new_tokens must be at most {MAX_NEW_TOKENS:,}, got {samples.max_new_tokens}")
-    if not cfg.resume.lr_factor > 0:
-        problems.append(f"resume.lr_factor must be above 0, got {cfg.resume.lr_factor}")
     return problems
 
 

@@ -128,26 +128,9 @@ def find_corpus(path: str | list[str], key: str = "data.path") -> CorpusSource:
     paths = [path] if isinstance(path, str) else list(path)
     if not paths:
         raise RecipeError(f"{key} is empty: set it to a text file, a folder, a glob or a Hub dataset id")
-    files: list[str] = []
-    for p in paths:
-        expanded = os.path.expanduser(p)
-        if any(ch in expanded for ch in "*?["):
-            matches = sorted(f for f in glob.glob(expanded, recursive=True) if os.path.isfile(f))
-            if not matches:
-                raise RecipeError(f"{key}: no files match '{p}'")
-            files.extend(matches)
-        elif os.path.isdir(expanded):
-            found = files_in_folder(Path(expanded), key)
-            if not found:
-                raise RecipeError(f"{key}: folder '{p}' holds no .txt, .md, .jsonl, .parquet or .csv files")
-            files.extend(found)
-        elif os.path.isfile(expanded):
-            files.append(expanded)
-        elif len(paths) == 1 and looks_like_hub_id(p):
-            return CorpusSource(builder=None, files=[], hub_id=p)
-        else:
-            hint = f" (tiny Shakespeare: curl -o input.txt {TINY_SHAKESPEARE_URL})" if p == "input.txt" else ""
-            raise RecipeError(f"data file not found: '{p}'; set {key} to your corpus{hint}")
+    if len(paths) == 1 and not os.path.exists(os.path.expanduser(paths[0])) and looks_like_hub_id(paths[0]):
+        return CorpusSource(builder=None, files=[], hub_id=paths[0])
+    files = [f for p in paths for f in files_of(p, key)]
     builders = {builder_for(f) or "text" for f in files}
     if len(builders) > 1:
         raise RecipeError(
@@ -158,6 +141,25 @@ def find_corpus(path: str | list[str], key: str = "data.path") -> CorpusSource:
         if os.path.getsize(f) == 0:
             raise RecipeError(f"data file is empty: '{f}'; put text in it or remove it from {key}")
     return CorpusSource(builder=builders.pop(), files=files)
+
+
+def files_of(path: str, key: str) -> list[str]:
+    """The files one entry of a source's `path` names: a glob's matches, a folder's corpus files, or the file."""
+    expanded = os.path.expanduser(path)
+    if any(ch in expanded for ch in "*?["):
+        matches = sorted(f for f in glob.glob(expanded, recursive=True) if os.path.isfile(f))
+        if not matches:
+            raise RecipeError(f"{key}: no files match '{path}'")
+        return matches
+    if os.path.isdir(expanded):
+        found = files_in_folder(Path(expanded), key)
+        if not found:
+            raise RecipeError(f"{key}: folder '{path}' holds no .txt, .md, .jsonl, .parquet or .csv files")
+        return found
+    if os.path.isfile(expanded):
+        return [expanded]
+    hint = f" (tiny Shakespeare: curl -o input.txt {TINY_SHAKESPEARE_URL})" if path == "input.txt" else ""
+    raise RecipeError(f"data file not found: '{path}'; set {key} to your corpus{hint}")
 
 
 def fingerprint(source: CorpusSource, spec) -> str:

@@ -13,6 +13,47 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
 
+class Handler(BaseHTTPRequestHandler):
+    """The HTTP side: each request is recorded and answered by the server's HubStub."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.stub.requests.append(("GET", self.path))
+        self.answer(*self.server.stub.handle_get(self.path, self.headers.get("authorization")))
+
+    def do_HEAD(self):
+        self.server.stub.requests.append(("HEAD", self.path))
+        self.answer(*self.server.stub.handle_get(self.path, self.headers.get("authorization")), body=False)
+
+    def do_POST(self):
+        stub, body = self.server.stub, self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        stub.requests.append(("POST", self.path))
+        if self.headers.get("authorization") != f"Bearer {stub.token}":
+            return self.reply(401, {"error": "Invalid credentials in Authorization header"})
+        self.reply(*stub.handle_post(self.path, body))
+
+    def answer(self, status, payload, headers=None, body=True):
+        if not isinstance(payload, bytes):
+            return self.reply(status, payload, headers, body)
+        self.send(status, payload, {"Content-Length": str(len(payload)), **(headers or {})}, body)
+
+    def reply(self, status, payload, headers=None, body=True):
+        data = json.dumps(payload).encode()
+        error = {"X-Error-Message": payload.get("error", "")} if status >= 400 else {}
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data)), **error, **(headers or {})}
+        self.send(status, data, headers, body)
+
+    def send(self, status, data: bytes, headers: dict, body: bool):
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+
 class HubStub:
     def __init__(self, token: str, refuse: set[str] = frozenset()):
         self.token = token
@@ -21,51 +62,8 @@ class HubStub:
         self.variables: dict[str, dict] = {}
         self.commits: list[tuple[str, str]] = []  # (repo id, commit message), in order
         self.requests: list[tuple[str, str]] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                stub.requests.append(("GET", self.path))
-                self.answer(*stub.handle_get(self.path, self.headers.get("authorization")))
-
-            def do_HEAD(self):
-                stub.requests.append(("HEAD", self.path))
-                self.answer(*stub.handle_get(self.path, self.headers.get("authorization")), body=False)
-
-            def answer(self, status, payload, headers=None, body=True):
-                if not isinstance(payload, bytes):
-                    return self.reply(status, payload, headers, body)
-                self.send_response(status)
-                for key, value in {"Content-Length": str(len(payload)), **(headers or {})}.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if body:
-                    self.wfile.write(payload)
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                stub.requests.append(("POST", self.path))
-                if self.headers.get("authorization") != f"Bearer {stub.token}":
-                    return self.reply(401, {"error": "Invalid credentials in Authorization header"})
-                self.reply(*stub.handle_post(self.path, body))
-
-            def reply(self, status, payload, headers=None, body=True):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if status >= 400:
-                    self.send_header("X-Error-Message", payload.get("error", ""))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.stub = self
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -74,16 +72,7 @@ class HubStub:
 
     def handle_post(self, path: str, body: bytes):
         if path == "/api/repos/create":
-            spec = json.loads(body)
-            repo_id = f"{spec.get('organization') or 'me'}/{spec['name']}"
-            if repo_id in self.refuse:
-                return 403, {"error": f"You don't have the rights to create {repo_id}"}
-            kind = spec.get("type", "model")
-            private = spec.get("private", spec.get("visibility") == "private")
-            self.repos.setdefault(
-                f"{kind}:{repo_id}", {"private": private, "files": {}, "branches": [], "sha": "0" * 40}
-            )
-            return 200, {"url": f"{self.url}/{'spaces/' if kind == 'space' else ''}{repo_id}"}
+            return self.create_repo(json.loads(body))
         if path == "/api/validate-yaml":
             return 200, {}
         parts = path.split("/")  # /api/{kind}s/{user}/{name}/{action}/{revision}
@@ -103,17 +92,29 @@ class HubStub:
             self.variables.setdefault(repo_id, {}).update({json.loads(body)["key"]: json.loads(body)["value"]})
             return 200, {}
         if action == "commit":
-            for line in body.decode().splitlines():
-                item = json.loads(line)
-                if item["key"] == "header":
-                    self.commits.append((repo_id, item["value"]["summary"]))
-                elif item["key"] == "file":
-                    repo["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
-                elif item["key"] == "lfsFile":
-                    return 400, {"error": "the stub takes regular uploads only"}
-            repo["sha"] = hashlib.sha1(repo["sha"].encode() + body).hexdigest()
-            return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{repo['sha']}", "commitOid": repo["sha"]}
+            return self.commit(repo_id, repo, body)
         return 404, {"error": f"unknown action {action}"}
+
+    def create_repo(self, spec: dict):
+        repo_id = f"{spec.get('organization') or 'me'}/{spec['name']}"
+        if repo_id in self.refuse:
+            return 403, {"error": f"You don't have the rights to create {repo_id}"}
+        kind = spec.get("type", "model")
+        private = spec.get("private", spec.get("visibility") == "private")
+        self.repos.setdefault(f"{kind}:{repo_id}", {"private": private, "files": {}, "branches": [], "sha": "0" * 40})
+        return 200, {"url": f"{self.url}/{'spaces/' if kind == 'space' else ''}{repo_id}"}
+
+    def commit(self, repo_id: str, repo: dict, body: bytes):
+        for line in body.decode().splitlines():
+            item = json.loads(line)
+            if item["key"] == "header":
+                self.commits.append((repo_id, item["value"]["summary"]))
+            elif item["key"] == "file":
+                repo["files"][item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "lfsFile":
+                return 400, {"error": "the stub takes regular uploads only"}
+        repo["sha"] = hashlib.sha1(repo["sha"].encode() + body).hexdigest()
+        return 200, {"commitUrl": f"{self.url}/{repo_id}/commit/{repo['sha']}", "commitOid": repo["sha"]}
 
     def handle_get(self, path: str, authorization: str | None):
         """Repo info (`/api/models/u/n/revision/main`), the recursive listing (`/api/models/u/n/tree/main`) and

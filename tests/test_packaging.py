@@ -61,7 +61,6 @@ def test_py_modules_are_the_top_level_python_files_and_the_package():
         f"add {sorted(present - listed)}, remove {sorted(listed - present)}"
     )
     assert pyproject()["tool"]["setuptools"]["packages"] == ["recipe"]
-    assert sorted(pyproject()["tool"]["ruff"]["lint"]["isort"]["known-first-party"]) == sorted({*listed, "recipe"})
 
 
 def test_the_wheel_holds_the_modules_and_the_core_requirements(tmp_path):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -75,15 +77,38 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(TOKENIZER)
 
 
+def tiny_run_overrides(out: Path, cache_dir: Path) -> list[str]:
+    return tiny_overrides(out, cache_dir, max_steps=4, save_steps=2, eval_steps=2) + ["samples.every_n_steps=2"]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, cache_dir) -> Path:
     """A finished 4-step run of the tiny model: checkpoints, samples, trainer_state and final/."""
     import train
 
     out = tmp_path_factory.mktemp("tiny-run") / "run"
-    overrides = tiny_overrides(out, cache_dir, max_steps=4, save_steps=2, eval_steps=2) + ["samples.every_n_steps=2"]
-    assert train.main(overrides) == 0
+    assert train.main(tiny_run_overrides(out, cache_dir)) == 0
     return out
+
+
+@pytest.fixture
+def checkpointed_run(tiny_run, tmp_path, cache_dir) -> tuple[Path, list[str]]:
+    """A copy of the session's tiny run (checkpoint-2, checkpoint-4, final/), free to be changed, and the
+    overrides it was trained with."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    return out, tiny_run_overrides(out, cache_dir)
+
+
+def read_until(proc: subprocess.Popen, marker: str = " | loss ") -> list[str]:
+    """The lines a process prints up to the first one holding `marker`; by default its first loss line, the
+    sign that training has started."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            break
+    return lines
 
 
 TOKEN = "hf_stubtoken1234567890"

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CORPUS, ROOT, tiny_overrides
+from conftest import CORPUS, ROOT, read_until, tiny_overrides
 from transformers import AutoModelForCausalLM
 
 import train
@@ -80,11 +80,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, cache_
     command = torchrun_command(2, *tiny_overrides(out, cache_dir, **never), "samples.every_n_steps=0")
     proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if " | loss " in line:
-                break  # both ranks are training
+        lines = read_until(proc)  # both ranks are training
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
         rank1 = next(p for p in workers if p.environ().get("RANK") == "1")
         rank1.send_signal(signal.SIGTERM)

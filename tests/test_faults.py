@@ -2,7 +2,6 @@
 long sample generation, and a resume with another batch size."""
 
 import errno
-import shutil
 import signal
 import subprocess
 import sys
@@ -123,10 +122,8 @@ def test_resume_with_a_doubled_batch_trains_every_block_exactly_once(tmp_path, c
     assert resumed.seen == expected  # the same 32 blocks, in the same order
 
 
-def test_a_changed_block_size_on_resume_stops_in_one_line(tiny_run, tmp_path, cache_dir, capsys):
-    out = tmp_path / "run"
-    shutil.copytree(tiny_run, out)
-    overrides = tiny_overrides(out, cache_dir, max_steps=4, save_steps=2, eval_steps=2) + ["samples.every_n_steps=2"]
+def test_a_changed_block_size_on_resume_stops_in_one_line(checkpointed_run, capsys):
+    out, overrides = checkpointed_run
     before = sorted(p.name for p in out.iterdir())
     changed = [o.replace("data.block_size=64", "data.block_size=32") for o in overrides]
     assert train.main(["--resume", *changed]) == 2

@@ -17,6 +17,7 @@ tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from conftest import CORPUS, ROOT, tiny_overrides
+from conftest import CORPUS, ROOT, read_until, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 import train
@@ -152,11 +152,7 @@ def test_sigterm_from_outside_saves_and_exits(tmp_path, cache_dir, workers, stre
         text=True,
         start_new_session=True,
     )
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if " | loss " in line:
-            break  # training has started
+    lines = read_until(proc)  # training has started
     if to_group:
         os.killpg(proc.pid, to_group)
     else:

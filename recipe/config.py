@@ -74,6 +74,12 @@ class SourceConfig:
     sample_by: Literal["document", "paragraph", "line"] | None = None
 
 
+def name_of(path: str | list[str] | None) -> str:
+    """A source's default name: its path's first file or folder, up to any glob and suffix."""
+    first = re.split(r"[*?[]", path if isinstance(path, str) else (path or [""])[0])[0]
+    return re.sub(r"[^\w-]", "_", Path(first).name.split(".")[0]) or "source"
+
+
 @dataclass
 class DataConfig:
     path: str | list[str] | None  # ignored (and recorded as null) when `sources` are given
@@ -91,10 +97,11 @@ class DataConfig:
     document_aware: bool
     sources: list[SourceConfig] | None
 
-    def __post_init__(self):  # a source's name from its path (books/*.txt: books), what it does not set from data:
+    def __post_init__(self):
+        """Each source gets a name (from its path: books/*.txt is "books") and, for what it does not set
+        itself, the section's own settings. With sources, the section's own path is not read."""
         for source in self.sources or []:
-            first = re.split(r"[*?[]", source.path if isinstance(source.path, str) else (source.path or [""])[0])[0]
-            source.name = source.name or re.sub(r"[^\w-]", "_", Path(first).name.split(".")[0]) or "source"
+            source.name = source.name or name_of(source.path)
             for key in ("text_column", "dataset_config", "split", "sample_by"):
                 if getattr(source, key) is None:
                     setattr(source, key, getattr(self, key))

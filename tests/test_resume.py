@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_overrides
+from conftest import StopAt, tiny_overrides
 from safetensors.torch import save_file
+from transformers import TrainerCallback
 
 import train
-from recipe import resume, run_folder
+from recipe import card, resume, run_folder
 from recipe.cli import RecipeError
 from recipe.config import load_config
 from recipe.corpus import find_corpus
@@ -402,3 +403,55 @@ def test_an_interrupted_run_given_a_larger_max_steps_finishes_its_schedule_then_
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
     assert lrs[5:10] == sorted(lrs[5:10], reverse=True) and lrs[10] == 0.0  # the linear decay to step 10, then re-warm
+
+
+class LearningRates(TrainerCallback):
+    """The learning rate the optimizer used at each step, read right after its step."""
+
+    def __init__(self):
+        self.used = {}
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.used[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.slow
+def test_main_extra_phase_and_extension_log_use_and_card_the_same_learning_rates(tmp_path, cache_dir):
+    """One schedule over the main phase, the extra phase at lr/10 and an extension re-warmed over a tenth of its
+    steps. The numbers are those of the code before the run state and the schedule were one (commit 1f9e2de)."""
+    out, rates = tmp_path / "run", LearningRates()
+    overrides = tiny_overrides(out, cache_dir, max_steps=6, save_steps=3, eval_steps=100) + [
+        "samples.every_n_steps=0",
+        "resume.extra_steps=3",
+    ]
+    assert train.main(overrides, extra_callbacks=[rates]) == 0  # main: steps 1-6, warmup 2, decay the last 20%
+    stopped = train.main(["--resume", *overrides], extra_callbacks=[rates, StopAt(8)])  # resume: 7-9 at lr/10
+    assert stopped == train.EXIT_INTERRUPTED
+    assert train.main(["--resume", *overrides], extra_callbacks=[rates]) == 0  # inside the phase: on its schedule
+    assert train.main(["--resume", *overrides, "training.max_steps=19"], extra_callbacks=[rates]) == 0  # extend
+    log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = {h["step"]: round(h["learning_rate"], 8) for h in log if "learning_rate" in h}
+    used = {step: round(lr, 8) for step, lr in rates.used.items()}
+    assert used == USED_LEARNING_RATES
+    assert logged == LOGGED_LEARNING_RATES
+    record = card.read_training_record(out / "final")
+    assert card.phases_section(record, card.training_phases(record)) == PHASE_TABLE
+
+    assert (record.run["samples_trained"], record.run["tokens_trained"]) == (76, 4864)  # 19 steps of 4 blocks of 64
+
+
+# The learning rates of steps 1-19 as commit 1f9e2de used and logged them: main (warmup 2, one decay step), the
+# extra phase at lr/10, the extension re-warmed over one step and decayed over its last two.
+USED_LEARNING_RATES = {1: 0.0, 2: 0.0015, **dict.fromkeys(range(3, 7), 0.003), **dict.fromkeys(range(7, 10), 0.0003)}
+USED_LEARNING_RATES |= {10: 0.0, **dict.fromkeys(range(11, 19), 0.003), 19: 0.0015}
+LOGGED_LEARNING_RATES = USED_LEARNING_RATES
+PHASE_TABLE = """## Training phases
+
+| phase | steps | optimizer steps | schedule | learning rate | warmup steps |
+| --- | --- | --- | --- | --- | --- |
+| main | 1–6 | 6 | `warmup_stable_decay` | 0.003 | 2 |
+| resume | 7–9 | 3 | `constant` | 0.0003 |  |
+| extend | 10–19 | 10 | `warmup_stable_decay` | 0.003 | 1 |
+
+Schedule settings: main: `num_decay_steps=1, decay_type=linear, min_lr_ratio=0`; extend: `num_decay_steps=2, \
+decay_type=linear, min_lr_ratio=0`."""

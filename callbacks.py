@@ -2,12 +2,10 @@
 
 - `SampleGenerationCallback`: text samples every N steps (console, samples.jsonl, wandb table), generated
   after that step's checkpoint is saved, and cut short by a stop signal.
-- `PhaseScheduleCallback`: after a checkpoint is loaded, put back the configured log/eval/save intervals and,
-  for a phase after the main one (`--resume`), give the scheduler the phase's own schedule.
 - `GracefulInterruptCallback`: Ctrl-C / SIGTERM saves a checkpoint and stops, within seconds of the step,
   evaluation or sample generation it arrives in; a second one exits at once.
-- `RunRecordCallback`: what a checkpoint must say about its run: samples trained on, fingerprints and run id
-  (inside trainer_state.json), the config and the run record beside it, content hashes last; disk room.
+- `RunRecordCallback`: the owner of the run state while training: kept in each checkpoint (inside
+  trainer_state.json, and as run.json beside the config), content hashes last; disk room.
 - `ConsoleLogCallback`: one line per logging step, with units and an ETA, instead of a dict of strings.
 - `ThroughputMonitor`: tokens/s, MFU and peak memory of each logging window.
 """
@@ -28,13 +26,12 @@ import torch
 from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from recipe.arguments import phase_lr_factor, samples_per_step
+from recipe.arguments import samples_per_step
 from recipe.cli import log
 from recipe.config import SamplesConfig
 from recipe.model import flops_per_token, peak_bf16_flops
 from recipe.run_folder import (
     CHECKPOINT_PREFIX,
-    RECORD_KEY,
     SAMPLES,
     bytes_in,
     follow_umask,
@@ -42,6 +39,7 @@ from recipe.run_folder import (
     write_manifest,
     write_run_files,
 )
+from recipe.run_state import RunState
 from recipe.sampling import generate_samples
 from recipe.trainer import StopEvaluation
 
@@ -116,33 +114,6 @@ class SampleGenerationCallback(TrainerCallback):
         table = wandb.Table(columns=["step", "prompt", "completion"], data=list(self.rows))
         # the Trainer's wandb charts use train/global_step as their x-axis: give the table the step it belongs to
         wandb.run.log({"samples": table, "train/global_step": step})
-
-
-# --- the phase's schedule ----------------------------------------------------------------------------------
-
-
-class PhaseScheduleCallback(TrainerCallback):
-    """Runs after the Trainer has loaded a checkpoint (on_train_begin).
-
-    The Trainer restores logging/eval/save intervals from the checkpoint's trainer_state.json; we put back the
-    configured ones. For a phase after the main one (resume.py), the scheduler restored from scheduler.pt
-    (whose base_lrs would win over any new learning_rate) is given the phase's own schedule, so the learning
-    rate the optimizer uses and the one logged are the phase's from its first step on.
-    """
-
-    def __init__(self, phase: dict | None = None):
-        self.phase = phase
-
-    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-        state.compute_steps(args, state.max_steps)
-        if self.phase is None or lr_scheduler is None:
-            return
-        scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
-        factor, lr, n = phase_lr_factor(self.phase), self.phase["learning_rate"], len(scheduler.base_lrs)
-        scheduler.lr_lambdas, scheduler.base_lrs = [factor] * n, [lr] * n
-        scheduler._last_lr = [lr * factor(scheduler.last_epoch)] * n
-        for group, now in zip((optimizer or scheduler.optimizer).param_groups, scheduler._last_lr, strict=True):
-            group["lr"], group["initial_lr"] = now, lr
 
 
 # --- stopping ------------------------------------------------------------------------------------
@@ -246,60 +217,32 @@ def format_duration(seconds: float) -> str:
 
 
 class RunRecordCallback(TrainerCallback, ExportableState):
-    """The run's record as each checkpoint leaves it. Inside trainer_state.json (as complete as the checkpoint):
-    the samples trained on, the fingerprints of the tokenizer and the corpus, the run id. Beside it: the config
-    and the run record with the facts of that step (run_folder.py), and last the content hashes of every file.
-    Before each save it checks the disk."""
+    """The owner of the run state (run_state.py) while training. The Trainer keeps it in each checkpoint's
+    trainer_state.json as this callback's state; beside it go the config and run.json, the same state, and last
+    the content hashes of every file. Before each save it checks the disk."""
 
-    def __init__(
-        self,
-        config: dict,
-        record: dict,
-        fingerprints: dict,
-        samples_seen: int,
-        block_size: int,
-        checkpoint_bytes: int,
-        tokens_seen: int | None = None,
-    ):
-        self.config, self.record, self.fingerprints = config, record, fingerprints
-        self.samples_seen, self.block_size, self.checkpoint_bytes = samples_seen, block_size, checkpoint_bytes
-        self.tokens_seen = samples_seen * block_size if tokens_seen is None else tokens_seen  # blocks may change size
+    def __init__(self, config: dict, run: RunState, checkpoint_bytes: int):
+        self.config, self.run, self.checkpoint_bytes = config, run, checkpoint_bytes
 
     def state(self) -> dict:
-        attributes = {
-            "samples_seen": self.samples_seen,
-            "tokens_seen": self.tokens_seen,
-            "run_id": self.record["run_id"],
-            **self.fingerprints,
-        }
-        return {"args": {}, "attributes": attributes}
+        return {"args": {}, "attributes": self.run.to_dict()}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        state.stateful_callbacks.setdefault(RECORD_KEY, self.state())  # a checkpoint from before this record
+        state.compute_steps(args, state.max_steps)  # the configured log/eval/save intervals, not the checkpoint's
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.samples_seen += samples_per_step(args)
-        self.tokens_seen += samples_per_step(args) * self.block_size
+        self.run.global_step, self.run.tokens_trained = state.global_step, state.num_input_tokens_seen
+        self.run.samples_trained += samples_per_step(args)
         if control.should_save and args.should_save:
             self.finish_hashing()
             warn_if_disk_is_short(Path(args.output_dir), self.checkpoint_bytes)
-
-    def facts(self, step: int) -> dict:
-        """The record with what the run has done by `step`."""
-        return {
-            **self.record,
-            "global_step": step,
-            "samples_trained": self.samples_seen,
-            "tokens_trained": self.tokens_seen,
-        }
 
     def on_save(self, args, state, control, **kwargs):
         if args.should_save:
             self.finish_hashing()
             folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-            record = self.facts(state.global_step)
-            write_run_files(Path(args.output_dir), self.config, record)
-            write_run_files(folder, self.config, record)
+            write_run_files(Path(args.output_dir), self.config, self.run.to_dict())
+            write_run_files(folder, self.config, self.run.to_dict())
             follow_umask(folder)
             self.checkpoint_bytes = bytes_in(folder)
             # last, while training goes on (BENCHMARKS.md): a checkpoint with its checksums is complete

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from accelerate import PartialState
@@ -29,6 +29,7 @@ from recipe.cli import RecipeError, log
 from recipe.config import RecipeConfig, load_config
 from recipe.corpus import find_corpus, fingerprint
 from recipe.run_folder import RunFolder, RunLock, write_run_files
+from recipe.run_state import RunState
 from recipe.sampling import check_samples
 from recipe.streaming import StreamedBlocks, StreamPositionCallback, resume_stream
 from recipe.trainer import RecipeTrainer, save_failed
@@ -48,16 +49,19 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
         tokenizer = load_tokenizer(cfg.tokenizer)
         checked = check_before_work(cfg, tokenizer, folder, args.resume)
         with RunLock(folder) if PartialState().is_main_process else contextlib.nullcontext():  # one run a folder
-            record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, args.resume_changed)
+            run = resume.claim(folder, checked.plan, cfg, checked.run, args.resume_changed)
             splits, sources = prepare_data(cfg, tokenizer, checked)
-            code, offer = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks), True
+            code, offer = (
+                run_phase(cfg, checked, replace(run, sources=sources), tokenizer, splits, extra_callbacks),
+                True,
+            )
             while code == 0 and (
                 latest := resume.next_phase_due(cfg, folder, offer and should_offer_extra_phase(args))
             ):
                 offer = False  # the extra phase is offered once; a planned extension comes without asking
                 checked = check_before_work(cfg, tokenizer, folder, latest)
-                record = resume.claim(folder, checked.plan, cfg, checked.record, checked.fingerprints, False)
-                code = run_phase(cfg, checked, {**record, **sources}, tokenizer, splits, extra_callbacks)
+                run = resume.claim(folder, checked.plan, cfg, checked.run, False)
+                code = run_phase(cfg, checked, replace(run, sources=sources), tokenizer, splits, extra_callbacks)
         return code
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -103,8 +107,7 @@ class Checked:
     n_params: int
     args: TrainingArguments
     plan: resume.ResumePlan | None
-    fingerprints: dict  # of the tokenizer and the corpus, kept in each checkpoint
-    record: dict  # what the run record says of this phase: phases, corpus, base model
+    run: RunState  # the run this phase continues (or starts), its id still to be claimed
 
 
 def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_from: str | None) -> Checked:
@@ -113,20 +116,18 @@ def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_fr
     llama_config = modeling.build_llama_config(cfg, tokenizer)
     meta_model = modeling.build_meta_model(llama_config)
     n_params = sum(p.numel() for p in meta_model.parameters())
-    main_phase = resume.main_phase(cfg, PartialState().num_processes)
-    plan = resume.plan_resume(cfg, resume_from, folder, main_phase) if resume_from else None
-    changes = {} if plan is None else {"max_steps": plan.max_steps}
-    if plan is not None and plan.phase["name"] != "main":
-        changes["learning_rate"] = plan.phase["learning_rate"]
-    args = arguments.build_training_arguments(cfg, llama_config, n_params, **changes)
+    args = arguments.build_training_arguments(cfg, llama_config, n_params)
     arguments.check_optimizer_and_schedule(args)
+    plan = resume.plan_resume(cfg, resume_from, folder, args) if resume_from else None
+    if plan is not None:
+        args.max_steps = plan.max_steps  # the phase's last step; the schedule of each phase is the run state's
     check_samples(cfg.samples.prompts, cfg.samples.sampling(), tokenizer, llama_config.max_position_embeddings)
     if plan is not None:
         resume.verify_checkpoint(plan, meta_model.state_dict())
     corpora = {key: (find_corpus(spec.path, key), spec) for key, spec in cfg.data.specs().items()}  # each source's
     fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), **{k: fingerprint(*c) for k, c in corpora.items()}}
-    record = resume.record_of(cfg, plan.phases if plan else [main_phase], [c for c, _ in corpora.values()])
-    return Checked(llama_config, n_params, args, plan, fingerprints, record)
+    run = resume.run_state(cfg, args, plan, [c for c, _ in corpora.values()], fingerprints)
+    return Checked(llama_config, n_params, args, plan, run)
 
 
 # --- 2. data --------------------------------------------------------------------------------------
@@ -139,13 +140,13 @@ def prepare_data(cfg: RecipeConfig, tokenizer, checked: Checked):  # the blocks,
             cfg.data, tokenizer, rank=state.process_index, world_size=state.num_processes, drawn=drawn
         )
     log(stats.summary())
-    return splits, {"sources": stats.sources} if stats.sources else {}
+    return splits, stats.sources or []
 
 
 # --- 3. one phase: model, Trainer, train, save ---------------------------------------------------
 
 
-def run_phase(cfg: RecipeConfig, checked: Checked, record: dict, tokenizer, splits, extra_callbacks=()) -> int:
+def run_phase(cfg: RecipeConfig, checked: Checked, run: RunState, tokenizer, splits, extra_callbacks=()) -> int:
     """Build the model and the Trainer, train (or resume), save final/. Returns the process exit code."""
     plan = checked.plan
     set_seed(checked.args.seed)  # the same seed gives the same initial weights
@@ -156,16 +157,7 @@ def run_phase(cfg: RecipeConfig, checked: Checked, record: dict, tokenizer, spli
     if plan is not None:
         log(plan.describe())
     interrupt = callbacks.GracefulInterruptCallback()
-    start = plan.start_sample(arguments.samples_per_step(checked.args)) if plan else 0
-    run_record = callbacks.RunRecordCallback(
-        cfg.to_dict(),
-        record,
-        checked.fingerprints,
-        start,
-        cfg.data.block_size,
-        12 * checked.n_params,
-        plan.state.get("tokens_seen") if plan else 0,
-    )
+    run_record = callbacks.RunRecordCallback(cfg.to_dict(), run, 12 * checked.n_params)
     trainer = build_trainer(cfg, checked, run_record, model, tokenizer, splits, interrupt, extra_callbacks)
     callbacks.warn_if_cpu_run_is_long(trainer, checked)
     return train_and_save(trainer, run_record, interrupt, plan)
@@ -182,7 +174,6 @@ def build_trainer(cfg, checked: Checked, run_record, model, tokenizer, splits, i
     stream_position = StreamPositionCallback() if stream is not None else None
     trainer_callbacks = [
         throughput,
-        callbacks.PhaseScheduleCallback(plan.phase if plan and plan.phase["name"] != "main" else None),
         callbacks.SampleGenerationCallback(tokenizer, cfg.samples, args.output_dir, lambda: interrupt.requested),
         *([stream_position] if stream_position is not None else []),  # before the record: its checksums come last
         run_record,
@@ -198,7 +189,8 @@ def build_trainer(cfg, checked: Checked, run_record, model, tokenizer, splits, i
         processing_class=tokenizer,
         data_collator=collator_for(cfg.data, tokenizer),
         callbacks=trainer_callbacks,
-        start_sample=run_record.samples_seen,
+        run_state=run_record.run,
+        start_sample=run_record.run.samples_trained,
         throughput=throughput,
         stream_position=stream_position,
     )
@@ -214,7 +206,7 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
     args = trainer.args
     arguments.make_wandb_dir()
     if args.should_save:  # only now, after every check: the run record of this phase
-        write_run_files(RunFolder(args.output_dir).path, run_record.config, run_record.facts(plan.step if plan else 0))
+        write_run_files(RunFolder(args.output_dir).path, run_record.config, run_record.run.to_dict())
     try:
         result = trainer.train(resume_from_checkpoint=str(plan.checkpoint) if plan else None)
         if interrupt.stopped_at is not None:
@@ -225,7 +217,7 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
             return EXIT_INTERRUPTED
         trainer.save_metrics("train", result.metrics)
         trainer.save_state()
-        final = trainer.save_final(run_record.config, run_record.facts(trainer.state.global_step), card.push_final)
+        final = trainer.save_final(run_record.config, run_record.run.to_dict(), card.push_final)
     except OSError as e:
         with contextlib.suppress(OSError):
             run_record.finish_hashing()  # the checkpoint before the failure: complete, or not, before it is named

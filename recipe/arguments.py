@@ -13,7 +13,6 @@ import ctypes.util
 import netrc
 import os
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,13 +37,8 @@ def build_training_arguments(
     say = (lambda _: None) if quiet else log
     say(choose_precision(kwargs))
     say(choose_speed(kwargs, model_config, n_params, cfg.data.block_size))
-    kwargs["lr_scheduler_kwargs"] = schedule_kwargs(kwargs)
-    max_steps, warmup = kwargs.get("max_steps", 0), kwargs.get("warmup_steps", 0)
-    if 1 <= max_steps <= warmup:
-        say(
-            f"warning: training.warmup_steps {warmup:g} is not below training.max_steps {max_steps}: the learning rate "
-            f"never reaches its peak {kwargs.get('learning_rate', 5e-5):g}; set fewer (or a share, e.g. 0.1)"
-        )
+    given_schedule_kwargs = kwargs.pop("lr_scheduler_kwargs", None)
+    kwargs.setdefault("include_num_input_tokens_seen", True)  # the tokens trained, counted over all processes
     kwargs.setdefault("disable_tqdm", not sys.stderr.isatty())  # in a log file a bar is one line per update
     kwargs.setdefault("project", "smollm2-recipe")  # trackio's project (TrainingArguments.project)
     kwargs.setdefault("trackio_static_space_id", False)  # push_to_hub would publish trackio's logs as a Space too
@@ -53,6 +47,12 @@ def build_training_arguments(
         args = TrainingArguments(**kwargs)
     except (ValueError, TypeError, ImportError) as e:
         raise RecipeError(f"training arguments: {first_line(e)}") from None
+    args.lr_scheduler_kwargs = schedule_kwargs(given_schedule_kwargs, args.lr_scheduler_type.value, args.max_steps)
+    if 1 <= args.max_steps <= args.get_warmup_steps(args.max_steps):
+        say(
+            f"warning: training.warmup_steps {args.warmup_steps:g} is not below training.max_steps {args.max_steps}: "
+            f"the learning rate never reaches its peak {args.learning_rate:g}; set fewer (or a share, e.g. 0.1)"
+        )
     check_loggers(args.report_to)
     if "wandb" in args.report_to:
         configure_wandb(args.output_dir, say)
@@ -184,22 +184,20 @@ def device_memory() -> int | None:
 # --- the learning-rate schedule ------------------------------------------------------------------
 
 
-def schedule_kwargs(training: dict) -> dict:
+def schedule_kwargs(given: dict | None, schedule: str, max_steps: int) -> dict:
     """The kwargs of the chosen schedule. The YAML may give them per schedule name (only the chosen one's
     are used, so switching `lr_scheduler_type` never passes another schedule's kwargs); a `num_decay_steps`
     below 1 is, like `warmup_steps`, a share of max_steps."""
-    given = training.get("lr_scheduler_kwargs") or {}
+    given = given or {}
     if isinstance(given, str):
         raise RecipeError("training.lr_scheduler_kwargs must be a mapping, e.g. {num_decay_steps: 0.2}")
-    schedule = str(training.get("lr_scheduler_type", "linear"))
-    schedule = getattr(schedule, "value", schedule)
     names = {s.value for s in SchedulerType}
     if given and all(key in names for key in given):
         given = given.get(schedule) or {}
     kwargs = dict(given)
     decay = kwargs.get("num_decay_steps")
     if isinstance(decay, (int, float)) and 0 < decay < 1:
-        kwargs["num_decay_steps"] = max(1, round(training["max_steps"] * decay))
+        kwargs["num_decay_steps"] = max(1, round(max_steps * decay))
     return kwargs
 
 
@@ -226,24 +224,6 @@ def check_optimizer_and_schedule(args: TrainingArguments) -> None:
             f"training.lr_scheduler_kwargs do not fit the '{kind}' schedule: {first_line(e)}; "
             "give that schedule's own kwargs under training.lr_scheduler_kwargs." + str(kind)
         ) from None
-
-
-def phase_lr_factor(phase: dict):
-    """The learning-rate factor of a phase after the main one, as a function of the step count the Trainer's
-    LambdaLR passes (steps since step 0): the phase's own schedule, started at its first step."""
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = get_scheduler(
-        phase["lr_scheduler_type"],
-        optimizer,
-        num_warmup_steps=phase.get("warmup_steps") or 0,
-        num_training_steps=phase["last_step"] - phase["first_step"] + 1,
-        scheduler_specific_kwargs=phase.get("lr_scheduler_kwargs") or {},
-    )
-    return partial(_shifted, scheduler.lr_lambdas[0], phase["first_step"] - 1)
-
-
-def _shifted(factor, offset: int, step: int) -> float:
-    return factor(max(0, step - offset))
 
 
 # --- loggers and the Hub -------------------------------------------------------------------------

@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
-from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
+from recipe.cli import RecipeError, first_line, log
 from recipe.run_folder import (
     EVAL_RESULTS,
-    OLDER_PHASES,
     RECIPE_CONFIG,
     RECORD,
     SAMPLES,
     read_json,
-    read_record,
     read_trainer_state,
     read_yaml,
     run_file,
 )
+from recipe.run_state import Phase, RunState
 
 CARD_TAGS = ["smollm2", "llama", "pretraining", "smollm2-recipe"]
 # settings of recipe_config.yaml shown in the card; the schedule and step counts are in the phase table
@@ -55,16 +54,17 @@ HARNESS_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
 
 @dataclass
 class TrainingRecord:
-    """What train.py left next to the weights; None or empty where a file is missing."""
+    """What train.py left next to the weights; None where a file is missing (a model the recipe did not train
+    has no run state)."""
 
     recipe: dict | None  # recipe_config.yaml
-    state: dict | None  # trainer_state.json
-    run: dict  # run.json
+    state: dict | None  # trainer_state.json, for its log
+    run: RunState | None  # run.json
     samples_file: Path | None  # samples.jsonl
     evaluation: dict | None = None  # eval_results.json, next to the model
 
-    trained_here = property(lambda self: self.recipe is not None or self.state is not None)
-    global_step = property(lambda self: (self.state or {}).get("global_step", self.run.get("global_step")))
+    trained_here = property(lambda self: self.run is not None)
+    global_step = property(lambda self: self.run.global_step if self.run else None)
     history = property(lambda self: (self.state or {}).get("log_history", []))
 
     def training(self, key: str, default=None):
@@ -75,88 +75,44 @@ class TrainingRecord:
 
 
 def read_training_record(source: Path) -> TrainingRecord:
-    for name in (RECIPE_CONFIG, RECORD):
-        path = run_file(source, name)
-        if path is not None and (read_yaml(path) if name == RECIPE_CONFIG else read_json(path)) is None:
-            raise RecipeError(
-                f"cannot read {path}: not valid {'YAML' if name == RECIPE_CONFIG else 'JSON'}; fix or remove it"
-            )
     recipe, run = run_file(source, RECIPE_CONFIG), run_file(source, RECORD)
-    older = run_file(source, OLDER_PHASES)
+    if recipe is not None and read_yaml(recipe) is None:
+        raise RecipeError(f"cannot read {recipe}: not valid YAML; fix or remove it")
+    if run is not None and read_json(run) is None:
+        raise RecipeError(f"cannot read {run}: not valid JSON; fix or remove it")
     return TrainingRecord(
         recipe=read_yaml(recipe) if recipe else None,
         state=read_trainer_state(source) or read_trainer_state(source.parent),
-        run=read_record(run.parent) if run else {"phases": (read_json(older) or {}).get("phases")} if older else {},
+        run=RunState.read(run.parent) if run else None,
         samples_file=run_file(source, SAMPLES),
         evaluation=read_eval_results(source),
     )
 
 
-@dataclass
-class Phase:
-    name: str
-    first_step: int
-    last_step: int  # the real last step where trainer_state.json says it, else the planned one
-    planned_last_step: int | None
-    schedule: str | None
-    learning_rate: float | None
-    warmup_steps: float | None = None
-
-
 def training_phases(record: TrainingRecord) -> list[Phase]:
-    """The phases of the run record (or of an older version's training_phases.json), ended where
-    trainer_state.json says; a run without either is one phase as far as its log goes."""
-    spec, step = record.run.get("phases"), record.global_step
-    if not spec:
-        if step is None:
-            return []
-        return [
-            Phase(
-                "training",
-                1,
-                step,
-                record.training("max_steps"),
-                record.training("lr_scheduler_type"),
-                record.training("learning_rate"),
-                record.training("warmup_steps"),
-            )
-        ]
-    ran = [p for p in spec if step is None or p["first_step"] <= step]
-    phases = []
-    for p, following in zip(ran, [*ran[1:], None], strict=True):
-        last = following["first_step"] - 1 if following else (step if step is not None else p["last_step"])
-        phases.append(
-            Phase(
-                p["name"],
-                p["first_step"],
-                last,
-                p.get("last_step"),
-                p.get("lr_scheduler_type"),
-                p.get("learning_rate"),
-                p.get("warmup_steps"),
-            )
-        )
-    return phases
+    """The run's phases as far as it went: the last one ends at the step the run reached."""
+    if record.run is None:
+        return []
+    step = record.global_step
+    return [replace(p, last_step=min(p.last_step, step)) for p in record.run.phases if p.first_step <= step]
 
 
 def trained_tokens(record: TrainingRecord) -> str | None:
-    """The tokens trained on, as the run counted them; None when it did not record them."""
-    if record.run.get("tokens_trained"):
-        processes = sorted({p.get("processes") for p in record.run.get("phases", []) if p.get("processes")})
-        on = f" on {' then '.join(map(str, processes))} process{'es' if processes[-1] > 1 else ''}" if processes else ""
-        return f"{record.run['tokens_trained']:,} tokens{on}"
-    seen = (record.state or {}).get("num_input_tokens_seen") or 0
-    return f"{seen:,} tokens (counted by the Trainer)" if seen > 0 else None
+    """The tokens trained on, as the Trainer counted them over all processes; None before the first step."""
+    if not record.run.tokens_trained:
+        return None
+    processes = sorted({p.processes for p in record.run.phases})
+    on = f" on {' then '.join(map(str, processes))} process{'es' if processes[-1] > 1 else ''}"
+    return f"{record.run.tokens_trained:,} tokens{on}"
 
 
 def dataset_description(record: TrainingRecord, hub_dataset: str | None) -> str | None:
     """The corpus as a Hub id or file names: a local path says nothing on the Hub and leaks the trainer's disk."""
-    corpus = record.run.get("corpus") or {}
+    corpus = record.run.corpus
     if hub_dataset or corpus.get("hub_id"):
         name = hub_dataset or corpus["hub_id"]
         return f"[{name}](https://huggingface.co/datasets/{name})"
-    path = record.data("path")
-    names = corpus.get("files") or [Path(p).name for p in ([path] if isinstance(path, str) else path or [])]
+    names = corpus.get("files", [])
     shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {len(names) - 5} more files" if len(names) > 5 else "")
     return shown or None
 
@@ -168,7 +124,7 @@ def plain(value) -> str:
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else f"{value:g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}={plain(v)}" for k, v in value.items())
+        return ", ".join(f"{k}={plain(v)}" for k, v in sorted(value.items()))  # as trainer_state.json keeps them
     if isinstance(value, (list, tuple)):
         return ", ".join(plain(v) for v in value)
     return str(value)
@@ -272,9 +228,8 @@ def plot_loss_curve(history: list[dict], phases: list[Phase], path: Path) -> boo
 def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, dtype, hub: dict) -> None:
     """README.md (and loss_curve.png) in `folder`. `hub`: the config's hub section (license, dataset)."""
     hub = {**hub, **{k: v for k, v in ((record.recipe or {}).get("hub") or {}).items() if v}}
-    hub_dataset = hub.get("dataset") or (record.run.get("corpus") or {}).get("hub_id")
-    init_from = (record.recipe or {}).get("init_from")
-    base_model = record.run.get("base_model", init_from if init_from and looks_like_hub_id(init_from) else None)
+    hub_dataset = hub.get("dataset") or (record.run.corpus.get("hub_id") if record.run else None)
+    base_model = record.run.base_model if record.run else None
     card_data = ModelCardData(
         license=hub.get("license"),
         library_name="transformers",
@@ -327,8 +282,8 @@ def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str |
     kind = f"A `{architecture(model)}` model with {sum(p.numel() for p in model.parameters()):,} parameters"
     if not record.trained_here:
         return (
-            f"{title}{kind}. No record of its training came with it (no recipe_config.yaml or "
-            "trainer_state.json), so this card shows only what its `config.json` says."
+            f"{title}{kind}. No record of its training came with it (no run.json), so this card shows only what "
+            "its `config.json` says."
         )
     name = (record.recipe or {}).get("name")
     if name:
@@ -343,10 +298,7 @@ def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str |
     if dataset := dataset_description(record, hub_dataset):
         block = record.data("block_size")
         line += f" on {dataset}" + (f" in blocks of {block:,} tokens" if block else "")
-    step = record.global_step
-    if step is None:
-        return f"{title}{line}. How many steps ran was not recorded (no trainer_state.json came with it)."
-    phases = len(record.run.get("phases") or [])
+    step, phases = record.global_step, len(training_phases(record))
     line += f": {step:,} optimizer steps" + (f" in {phases} phases" if phases > 1 else "")
     tokens = trained_tokens(record)
     return f"{title}{line}" + (f", {tokens}." if tokens else ".")
@@ -386,32 +338,20 @@ def phases_section(record: TrainingRecord, phases: list[Phase]) -> str:
     for p in phases:
         rows.append(
             f"| {p.name} | {p.first_step:,}–{p.last_step:,} | {p.last_step - p.first_step + 1:,} "
-            f"| {f'`{p.schedule}`' if p.schedule else 'not recorded'} "
-            f"| {plain(p.learning_rate) if p.learning_rate is not None else 'not recorded'} "
-            f"| {plain(p.warmup_steps) if p.warmup_steps else ''} |"
+            f"| `{p.lr_scheduler_type}` | {plain(p.learning_rate)} | {plain(p.warmup_steps) if p.warmup_steps else ''} |"
         )
     notes = []
-    end = phases[-1]
-    if record.global_step is None:
-        notes.append("The steps are the planned ones: no trainer_state.json recorded how far the run went.")
-    elif end.planned_last_step and end.planned_last_step != end.last_step:
-        notes.append(
-            f"The {end.name} phase was planned to step {end.planned_last_step:,} and stopped at {end.last_step:,}."
-        )
-    if not record.run.get("phases"):
-        notes.append("No run record (run.json) came with the model: the phase is read from recipe_config.yaml.")
-    if kwargs := [
-        f"{p['name']}: `{plain(p['lr_scheduler_kwargs'])}`"
-        for p in record.run.get("phases", [])
-        if p.get("lr_scheduler_kwargs")
-    ]:
+    end, planned = phases[-1], record.run.phases[len(phases) - 1].last_step
+    if planned != end.last_step:
+        notes.append(f"The {end.name} phase was planned to step {planned:,} and stopped at {end.last_step:,}.")
+    if kwargs := [f"{p.name}: `{plain(p.lr_scheduler_kwargs)}`" for p in record.run.phases if p.lr_scheduler_kwargs]:
         notes.append(f"Schedule settings: {'; '.join(kwargs)}.")
     return "\n".join(["## Training phases", "", *rows, *(["", " ".join(notes)] if notes else [])])
 
 
 def sources_section(record: TrainingRecord) -> str:
     """A mixture's sources as the run recorded them: names, weights, share of the training blocks, passes."""
-    if not (sources := record.run.get("sources")):
+    if not (sources := record.run.sources):
         return ""
     rows = [
         "| source | corpus | documents | tokens | weight | share of the training blocks | passes |",

@@ -20,15 +20,16 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from accelerate import PartialState
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors import safe_open
+from transformers import TrainingArguments
 
-from recipe.arguments import check_hub_backup, schedule_kwargs
+from recipe.arguments import check_hub_backup, samples_per_step, schedule_kwargs
 from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 from recipe.config import RecipeConfig
 from recipe.corpus import CorpusSource
@@ -36,7 +37,6 @@ from recipe.model import check_shapes
 from recipe.run_folder import (
     FINAL,
     MANIFEST,
-    OLDER_PHASES,
     RECIPE_CONFIG,
     SUPERSEDED,
     RunFolder,
@@ -44,13 +44,10 @@ from recipe.run_folder import (
     checkpoint_step,
     damaged_file,
     new_run_id,
-    read_json,
-    read_record,
     read_trainer_state,
     read_yaml,
-    run_file,
-    trainer_record,
 )
+from recipe.run_state import Phase, RunState
 
 HUB_CHECKPOINT = "last-checkpoint"  # the repo folder where the Trainer's hub_strategy "checkpoint" keeps the newest
 HUB_DOWNLOAD = ".hub-download"  # beside the run folder: --resume hub downloads there, then moves it in
@@ -60,59 +57,43 @@ HUB_DOWNLOAD = ".hub-download"  # beside the run folder: --resume hub downloads 
 class ResumePlan:
     checkpoint: Path
     step: int
-    phases: list[dict]  # every phase of the run, the one this resume trains last
-    state: dict = field(default_factory=dict)  # what the recipe kept in the checkpoint's trainer state
+    run: RunState  # the checkpoint's run, with every phase of it, the one this resume trains last
     continues: bool = True  # the checkpoint's phase goes on (False: a new phase starts after it)
 
     @property
-    def phase(self) -> dict:
-        return self.phases[-1]
+    def phase(self) -> Phase:
+        return self.run.phase
 
     @property
     def max_steps(self) -> int:
-        return self.phase["last_step"]
-
-    @property
-    def run_id(self) -> str | None:
-        return self.state.get("run_id")
-
-    def start_sample(self, per_step: int) -> int:
-        """Where the run goes on in the block order: the samples the checkpoint trained on."""
-        if self.state.get("samples_seen") is not None:
-            return self.state["samples_seen"]
-        log(f"resume: {self.checkpoint.name} does not record its samples; assuming {per_step} per step as now")
-        return self.step * per_step
+        return self.phase.last_step
 
     def describe(self) -> str:
         p, start = self.phase, f"resuming from {self.checkpoint.name} (step {self.step})"
         if self.continues:
-            return f"{start}: continuing the {p['name']} phase to step {p['last_step']} on its own schedule"
-        steps = f"{start} for {p['last_step'] - self.step} steps"
-        if p["lr_scheduler_type"] == "constant":
-            return f"{steps} at lr {p['learning_rate']:g}: a new phase '{p['name']}' after the finished run, constant"
+            return f"{start}: continuing the {p.name} phase to step {p.last_step} on its own schedule"
+        steps = f"{start} for {p.last_step - self.step} steps"
+        if p.lr_scheduler_type == "constant":
+            return f"{steps} at lr {p.learning_rate:g}: a new phase '{p.name}' after the finished run, constant"
         return (
-            f"{steps}: a new phase '{p['name']}' after the finished run, {p['lr_scheduler_type']} re-warmed over "
-            f"{p['warmup_steps']} step(s) from 0 to lr {p['learning_rate']:g}"
+            f"{steps}: a new phase '{p.name}' after the finished run, {p.lr_scheduler_type} re-warmed over "
+            f"{p.warmup_steps} step(s) from 0 to lr {p.learning_rate:g}"
         )
 
 
-def main_phase(cfg: RecipeConfig, processes: int) -> dict:
-    """The main phase as the run records it: steps, schedule (with its own kwargs, resolved), processes."""
-    t = cfg.training
-    warmup = t.get("warmup_steps", 0)
-    return {
-        "name": "main",
-        "first_step": 1,
-        "last_step": t["max_steps"],
-        "lr_scheduler_type": str(t.get("lr_scheduler_type", "linear")),
-        "learning_rate": t.get("learning_rate", 5e-5),
-        "warmup_steps": int(warmup) if warmup >= 1 else math.ceil(t["max_steps"] * warmup),  # as TrainingArguments
-        "lr_scheduler_kwargs": schedule_kwargs(t),
-        "processes": processes,
-        "samples_per_step": processes
-        * t.get("per_device_train_batch_size", 8)
-        * t.get("gradient_accumulation_steps", 1),
-    }
+def main_phase(args: TrainingArguments) -> Phase:
+    """The main phase as the run records it: the schedule of the built TrainingArguments, over max_steps."""
+    return Phase(
+        name="main",
+        first_step=1,
+        last_step=args.max_steps,
+        lr_scheduler_type=str(args.lr_scheduler_type.value),
+        learning_rate=args.learning_rate,
+        warmup_steps=args.get_warmup_steps(args.max_steps),
+        lr_scheduler_kwargs=dict(args.lr_scheduler_kwargs),
+        processes=args.world_size,
+        samples_per_step=samples_per_step(args),
+    )
 
 
 def find_checkpoint(folder: RunFolder, resume: str) -> Path:
@@ -137,18 +118,16 @@ def find_checkpoint(folder: RunFolder, resume: str) -> Path:
     return checkpoint
 
 
-def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, main_phase: dict) -> ResumePlan:
+def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, args: TrainingArguments) -> ResumePlan:
     """What `--resume` trains: the interrupted phase to its end, or after a finished run a new phase."""
     checkpoint = download_last_checkpoint(cfg, folder) if resume == "hub" else find_checkpoint(folder, resume)
     state = read_trainer_state(checkpoint)
-    step = state["global_step"] if state else checkpoint_number(checkpoint)
-    record = trainer_record(state)
-    legacy = read_json(checkpoint / OLDER_PHASES) or read_json(checkpoint.parent / OLDER_PHASES)
-    phases = read_record(checkpoint).get("phases") or (legacy or {}).get("phases") or [main_phase]
-    index = next((i for i, p in enumerate(phases) if p["first_step"] <= max(step, 1) <= p["last_step"]), -1)
+    step, run = state["global_step"], RunState.from_trainer_state(state)
+    phases = run.phases
+    index = next((i for i, p in enumerate(phases) if p.first_step <= max(step, 1) <= p.last_step), -1)
     current, earlier = phases[index], phases[:index] if index >= 0 else phases[:-1]
-    new_max, planned = cfg.training["max_steps"], current["last_step"]
-    if step < planned and current["name"] == "main" and new_max != planned:
+    new_max, planned = args.max_steps, current.last_step
+    if step < planned and current.name == "main" and new_max != planned:
         if step < new_max < planned:  # its schedule was built for `planned`: stopping between would jump it
             raise RecipeError(
                 f"--resume: training.max_steps {new_max} ends the main phase before its planned step "
@@ -161,38 +140,30 @@ def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, main_phase: d
             else (f"; it ends here at step {step}")
         )
         log(f"resume: training.max_steps is {new_max}, the main phase was planned to step {planned}{then}")
-        current = current if new_max > planned else {**current, "last_step": step}
-    if step < current["last_step"]:  # interrupted inside a phase: it goes on, on its own schedule
-        return ResumePlan(checkpoint, step, [*earlier, current], record)
+        current = current if new_max > planned else replace(current, last_step=step)
+    if step < current.last_step:  # interrupted inside a phase: it goes on, on its own schedule
+        return ResumePlan(checkpoint, step, replace(run, phases=[*earlier, current]))
     finished = [*earlier, current]
-    return ResumePlan(
-        checkpoint, step, [*finished, next_phase(cfg, finished, step, main_phase)], record, continues=False
-    )
+    phases = [*finished, next_phase(cfg, args, finished, step)]
+    return ResumePlan(checkpoint, step, replace(run, phases=phases), continues=False)
 
 
-def next_phase(cfg: RecipeConfig, earlier: list[dict], step: int, main_phase: dict) -> dict:
+def next_phase(cfg: RecipeConfig, args: TrainingArguments, earlier: list[Phase], step: int) -> Phase:
     """After a finished phase: extend to a larger training.max_steps, else the extra steps of resume:."""
-    if cfg.training["max_steps"] > step:
-        kind, steps = "extend", cfg.training["max_steps"] - step
-        kwargs = schedule_kwargs({**cfg.training, "max_steps": steps})  # a share of decay steps: of this phase's
-        phase = {**main_phase, "warmup_steps": max(1, round(steps / 10)), "lr_scheduler_kwargs": kwargs}
+    if args.max_steps > step:
+        kind, steps = "extend", args.max_steps - step
+        given = cfg.training.get("lr_scheduler_kwargs")  # a share of decay steps: of this phase's steps
+        kwargs = schedule_kwargs(given, args.lr_scheduler_type.value, steps)
+        phase = replace(main_phase(args), warmup_steps=max(1, round(steps / 10)), lr_scheduler_kwargs=kwargs)
     else:
         kind, steps = "resume", cfg.resume.extra_steps
-        lr = cfg.training.get("learning_rate", 5e-5) * cfg.resume.lr_factor
-        phase = {
-            **main_phase,
-            "lr_scheduler_type": "constant",
-            "learning_rate": lr,
-            "warmup_steps": 0,
-            "lr_scheduler_kwargs": {},
-        }
-    count = sum(p["name"].split()[0] == kind for p in earlier)
-    return {
-        **phase,
-        "name": kind if count == 0 else f"{kind} {count + 1}",
-        "first_step": step + 1,
-        "last_step": step + steps,
-    }
+        lr = args.learning_rate * cfg.resume.lr_factor
+        phase = replace(
+            main_phase(args), lr_scheduler_type="constant", learning_rate=lr, warmup_steps=0, lr_scheduler_kwargs={}
+        )
+    count = sum(p.name.split()[0] == kind for p in earlier)
+    name = kind if count == 0 else f"{kind} {count + 1}"
+    return replace(phase, name=name, first_step=step + 1, last_step=step + steps)
 
 
 def download_last_checkpoint(cfg: RecipeConfig, folder: RunFolder) -> Path:
@@ -242,12 +213,7 @@ def next_phase_due(cfg: RecipeConfig, folder: RunFolder, offer: bool) -> str | N
 
 def verify_checkpoint(plan: ResumePlan, expected_state_dict: dict) -> None:
     """Every file as it was saved (content hashes), and tensors of the shapes the config gives."""
-    try:
-        damage = damaged_file(plan.checkpoint)
-    except FileNotFoundError:
-        log(f"resume: {plan.checkpoint.name} has no checksums (saved by an older version of the recipe): unverified")
-        damage = None
-    if damage is not None:
+    if (damage := damaged_file(plan.checkpoint)) is not None:
         intact = newest_intact_checkpoint(plan.checkpoint)
         instead = (
             f"resume from {intact} instead: {command(intact)}"
@@ -273,11 +239,8 @@ class _Shape:
 def newest_intact_checkpoint(damaged: Path) -> Path | None:
     for folder in RunFolder(damaged.parent).checkpoints():
         if folder != damaged and (checkpoint_number(folder) or 0) < (checkpoint_number(damaged) or math.inf):
-            try:
-                if damaged_file(folder) is None:
-                    return folder
-            except FileNotFoundError:
-                continue
+            if damaged_file(folder) is None:
+                return folder
     return None
 
 
@@ -287,18 +250,18 @@ def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
     if plan.checkpoint.parent == folder.path:
         return None
     held = folder.run_files()
-    owner = folder.record().get("run_id")
+    owner = getattr(RunState.read(folder.path), "run_id", None)
     from_hub = plan.checkpoint.parent.name.endswith(HUB_DOWNLOAD)
-    if held and (owner is None or owner != plan.run_id):
+    if held and owner != plan.run.run_id:
         own = "" if from_hub else f" (training.output_dir={plan.checkpoint.parent})"
         raise RecipeError(
             f"--resume: {folder} holds another run ({owner or 'no run id'}: {', '.join(held)}) and {plan.checkpoint} "
-            f"belongs to run {plan.run_id or 'unknown'}; resume into its own folder{own} or into a new one"
+            f"belongs to run {plan.run.run_id}; resume into its own folder{own} or into a new one"
         )
     if held or from_hub:  # a checkpoint downloaded from the Hub goes on as its own run, in a new folder too
         return None
     log(f"resume: {folder} is new: it continues {plan.checkpoint} as a run of its own")
-    return {"run_id": plan.run_id, "checkpoint": str(plan.checkpoint)}
+    return {"run_id": plan.run.run_id, "checkpoint": str(plan.checkpoint)}
 
 
 def command(checkpoint: Path | str = "") -> str:
@@ -316,25 +279,29 @@ def command(checkpoint: Path | str = "") -> str:
     return shlex.join([*line, *args])
 
 
-def record_of(cfg: RecipeConfig, phases: list[dict], sources: list[CorpusSource]) -> dict:
-    """What the run record says of a run, besides its id: its phases, its corpus as a card may name it (a Hub
-    id or file names, never a local path; a mixture's names all), the Hub model it continues, if any."""
+def run_state(
+    cfg: RecipeConfig, args: TrainingArguments, plan: ResumePlan | None, sources: list[CorpusSource], fingerprints: dict
+) -> RunState:
+    """The run state this phase starts from, its id still to be claimed: the checkpoint's run (what it trained,
+    its phases) or a new run's main phase, with the corpus as a card may name it (a Hub id or file names, never a
+    local path; a mixture's names all), the Hub model it continues, if any, and the fingerprints of now."""
     hub_id = sources[0].hub_id if len(sources) == 1 else None
     corpus = {"hub_id": hub_id, "files": [] if hub_id else [name for s in sources for name in s.names()]}
     base_model = cfg.init_from if cfg.init_from and looks_like_hub_id(cfg.init_from) else None
-    return {"phases": phases, "corpus": corpus, "base_model": base_model}
+    run = plan.run if plan else RunState(run_id="", phases=[main_phase(args)])
+    return replace(run, corpus=corpus, base_model=base_model, fingerprints=fingerprints)
 
 
 def claim(
-    folder: RunFolder, plan: ResumePlan | None, cfg: RecipeConfig, record: dict, fingerprints: dict, allow_changes: bool
-) -> dict:
-    """The run record this run writes: a new run into a folder of its own, or the checkpoint's run continued in
-    its folder (or forked into a new one); another run's folder is refused, before anything is written."""
+    folder: RunFolder, plan: ResumePlan | None, cfg: RecipeConfig, run: RunState, allow_changes: bool
+) -> RunState:
+    """The run this phase trains: a new run into a folder of its own, or the checkpoint's run continued in its
+    folder (or forked into a new one); another run's folder is refused, before anything is written."""
     if plan is None:
         refuse_to_overwrite(folder)
-        return {"run_id": new_run_id(), "forked_from": None, **record}
+        return replace(run, run_id=new_run_id(), forked_from=None)
     forked = check_ownership(plan, folder)
-    check_what_changed(plan, cfg, fingerprints, allow_changes)
+    check_what_changed(plan, cfg, run.fingerprints, allow_changes)
     if plan.checkpoint.parent.name.endswith(HUB_DOWNLOAD):  # downloaded and checked: the run's checkpoint-N
         staging, plan.checkpoint, state = plan.checkpoint.parent, folder.checkpoint(plan.step), PartialState()
         state.wait_for_everyone()  # every process has checked the download before the main one moves it in
@@ -345,8 +312,7 @@ def claim(
             log(f"resume: the Hub's {HUB_CHECKPOINT} is now {plan.checkpoint}")
         state.wait_for_everyone()
     later_files(plan, folder)
-    run_id = plan.run_id if plan.run_id and not forked else new_run_id()
-    return {"run_id": run_id, "forked_from": forked or folder.record().get("forked_from"), **record}
+    return replace(run, run_id=new_run_id(), forked_from=forked) if forked else run
 
 
 def refuse_to_overwrite(folder: RunFolder) -> None:
@@ -437,25 +403,18 @@ def config_changes(recorded: dict, current: dict) -> list[tuple[str, object, obj
 def check_what_changed(plan: ResumePlan, cfg: RecipeConfig, fingerprints: dict, allow_changes: bool) -> None:
     """Stop in one line when the model, tokenizer, data or schedule differ from the checkpoint's, unless the
     user says they mean it (`--resume-changed`); say in one line each what else changed."""
-    recorded = read_yaml(run_file(plan.checkpoint, RECIPE_CONFIG) or plan.checkpoint / RECIPE_CONFIG)
-    if recorded is None:
-        log(f"resume: {plan.checkpoint.name} has no readable {RECIPE_CONFIG}; the config cannot be compared")
+    recorded = read_yaml(plan.checkpoint / RECIPE_CONFIG) or {}  # checked against its hash before this
     blocking = []
-    for key, old, new in config_changes(recorded or {}, cfg.to_dict() if recorded else {}):
+    for key, old, new in config_changes(recorded, cfg.to_dict()):
         if key == "training.max_steps" or (key == "training.learning_rate" and not plan.continues):
             continue  # the phase's line says it, or a new phase sets its own
         if key.startswith(FREE_KEYS) or key in BATCH_KEYS:
             log(f"resume: {key} changed from {old!r} to {new!r}")
-        elif fingerprints.get(key) and fingerprints[key] == plan.state.get(key):  # the tokenizer, a corpus path
+        elif fingerprints.get(key) and fingerprints[key] == plan.run.fingerprints.get(key):  # the tokenizer, a path
             log(f"resume: {key} moved from {old!r} to {new!r}; its contents are the same")
         else:
             blocking.append(f"{key} {old!r} -> {new!r}")
-    for key in fingerprints:
-        what = {"tokenizer": "tokenizer files", "data.path": "corpus files"}.get(key, f"corpus files of {key[:-5]}")
-        recorded_print = plan.state.get(key)
-        if recorded_print and fingerprints.get(key) and recorded_print != fingerprints[key]:
-            if not any(b.startswith(f"{key} ") for b in blocking):
-                blocking.append(f"{what} changed (same name, other contents)")
+    blocking += other_contents(plan.run.fingerprints, fingerprints, blocking)
     if not blocking:
         return
     if allow_changes:
@@ -466,3 +425,13 @@ def check_what_changed(plan: ResumePlan, cfg: RecipeConfig, fingerprints: dict, 
         f"--resume: the config differs from {plan.checkpoint.name}'s: {'; '.join(blocking)}; "
         "resume with the same settings, or pass --resume-changed if you mean it"
     )
+
+
+def other_contents(recorded: dict, fingerprints: dict, blocking: list[str]) -> list[str]:
+    """The tokenizer or corpus files that kept their names and changed their contents."""
+    changed = []
+    for key, now in fingerprints.items():
+        what = {"tokenizer": "tokenizer files", "data.path": "corpus files"}.get(key, f"corpus files of {key[:-5]}")
+        if recorded.get(key) and now and recorded[key] != now and not any(b.startswith(f"{key} ") for b in blocking):
+            changed.append(f"{what} changed (same name, other contents)")
+    return changed

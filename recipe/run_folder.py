@@ -43,11 +43,10 @@ MANIFEST = "checksums.json"
 STREAM_POSITION = "stream_position.json"
 EVAL_RESULTS = "eval_results.json"
 SUPERSEDED = "_superseded"  # checkpoints and files a resumed run no longer follows (not backed up either)
-OLDER_PHASES = "training_phases.json"  # the phases, as versions before run.json kept them
-RUN_FILES = (RECORD, RECIPE_CONFIG, SAMPLES, OLDER_PHASES)
+RUN_FILES = (RECORD, RECIPE_CONFIG, SAMPLES)
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-RECORD_KEY = "RunRecordCallback"  # the callback whose state the Trainer keeps in trainer_state.json
+RECORD_KEY = "RunRecordCallback"  # the callback whose state (the run state) the Trainer keeps in trainer_state.json
 
 
 def resolve(path: str | Path) -> Path:
@@ -89,19 +88,6 @@ def read_trainer_state(folder: Path) -> dict | None:
     return state if state is not None and isinstance(state.get("global_step"), int) else None
 
 
-def trainer_record(state: dict | None) -> dict:
-    """What the recipe kept inside a trainer state: samples trained on, fingerprints, the run id."""
-    try:
-        return dict(state["stateful_callbacks"][RECORD_KEY]["attributes"])
-    except (TypeError, KeyError):
-        return {}
-
-
-def read_record(folder: Path) -> dict:
-    """The run record (run.json) of a run folder, checkpoint or final/; {} where there is none."""
-    return read_json(Path(folder) / RECORD) or {}
-
-
 def run_file(folder: Path, name: str) -> Path | None:
     """A run file of a model folder: in final/ or checkpoint-N itself, else in the run folder above it."""
     for where in (folder, folder.parent):
@@ -117,14 +103,8 @@ def checkpoint_number(folder: Path) -> int | None:
 
 def checkpoint_step(folder: Path) -> int | None:
     """The step of a complete checkpoint, else None. The recipe writes checksums.json last: a checkpoint with it
-    is complete (and `damaged_file` says whether its files are still as saved). A checkpoint of an older version
-    of the recipe, which recorded no run id, is complete with its trainer_state.json and weights."""
-    if (folder / MANIFEST).is_file():
-        return checkpoint_number(folder)
-    state = read_trainer_state(folder)
-    if state is None or not has_weights(folder) or trainer_record(state).get("run_id"):
-        return None  # still being written, or stopped between the Trainer's files and the checksums
-    return state["global_step"]
+    is complete (and `damaged_file` says whether its files are still as saved)."""
+    return checkpoint_number(folder) if (folder / MANIFEST).is_file() else None
 
 
 def is_complete_model(folder: Path) -> bool:
@@ -199,12 +179,10 @@ def write_manifest(folder: Path) -> None:
 
 def damaged_file(folder: Path) -> str | None:
     """The first file of a checkpoint that is missing or differs from its recorded hash, with why; None when
-    every file matches. Raises FileNotFoundError for a checkpoint that has no checksums (older versions)."""
+    every file matches."""
     manifest = read_json(folder / MANIFEST)
     if manifest is None:
-        if (folder / MANIFEST).exists():
-            return f"{MANIFEST} is unreadable"
-        raise FileNotFoundError(folder / MANIFEST)
+        return f"{MANIFEST} is {'unreadable' if (folder / MANIFEST).exists() else 'missing'}"
     for name, expected in sorted(manifest.get("files", {}).items()):
         path = folder / name
         if not path.is_file():
@@ -323,9 +301,6 @@ class RunFolder:
                 return folder, skipped
             skipped.append(folder)
         return None, skipped
-
-    def record(self) -> dict:
-        return read_record(self.path)
 
     def run_files(self) -> list[str]:
         """What of a run the folder holds: checkpoints, final/, run files; [] for a new or unrelated folder."""

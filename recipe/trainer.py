@@ -21,6 +21,7 @@ from transformers import Trainer
 
 from recipe.cli import RecipeError, first_line, log
 from recipe.run_folder import RunFolder, atomic_folder, write_run_files
+from recipe.run_state import RunSchedule, RunState
 from recipe.streaming import StreamedBlocks, draw_round, streamed_dataloader
 
 
@@ -75,11 +76,22 @@ class StopEvaluation(Exception):
 
 class RecipeTrainer(Trainer):
     """`start_sample`: where in the block order training starts (the samples a resumed checkpoint trained on).
-    `stream_position`: the streaming module's callback that receives each streamed batch's position."""
+    `stream_position`: the streaming module's callback that receives each streamed batch's position.
+    `run_state`: the run state, whose phases are the learning-rate schedule."""
 
-    def __init__(self, *args, start_sample: int = 0, throughput=None, stream_position=None, **kwargs):
+    def __init__(
+        self, *args, run_state: RunState, start_sample: int = 0, throughput=None, stream_position=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.start_sample, self.throughput, self.stream_position = start_sample, throughput, stream_position
+        self.run_state = run_state
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """Every phase of the run as one schedule over global steps (run_state.RunSchedule)."""
+        if self.lr_scheduler is None:
+            self.lr_scheduler = RunSchedule(optimizer or self.optimizer, self.run_state)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def _issue_warnings_after_load(self, load_result) -> None:
         """A tied head is not stored in a checkpoint (it is the embedding): not a missing key to warn about."""

@@ -1,16 +1,16 @@
-"""Callbacks leave training as they found it; a phase after the main one runs on its own schedule."""
+"""Callbacks leave training as they found it; every phase of a run is one schedule, restored by its step."""
 
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_MODEL
-from transformers import get_wsd_schedule
+from conftest import ROOT, TINY_MODEL
 
-from callbacks import PhaseScheduleCallback
 from recipe.config import SamplesConfig, load_config
 from recipe.model import build_llama_config, build_model
+from recipe.run_state import Phase, RunSchedule, RunState
 from recipe.sampling import generate_samples
 
 
@@ -41,65 +41,59 @@ def test_generate_samples_leaves_mode_rng_and_checkpointing_untouched(tiny_model
     assert [p for p, _ in first] == ["ROMEO:", "JULIET:"]
 
 
-def finished_schedule():
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    optimizer = torch.optim.AdamW(params, lr=1e-3)
-    scheduler = get_wsd_schedule(optimizer, num_warmup_steps=2, num_decay_steps=2, num_training_steps=10)
-    for _ in range(10):
-        optimizer.step()
-        scheduler.step()
-    assert scheduler.get_last_lr()[0] == 0.0  # end of the decay
-    return optimizer, scheduler
+PHASES = [
+    Phase("main", 1, 10, "warmup_stable_decay", 1e-3, 2, {"num_decay_steps": 2}, processes=1, samples_per_step=4),
+    Phase("resume", 11, 15, "constant", 1e-4, 0, {}, processes=1, samples_per_step=4),
+    Phase("extend", 16, 25, "warmup_stable_decay", 1e-3, 2, {"num_decay_steps": 4}, processes=1, samples_per_step=4),
+]
 
 
-class State:
-    max_steps = 20
-
-    def compute_steps(self, args, max_steps):
-        self.computed = max_steps
-
-
-def test_phase_schedule_holds_the_constant_lr_of_the_resume_phase():
-    optimizer, scheduler = finished_schedule()
-    state = State()
-    phase = {
-        "name": "resume",
-        "first_step": 11,
-        "last_step": 20,
-        "lr_scheduler_type": "constant",
-        "learning_rate": 1e-4,
-        "warmup_steps": 0,
-    }
-    PhaseScheduleCallback(phase).on_train_begin(None, state, None, optimizer=optimizer, lr_scheduler=scheduler)
-    assert state.computed == 20
-    assert scheduler.get_last_lr() == [1e-4]
-    for _ in range(5):
-        assert optimizer.param_groups[0]["lr"] == 1e-4
-        optimizer.step()
-        scheduler.step()
-        assert scheduler.get_last_lr() == [1e-4]
-
-
-def test_phase_schedule_rewarms_an_extension_and_decays_over_its_own_steps():
-    optimizer, scheduler = finished_schedule()
-    phase = {
-        "name": "extend",
-        "first_step": 11,
-        "last_step": 20,
-        "lr_scheduler_type": "warmup_stable_decay",
-        "learning_rate": 1e-3,
-        "warmup_steps": 2,
-        "lr_scheduler_kwargs": {"num_decay_steps": 4},
-    }
-    PhaseScheduleCallback(phase).on_train_begin(None, State(), None, optimizer=optimizer, lr_scheduler=scheduler)
+def rates_used(scheduler, optimizer, steps: int) -> list[float]:
     used = []
-    for _ in range(10):
+    for _ in range(steps):
         used.append(optimizer.param_groups[0]["lr"])
+        assert scheduler.get_last_lr() == [used[-1]]  # the rate logged is the rate used
         optimizer.step()
         scheduler.step()
-    assert used[0] == 0.0 and used[1] == pytest.approx(5e-4)  # from 0, never a jump to the peak
-    assert used[2:6] == [pytest.approx(1e-3)] * 4  # stable
-    assert used[6] > used[7] > used[8] > used[9] > 0  # decayed over the last 4 of its own steps
+    return used
+
+
+def test_one_schedule_runs_every_phase_on_its_own_from_its_first_step():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    used = rates_used(RunSchedule(optimizer, RunState("r", PHASES)), optimizer, 25)
+    assert used[:2] == [0.0, pytest.approx(5e-4)] and used[2:8] == [pytest.approx(1e-3)] * 6  # main: warm-up
+    assert used[8] == pytest.approx(1e-3) and used[9] == pytest.approx(5e-4)  # ... and its decay
+    assert used[10:15] == [pytest.approx(1e-4)] * 5  # the extra phase at lr/10, constant
+    assert used[15] == 0.0 and used[16] == pytest.approx(5e-4)  # the extension: re-warmed from 0, never a jump
+    assert used[17:21] == [pytest.approx(1e-3)] * 4 and used[21] > used[22] > used[23] > used[24] > 0
+
+
+@pytest.mark.parametrize("checkpoint_step", [5, 10, 12, 15])
+def test_a_restored_schedule_goes_on_from_the_checkpoints_step_whatever_the_optimizer_restored(checkpoint_step):
+    """The Trainer loads the optimizer's state (its rate of the checkpoint's own schedule) and then the
+    scheduler's: from the step after the checkpoint the rates are those of one run straight through."""
+    straight_optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    straight = rates_used(RunSchedule(straight_optimizer, RunState("r", PHASES)), straight_optimizer, 25)
+    before = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    old = RunSchedule(before, RunState("r", PHASES[:1]))  # the checkpoint knew only the main phase
+    rates_used(old, before, checkpoint_step)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+    scheduler = RunSchedule(optimizer, RunState("r", PHASES))
+    optimizer.load_state_dict(before.state_dict())
+    scheduler.load_state_dict(old.state_dict())
+    assert rates_used(scheduler, optimizer, 25 - checkpoint_step) == straight[checkpoint_step:]
+
+
+def test_no_code_edits_a_schedulers_fields():
+    """The schedule is built whole by the Trainer (RecipeTrainer.create_scheduler): nothing patches one."""
+    edits = re.compile(r"^\s*(\w+\.)+(lr_lambdas|base_lrs|_last_lr)\b[^=\n]*=(?!=)")  # an assignment to one
+    found = [
+        (path.name, line)
+        for path in [*ROOT.glob("*.py"), *ROOT.glob("recipe/*.py")]
+        for line in path.read_text().splitlines()
+        if edits.search(line)
+    ]
+    assert found == []
 
 
 def test_samples_are_skipped_under_fsdp_from_either_source(monkeypatch):

@@ -13,7 +13,7 @@ from conftest import ROOT
 LAYERS = [
     ["recipe.cli"],
     ["recipe.sampling", "recipe.run_folder"],
-    ["recipe.config", "recipe.corpus"],
+    ["recipe.config", "recipe.corpus", "recipe.run_state"],
     ["recipe.model", "recipe.streaming"],
     ["recipe.arguments", "recipe.trainer"],
     ["recipe.resume", "recipe.card"],

@@ -19,6 +19,7 @@ import train
 from recipe import resume
 from recipe.cli import RecipeError
 from recipe.config import load_config
+from recipe.run_state import RunState
 from recipe.trainer import MixedBlocks, MixtureOrder, RecipeTrainer
 
 
@@ -206,7 +207,8 @@ def test_data_py_prints_a_line_per_source(corpora, tmp_path, capsys):
 def test_resume_names_the_source_that_changed(corpora, tmp_path, capsys):
     cfg = mixture_config(corpora, tmp_path)
     prints = {"tokenizer": "t", "data.sources.books.path": "b-1", "data.sources.notes.path": "n-1"}
-    plan = resume.ResumePlan(checkpoint(tmp_path, 4, overrides=mixture_overrides(corpora, tmp_path)), 4, [MAIN], prints)
+    run = RunState("run-a", [MAIN], fingerprints=prints)
+    plan = resume.ResumePlan(checkpoint(tmp_path, 4, overrides=mixture_overrides(corpora, tmp_path)), 4, run)
     resume.check_what_changed(plan, cfg, prints, allow_changes=False)  # nothing changed
     with pytest.raises(
         RecipeError,

@@ -19,28 +19,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import push
 from recipe import card
+from recipe.run_state import Phase, RunState
 
 # --- a run folder written by hand: a main phase of 60 steps and a resume phase to step 110 ---------------
 
-PHASES = {
-    "phases": [
-        {
-            "name": "main",
-            "first_step": 1,
-            "last_step": 60,
-            "lr_scheduler_type": "warmup_stable_decay",
-            "learning_rate": 0.003,
-            "warmup_steps": 10,
-        },
-        {
-            "name": "resume",
-            "first_step": 61,
-            "last_step": 110,
-            "lr_scheduler_type": "constant",
-            "learning_rate": 0.0003,
-        },
-    ]
-}
+PHASES = [  # on 2 processes of 4 sequences x 2 accumulation
+    Phase("main", 1, 60, "warmup_stable_decay", 0.003, 10, {}, processes=2, samples_per_step=16),
+    Phase("resume", 61, 110, "constant", 0.0003, 0, {}, processes=2, samples_per_step=16),
+]
+CORPUS = {"hub_id": None, "files": ["tinyshakespeare.txt"]}
+
+
+def run_state(global_step: int = 110, **fields) -> RunState:
+    """The run state after the main run and --resume: 16 sequences of 64 tokens a step."""
+    fields = {"corpus": CORPUS, "global_step": global_step, "tokens_trained": global_step * 16 * 64, **fields}
+    return RunState("r", PHASES, **fields)
 
 
 def logged_lr(step: int) -> float:
@@ -119,27 +112,13 @@ def tiny_weights(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
-def write_run(root: Path, weights: Path, global_step: int = 110, record: str = "run.json") -> Path:
-    """A run folder as train.py leaves it after the main run and --resume: final/ and the run's files above it;
-    the run record as today's recipe writes it (run.json), as older versions did (training_phases.json), or none."""
+def write_run(root: Path, weights: Path, global_step: int = 110) -> Path:
+    """A run folder as train.py leaves it after the main run and --resume: final/ and the run's files above it."""
     run = root / "run"
     shutil.copytree(weights, run / "final")
     (run / "trainer_state.json").write_text(json.dumps(trainer_state(global_step)))
     (run / "recipe_config.yaml").write_text(yaml.safe_dump(RECIPE))
-    if record == "run.json":  # 110 steps x 4 sequences x 2 accumulation x 2 processes x 64 tokens
-        phases = [{**p, "processes": 2} for p in PHASES["phases"]]
-        (run / "run.json").write_text(
-            json.dumps(
-                {
-                    "run_id": "r",
-                    "phases": phases,
-                    "tokens_trained": 112_640,
-                    "corpus": {"hub_id": None, "files": ["tinyshakespeare.txt"]},
-                }
-            )
-        )
-    elif record == "training_phases.json":
-        (run / "training_phases.json").write_text(json.dumps(PHASES))
+    (run / "run.json").write_text(json.dumps(run_state(global_step).to_dict()))
     samples = [{"step": s, "prompt": "ROMEO:", "completion": f" at step {s}"} for s in (50, 100)]
     (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     return run
@@ -194,9 +173,8 @@ def assert_phases_match_trainer_state(rows: list[dict], state: dict) -> None:
             assert max(logged) == pytest.approx(row["lr"])
 
 
-@pytest.mark.parametrize("record", ["run.json", "training_phases.json"])
-def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, tmp_path, record):
-    run = write_run(tmp_path, tiny_weights, record=record)
+def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, tmp_path):
+    run = write_run(tmp_path, tiny_weights)
     card = push_dry_run(run / "final", tmp_path / "pushed")
     rows = phase_rows(card)
     assert [(r["name"], r["first"], r["last"], r["schedule"]) for r in rows] == [
@@ -206,16 +184,12 @@ def test_card_of_a_resumed_run_states_its_phases_steps_and_tokens(tiny_weights, 
     assert rows[0]["warmup"] == "10"  # an integer, not 10.0
     assert_phases_match_trainer_state(rows, trainer_state(110))
     intro = card.split("\n## ", 1)[0]
-    if record == "run.json":  # the tokens as the run counted them; an older run recorded none
-        assert "110 optimizer steps in 2 phases, 112,640 tokens on 2 processes." in intro
-    else:
-        assert intro.rstrip().endswith("110 optimizer steps in 2 phases.")
+    assert "110 optimizer steps in 2 phases, 112,640 tokens on 2 processes." in intro  # as the Trainer counted them
     assert "in the [SmolLM2-360M](https://huggingface.co/HuggingFaceTB/SmolLM2-360M) configuration" in intro
     assert "135M" not in card
     assert "`tinyshakespeare.txt`" in intro and "../shared" not in card and "datasets:" not in card
     assert "max_steps" not in card and "10.0" not in card
     assert "| `gradient_accumulation_steps` | `2` |" in section(card, "Settings")
-    assert "No run record" not in card  # the phases of either file
     assert "## Samples at step 100" in card and "ROMEO: at step 100" in card
     assert (tmp_path / "pushed" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -230,24 +204,17 @@ def test_card_of_an_interrupted_phase_says_where_it_stopped(tiny_weights, tmp_pa
 
 
 @pytest.mark.parametrize(
-    "phases, global_step, expected",
-    [
-        (PHASES, 40, [("main", 1, 40, 60)]),  # a checkpoint inside the main phase, the run's file above it
-        (PHASES, None, [("main", 1, 60, 60), ("resume", 61, 110, 110)]),  # no trainer_state.json: as planned
-        (None, 40, [("training", 1, 40, 60)]),  # no record of the phases: one, as far as the log goes
-        (None, None, []),
-    ],
+    "global_step, expected",
+    [(40, [("main", 1, 40)]), (60, [("main", 1, 60)]), (80, [("main", 1, 60), ("resume", 61, 80)])],
 )
-def test_training_phases_end_where_trainer_state_says(phases, global_step, expected):
-    state = trainer_state(global_step) if global_step else None
-    record = card.TrainingRecord(recipe=RECIPE, state=state, run=phases or {}, samples_file=None)
-    found = card.training_phases(record)
-    assert [(p.name, p.first_step, p.last_step, p.planned_last_step) for p in found] == expected
+def test_training_phases_end_where_the_run_got_to(global_step, expected):
+    record = card.TrainingRecord(recipe=RECIPE, state=None, run=run_state(global_step), samples_file=None)
+    assert [(p.name, p.first_step, p.last_step) for p in card.training_phases(record)] == expected
 
 
 def test_loss_curve_marks_each_phase_and_shows_the_learning_rate():
     state = trainer_state(110)
-    record = card.TrainingRecord(recipe=RECIPE, state=state, run=PHASES, samples_file=None)
+    record = card.TrainingRecord(recipe=RECIPE, state=state, run=run_state(), samples_file=None)
     figure = card.draw_loss_curve(state["log_history"], card.training_phases(record))
     loss_axis, lr_axis = figure.axes
     boundaries = [line.get_xdata()[0] for line in loss_axis.get_lines() if line.get_linestyle() == ":"]
@@ -260,9 +227,8 @@ def test_loss_curve_marks_each_phase_and_shows_the_learning_rate():
 @pytest.mark.parametrize(
     "path, corpus, hub_dataset, expected",
     [
-        ("../shared/data/tinyshakespeare.txt", None, None, "`tinyshakespeare.txt`"),
-        ("/home/me/corpus/", None, None, "`corpus`"),
-        (["a/b.txt", "c/d.txt"], None, None, "`b.txt`, `d.txt`"),
+        ("../shared/data/tinyshakespeare.txt", CORPUS, None, "`tinyshakespeare.txt`"),
+        (["a/b.txt", "c/d.txt"], {"files": ["b.txt", "d.txt"]}, None, "`b.txt`, `d.txt`"),
         (
             "/home/me/books",
             {"files": [f"{i}.txt" for i in range(7)]},
@@ -279,7 +245,8 @@ def test_loss_curve_marks_each_phase_and_shows_the_learning_rate():
     ],
 )
 def test_dataset_is_a_hub_id_or_a_file_name_never_a_local_path(path, corpus, hub_dataset, expected):
-    record = card.TrainingRecord(recipe={"data": {"path": path}}, state=None, run={"corpus": corpus}, samples_file=None)
+    run = run_state(corpus=corpus)
+    record = card.TrainingRecord(recipe={"data": {"path": path}}, state=None, run=run, samples_file=None)
     assert card.dataset_description(record, hub_dataset) == expected
 
 
@@ -320,6 +287,8 @@ def test_card_of_continued_pretraining_names_a_hub_base_model_never_a_local_path
     shutil.copytree(tiny_weights, folder)
     recipe = {**RECIPE, "init_from": init_from, "name": "SmolLM2-135M"}
     (folder / "recipe_config.yaml").write_text(yaml.safe_dump(recipe))
+    base_model = None if init_from.startswith("/") else init_from  # a Hub id, as train.py records it
+    (folder / "run.json").write_text(json.dumps(run_state(base_model=base_model).to_dict()))
     text = push_dry_run(folder, tmp_path / "pushed")
     if init_from.startswith("/"):
         assert "base_model" not in text.split("---")[1] and init_from not in text
@@ -327,7 +296,6 @@ def test_card_of_continued_pretraining_names_a_hub_base_model_never_a_local_path
     else:
         assert "base_model: HuggingFaceTB/SmolLM2-135M" in text.split("---")[1]
         assert "continued from [HuggingFaceTB/SmolLM2-135M](https://huggingface.co/HuggingFaceTB/SmolLM2-135M)" in text
-    assert "How many steps ran was not recorded" in text
 
 
 # --- flags: each mistake is one line, exit 2, nothing written ------------------------------------

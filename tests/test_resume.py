@@ -3,57 +3,52 @@
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import tiny_overrides
+from conftest import StopAt, tiny_overrides
 from safetensors.torch import save_file
+from transformers import TrainerCallback
 
 import train
-from recipe import resume, run_folder
+from recipe import arguments, card, resume, run_folder
 from recipe.cli import RecipeError
 from recipe.config import load_config
 from recipe.corpus import find_corpus
 from recipe.run_folder import RunFolder
+from recipe.run_state import Phase, RunState
 from recipe.trainer import BlockOrder
 
-MAIN = {
-    "name": "main",
-    "first_step": 1,
-    "last_step": 60,
-    "lr_scheduler_type": "warmup_stable_decay",
-    "learning_rate": 3e-4,
-    "warmup_steps": 6,
-    "lr_scheduler_kwargs": {"num_decay_steps": 12},
-}
+MAIN = Phase("main", 1, 60, "warmup_stable_decay", 3e-4, 6, {"num_decay_steps": 12}, processes=1, samples_per_step=8)
 
 
-def checkpoint(folder: Path, step: int, phases=(MAIN,), run_id="run-a", overrides=(), legacy=False) -> Path:
+def checkpoint(folder: Path, step: int, phases=(MAIN,), run_id="run-a", overrides=()) -> Path:
     """A checkpoint as the recipe leaves it, without the weights' contents: what plan_resume reads."""
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    attributes = {"samples_seen": step * 8} | ({} if legacy else {"run_id": run_id})
-    state = {"global_step": step, "stateful_callbacks": {run_folder.RECORD_KEY: {"attributes": attributes}}}
+    run = RunState(run_id, list(phases), global_step=step, samples_trained=step * 8)
+    state = {"global_step": step, "stateful_callbacks": {run_folder.RECORD_KEY: {"attributes": run.to_dict()}}}
     (path / "trainer_state.json").write_text(json.dumps(state))
     save_file({"a": torch.zeros(2)}, path / "model.safetensors")
     (path / "recipe_config.yaml").write_text(yaml.safe_dump(load_config(None, list(overrides)).to_dict()))
-    if not legacy:
-        (path / "run.json").write_text(json.dumps({"run_id": run_id, "phases": list(phases)}))
-        run_folder.write_manifest(path)
+    (path / "run.json").write_text(json.dumps(run.to_dict()))
+    run_folder.write_manifest(path)
     return path
 
 
 def plan(tmp_path, step, phases=(MAIN,), overrides=(), **kw):
     checkpoint(tmp_path / "run", step, phases, **kw)
     cfg = load_config(None, ["training.max_steps=60", "training.warmup_steps=6", *overrides])
-    return resume.plan_resume(cfg, "latest", RunFolder(tmp_path / "run"), resume.main_phase(cfg, 1))
+    args = arguments.build_training_arguments(cfg, quiet=True)
+    return resume.plan_resume(cfg, "latest", RunFolder(tmp_path / "run"), args)
 
 
 def test_an_interrupted_phase_continues_on_its_own_schedule(tmp_path):
     p = plan(tmp_path, 30)
-    assert p.continues and p.phases == [MAIN] and p.max_steps == 60
+    assert p.continues and p.run.phases == [MAIN] and p.max_steps == 60
     assert (
         p.describe()
         == "resuming from checkpoint-30 (step 30): continuing the main phase to step 60 on its own schedule"
@@ -62,54 +57,56 @@ def test_an_interrupted_phase_continues_on_its_own_schedule(tmp_path):
 
 def test_a_finished_run_gets_the_extra_phase_at_a_tenth_of_the_learning_rate(tmp_path):
     p = plan(tmp_path, 60)
-    assert not p.continues and p.phases[0] == MAIN
-    assert p.phase | {"lr_scheduler_kwargs": None} == p.phase | {
-        "name": "resume",
-        "first_step": 61,
-        "last_step": 110,
-        "lr_scheduler_type": "constant",
-        "learning_rate": pytest.approx(3e-5),
-        "warmup_steps": 0,
-        "lr_scheduler_kwargs": None,
-    }
+    assert not p.continues and p.run.phases[0] == MAIN
+    assert p.phase == replace(
+        MAIN,
+        name="resume",
+        first_step=61,
+        last_step=110,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        learning_rate=pytest.approx(3e-5),
+        lr_scheduler_kwargs={},
+        samples_per_step=p.phase.samples_per_step,
+    )
     assert "resuming from checkpoint-60 (step 60) for 50 steps at lr 3e-05: a new phase 'resume'" in p.describe()
 
 
 def test_a_larger_max_steps_extends_a_finished_run_rewarmed_over_its_own_steps(tmp_path):
     p = plan(tmp_path, 60, overrides=["training.max_steps=80"])
     extend = p.phase
-    assert (extend["name"], extend["first_step"], extend["last_step"]) == ("extend", 61, 80)
-    assert extend["lr_scheduler_type"] == "warmup_stable_decay" and extend["learning_rate"] == 3e-4
-    assert extend["warmup_steps"] == 2 and extend["lr_scheduler_kwargs"]["num_decay_steps"] == 4  # 20% of 20
+    assert (extend.name, extend.first_step, extend.last_step) == ("extend", 61, 80)
+    assert extend.lr_scheduler_type == "warmup_stable_decay" and extend.learning_rate == 3e-4
+    assert extend.warmup_steps == 2 and extend.lr_scheduler_kwargs["num_decay_steps"] == 4  # 20% of 20
     assert "re-warmed over 2 step(s) from 0 to lr 0.0003" in p.describe()
 
 
 def test_an_interrupted_extra_phase_continues_it_and_a_finished_one_starts_another(tmp_path):
-    extra = {
-        **MAIN,
-        "name": "resume",
-        "first_step": 61,
-        "last_step": 110,
-        "lr_scheduler_type": "constant",
-        "learning_rate": 3e-5,
-        "warmup_steps": 0,
-    }
+    extra = replace(
+        MAIN,
+        name="resume",
+        first_step=61,
+        last_step=110,
+        lr_scheduler_type="constant",
+        learning_rate=3e-5,
+        warmup_steps=0,
+    )
     p = plan(tmp_path / "a", 80, phases=(MAIN, extra))
-    assert p.continues and p.phases == [MAIN, extra] and p.max_steps == 110
+    assert p.continues and p.run.phases == [MAIN, extra] and p.max_steps == 110
     p = plan(tmp_path / "b", 110, phases=(MAIN, extra))
-    assert p.phase["name"] == "resume 2" and (p.phase["first_step"], p.phase["last_step"]) == (111, 160)
+    assert p.phase.name == "resume 2" and (p.phase.first_step, p.phase.last_step) == (111, 160)
 
 
 def test_a_smaller_max_steps_ends_an_interrupted_main_phase_at_its_checkpoint(tmp_path, capsys):
     p = plan(tmp_path, 30, overrides=["training.max_steps=30"])
-    assert p.phases[0] == {**p.phases[0], "name": "main", "last_step": 30} and p.phase["name"] == "resume"
-    assert (p.phase["first_step"], p.phase["last_step"]) == (31, 80)
+    assert p.run.phases[0] == replace(MAIN, last_step=30) and p.phase.name == "resume"
+    assert (p.phase.first_step, p.phase.last_step) == (31, 80)
     assert "the main phase was planned to step 60; it ends here at step 30" in capsys.readouterr().out
 
 
 def test_a_larger_max_steps_finishes_an_interrupted_main_phase_first_then_extends(tmp_path, capsys):
     p = plan(tmp_path, 30, overrides=["training.max_steps=80"])
-    assert p.continues and p.phases == [MAIN] and p.max_steps == 60  # its own schedule: no jump in its decay
+    assert p.continues and p.run.phases == [MAIN] and p.max_steps == 60  # its own schedule: no jump in its decay
     assert "planned to step 60, then a phase 'extend' trains steps 61-80" in capsys.readouterr().out
     cfg = load_config(None, ["training.max_steps=80"])
     assert resume.next_phase_due(cfg, RunFolder(tmp_path / "run"), offer=False) == str(p.checkpoint)  # at once
@@ -136,8 +133,10 @@ def test_the_run_record_names_a_hub_base_model_never_a_local_path(init_from, rec
     corpus = tmp_path / "notes.txt"
     corpus.write_text("To be, or not to be")
     cfg = load_config(None, [f"init_from={init_from}"])
-    record = resume.record_of(cfg, [MAIN], [find_corpus(str(corpus))])
-    assert record["base_model"] == recorded and record["corpus"] == {"hub_id": None, "files": ["notes.txt"]}
+    run = resume.run_state(
+        cfg, arguments.build_training_arguments(cfg, quiet=True), None, [find_corpus(str(corpus))], {}
+    )
+    assert run.base_model == recorded and run.corpus == {"hub_id": None, "files": ["notes.txt"]}
 
 
 def test_resume_of_a_run_folder_takes_its_newest_complete_checkpoint(tmp_path):
@@ -154,7 +153,7 @@ def test_the_checkpoints_after_an_older_one_resumed_are_set_aside_not_followed(t
     older = checkpoint(tmp_path / "run", 20)
     for step in (40, 60):
         checkpoint(tmp_path / "run", step)
-    resume.later_files(resume.ResumePlan(older, 20, [MAIN]), RunFolder(tmp_path / "run"))
+    resume.later_files(resume.ResumePlan(older, 20, RunState("run-a", [MAIN])), RunFolder(tmp_path / "run"))
     assert [p.name for p in RunFolder(tmp_path / "run").checkpoints()] == ["checkpoint-20"]
     (aside,) = (tmp_path / "run" / "_superseded").iterdir()
     assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-40", "checkpoint-60"]
@@ -175,11 +174,6 @@ def test_a_run_that_saved_no_checkpoint_leaves_a_folder_a_new_run_can_take(tmp_p
         resume.refuse_to_overwrite(RunFolder(folder))
 
 
-def test_a_checkpoint_of_an_older_version_continues_the_configured_run(tmp_path):
-    p = plan(tmp_path, 30, legacy=True)
-    assert p.continues and p.phases[0]["last_step"] == 60 and p.run_id is None
-
-
 def test_a_checkpoint_resumes_into_its_own_folder_or_a_new_one_never_another_runs(tmp_path, capsys):
     p = plan(tmp_path, 60)
     assert resume.check_ownership(p, RunFolder(tmp_path / "run")) is None
@@ -187,7 +181,7 @@ def test_a_checkpoint_resumes_into_its_own_folder_or_a_new_one_never_another_run
     assert forked == {"run_id": "run-a", "checkpoint": str(p.checkpoint)} and "is new" in capsys.readouterr().out
     other = tmp_path / "other"
     checkpoint(other, 10, run_id="run-b")
-    (other / "run.json").write_text(json.dumps({"run_id": "run-b"}))
+    (other / "run.json").write_text(json.dumps(RunState("run-b", [MAIN]).to_dict()))
     with pytest.raises(
         RecipeError, match=r"holds another run \(run-b: checkpoint-10, run.json\) and .* belongs to run run-a"
     ):
@@ -222,7 +216,7 @@ def test_a_damaged_checkpoint_names_the_file_and_the_newest_intact_one(tmp_path)
     ],
 )
 def test_resume_with_another_model_tokenizer_or_data_stops_listing_it(change, listed, tmp_path):
-    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, [MAIN])
+    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, RunState("run-a", [MAIN]))
     with pytest.raises(RecipeError, match="--resume: the config differs from checkpoint-4's: ") as error:
         resume.check_what_changed(p, load_config(None, change), {}, allow_changes=False)
     assert listed in str(error.value) and "pass --resume-changed if you mean it" in str(error.value)
@@ -230,7 +224,7 @@ def test_resume_with_another_model_tokenizer_or_data_stops_listing_it(change, li
 
 
 def test_free_changes_go_through_with_one_line_each(tmp_path, capsys):
-    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, [MAIN])
+    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, RunState("run-a", [MAIN]))
     changes = ["training.save_steps=100", "training.per_device_train_batch_size=16", "samples.every_n_steps=50"]
     resume.check_what_changed(p, load_config(None, changes), {}, allow_changes=False)
     out = capsys.readouterr().out.splitlines()
@@ -240,8 +234,8 @@ def test_free_changes_go_through_with_one_line_each(tmp_path, capsys):
 
 
 def test_same_names_with_other_contents_are_changes_too(tmp_path):
-    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, [MAIN], {"tokenizer": "abc", "data.path": "corpus-1"})
     same = {"tokenizer": "abc", "data.path": "corpus-1"}
+    p = resume.ResumePlan(checkpoint(tmp_path, 4), 4, RunState("run-a", [MAIN], fingerprints=same))
     resume.check_what_changed(p, load_config(), same, allow_changes=False)
     with pytest.raises(RecipeError, match="corpus files changed"):
         resume.check_what_changed(p, load_config(), {**same, "data.path": "corpus-2"}, allow_changes=False)
@@ -402,3 +396,57 @@ def test_an_interrupted_run_given_a_larger_max_steps_finishes_its_schedule_then_
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
     assert lrs[5:10] == sorted(lrs[5:10], reverse=True) and lrs[10] == 0.0  # the linear decay to step 10, then re-warm
+
+
+class LearningRates(TrainerCallback):
+    """The learning rate the optimizer used at each step, read right after its step."""
+
+    def __init__(self):
+        self.used = {}
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.used[state.global_step + 1] = optimizer.param_groups[0]["lr"]
+
+
+@pytest.mark.slow
+def test_main_extra_phase_and_extension_log_use_and_card_the_same_learning_rates(tmp_path, cache_dir):
+    """One schedule over the main phase, the extra phase at lr/10 and an extension re-warmed over a tenth of its
+    steps. The numbers are those of the code before the run state and the schedule were one (commit 1f9e2de)."""
+    out, rates = tmp_path / "run", LearningRates()
+    overrides = tiny_overrides(out, cache_dir, max_steps=6, save_steps=3, eval_steps=100) + [
+        "samples.every_n_steps=0",
+        "resume.extra_steps=3",
+    ]
+    assert train.main(overrides, extra_callbacks=[rates]) == 0  # main: steps 1-6, warmup 2, decay the last 20%
+    stopped = train.main(["--resume", *overrides], extra_callbacks=[rates, StopAt(8)])  # resume: 7-9 at lr/10
+    assert stopped == train.EXIT_INTERRUPTED
+    assert train.main(["--resume", *overrides], extra_callbacks=[rates]) == 0  # inside the phase: on its schedule
+    assert train.main(["--resume", *overrides, "training.max_steps=19"], extra_callbacks=[rates]) == 0  # extend
+    log = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logged = {h["step"]: round(h["learning_rate"], 8) for h in log if "learning_rate" in h}
+    used = {step: round(lr, 8) for step, lr in rates.used.items()}
+    assert used == USED_LEARNING_RATES
+    assert logged == LOGGED_LEARNING_RATES
+    record = card.read_training_record(out / "final")
+    assert card.phases_section(record, card.training_phases(record)) == PHASE_TABLE
+
+    recorded = json.loads((out / "final" / "run.json").read_text())
+    assert (recorded["samples_trained"], recorded["tokens_trained"]) == (76, 4864)  # 19 steps of 4 blocks of 64
+
+
+# The learning rates of steps 1-19 as commit 1f9e2de used and logged them: main (warmup 2, one decay step), the
+# extra phase at lr/10, the extension re-warmed over one step and decayed over its last two. The same table too, but
+# for the order of the schedule settings: the run state comes back from trainer_state.json, whose keys are sorted.
+USED_LEARNING_RATES = {1: 0.0, 2: 0.0015, **dict.fromkeys(range(3, 7), 0.003), **dict.fromkeys(range(7, 10), 0.0003)}
+USED_LEARNING_RATES |= {10: 0.0, **dict.fromkeys(range(11, 19), 0.003), 19: 0.0015}
+LOGGED_LEARNING_RATES = USED_LEARNING_RATES
+PHASE_TABLE = """## Training phases
+
+| phase | steps | optimizer steps | schedule | learning rate | warmup steps |
+| --- | --- | --- | --- | --- | --- |
+| main | 1–6 | 6 | `warmup_stable_decay` | 0.003 | 2 |
+| resume | 7–9 | 3 | `constant` | 0.0003 |  |
+| extend | 10–19 | 10 | `warmup_stable_decay` | 0.003 | 1 |
+
+Schedule settings: main: `decay_type=linear, min_lr_ratio=0, num_decay_steps=1`; extend: `decay_type=linear, \
+min_lr_ratio=0, num_decay_steps=2`."""

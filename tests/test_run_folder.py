@@ -15,13 +15,12 @@ from recipe.cli import RecipeError
 from recipe.run_folder import RunFolder, RunLock
 
 
-def fake_checkpoint(folder: Path, step: int, run_id: str | None = "run-a", manifest: bool = True) -> Path:
+def fake_checkpoint(folder: Path, step: int, manifest: bool = True) -> Path:
     checkpoint = folder / f"checkpoint-{step}"
     checkpoint.mkdir(parents=True)
     (checkpoint / "model.safetensors").write_bytes(b"weights" * 100)
     (checkpoint / "optimizer.pt").write_bytes(b"moments" * 100)
-    record = {"attributes": {"run_id": run_id}} if run_id else {}
-    state = {"global_step": step, "stateful_callbacks": {run_folder.RECORD_KEY: record}}
+    state = {"global_step": step, "stateful_callbacks": {run_folder.RECORD_KEY: {"attributes": {"run_id": "run-a"}}}}
     (checkpoint / "trainer_state.json").write_text(json.dumps(state))
     if manifest:
         run_folder.write_manifest(checkpoint)
@@ -100,12 +99,10 @@ def test_files_written_0600_become_readable_as_the_umask_says(tmp_path):
     assert (tmp_path / "final" / "model.safetensors").stat().st_mode & 0o777 == 0o644
 
 
-def test_a_checkpoint_is_complete_with_its_checksums_and_an_older_one_without_a_run_id(tmp_path):
+def test_a_checkpoint_is_complete_with_its_checksums(tmp_path):
     complete = fake_checkpoint(tmp_path, 2)
     cut = fake_checkpoint(tmp_path, 4, manifest=False)  # stopped before the checksums: incomplete
-    older = fake_checkpoint(tmp_path / "old", 6, run_id=None, manifest=False)  # an older version of the recipe
     assert run_folder.checkpoint_step(complete) == 2 and run_folder.checkpoint_step(cut) is None
-    assert run_folder.checkpoint_step(older) == 6
     assert RunFolder(tmp_path).latest_checkpoint() == (complete, [cut])
     assert RunFolder(tmp_path).remove_incomplete_checkpoint(4) == cut and not cut.exists()
     assert RunFolder(tmp_path).remove_incomplete_checkpoint(2) is None and complete.exists()
@@ -121,8 +118,7 @@ def test_one_flipped_byte_in_any_file_is_found(tmp_path, name):
     assert run_folder.damaged_file(checkpoint) == f"{name} differs from the hash recorded when it was saved"
     (checkpoint / name).unlink()
     assert run_folder.damaged_file(checkpoint) == f"{name} is missing"
-    with pytest.raises(FileNotFoundError):
-        run_folder.damaged_file(fake_checkpoint(tmp_path / "old", 2, run_id=None, manifest=False))
+    assert run_folder.damaged_file(fake_checkpoint(tmp_path / "cut", 2, manifest=False)) == "checksums.json is missing"
 
 
 def test_run_files_say_what_of_a_run_a_folder_holds(tmp_path):

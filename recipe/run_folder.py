@@ -2,7 +2,7 @@
 
 A run folder (`training.output_dir`) belongs to one run, named by the id in its run record:
 
-    _run.lock              the PID and host of the process writing into it (RunLock)
+    _run.lock              the lock of the run writing into it, and its PID and host (RunLock)
     run.json               the run record: run id, phases and their schedules, processes, tokens trained
     recipe_config.yaml     the resolved config
     samples.jsonl          text samples, one JSON object a line
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import xxhash
 import yaml
+from filelock import FileLock, Timeout
 
 from recipe.cli import RecipeError, first_line, log
 
@@ -332,61 +333,39 @@ class RunFolder:
 
 
 class RunLock:
-    """`_run.lock` holds the PID and host of the run writing into the folder. A second run stops in one line
-    naming the first; a lock whose process is gone (same host) is stale and taken over."""
+    """`_run.lock`: an OS-level lock on the run folder (filelock), held while a run writes into it, with the PID
+    and host of its holder in the file for the line that stops a second run. The OS drops the lock when its
+    process ends, however it ends, so a run that crashed blocks no one."""
 
     def __init__(self, folder: RunFolder):
         self.folder, self.path = folder, folder.path / LOCK
-        self.held = self.made_folder = False
+        self.lock = FileLock(self.path, timeout=0, on_acquired=write_holder)
+        self.made_folder = False
 
     def acquire(self) -> RunLock:
         self.folder.check_writable()
         self.made_folder = not self.folder.path.exists()
         self.folder.path.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and not self._is_stale(holder):
-                    raise RecipeError(
-                        f"{self.folder} is in use by another run (PID {holder['pid']} on {holder['host']}); wait for "
-                        f"it, or use another training.output_dir (if that run is gone, delete {self.path})"
-                    ) from None
-                gone = f"PID {holder['pid']} on {holder['host']}" if holder else "an unreadable lock"
-                log(f"lock: taking over the stale lock of {gone} in {self.folder}")
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, f)
-            self.held = True
-            return self
-        raise RecipeError(f"could not take the lock {self.path}; another run may be starting: try again")
-
-    def _holder(self) -> dict | None:
-        holder = read_json(self.path)
+        left = read_json(self.path)  # a lock file left behind: its run ended without releasing it
         try:
-            return {"pid": int(holder["pid"]), "host": str(holder["host"])}
-        except (TypeError, KeyError, ValueError):
-            return None  # half-written by a run that died at once, or not ours: stale
-
-    @staticmethod
-    def _is_stale(holder: dict) -> bool:
-        if holder["host"] != socket.gethostname():
-            return False  # another machine's process cannot be checked from here
-        try:
-            os.kill(holder["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+            self.lock.acquire()
+        except Timeout:
+            holder = read_json(self.path)  # None only in the moment the other run takes or releases the lock
+            who = f" (PID {holder.get('pid')} on {holder.get('host')})" if holder else ""
+            raise RecipeError(
+                f"{self.folder} is in use by another run{who}; wait for it, or use another training.output_dir"
+            ) from None
+        if left:
+            log(f"lock: the run of PID {left.get('pid')} on {left.get('host')} ended without releasing {self.path}")
+        return self
 
     def release(self) -> None:
-        """Remove the lock, and the folder too if the lock made it and the run wrote nothing into it."""
-        if self.held:
+        """Remove the lock, and the folder too if the lock made it and the run wrote nothing into it. The file goes
+        while the lock is still held: a run that locks the removed file in that moment does not hold it (filelock
+        checks), and stops as if the folder were still in use."""
+        if self.lock.is_locked:
             self.path.unlink(missing_ok=True)
-            self.held = False
+            self.lock.release()
             if self.made_folder:
                 with contextlib.suppress(OSError):
                     self.folder.path.rmdir()  # only if empty
@@ -396,3 +375,9 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def write_holder(fd: int) -> None:
+    """The lock file's content, written through the locked descriptor as soon as the lock is taken."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)

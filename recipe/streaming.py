@@ -263,18 +263,22 @@ class StreamedMixture(StreamedBlocks):
 # --- training on a stream ------------------------------------------------------------------------
 
 
-def streamed_dataloader(dataset: StreamedBlocks, args: TrainingArguments, batch_size: int, collate_fn):
-    """A stream is read by each process for itself (`open_stream` splits it between them), in the main
-    process or in one dataloader worker; accelerate's usual loader would read it on one process and send
-    the batches to the others."""
-    workers = args.dataloader_num_workers
+def streamed_dataloader(dataset: StreamedBlocks, args: TrainingArguments, collate_fn):
+    """A stream is read by each process for itself (`open_stream` splits it between them), in the main process or
+    in one dataloader worker. The Trainer's loader cannot do that: with several processes, accelerate reads an
+    IterableDataset on one process and sends the batches to the others, or has each read the whole stream and
+    keep its share. So this loader is built here, from the same `dataloader_*` settings the Trainer reads."""
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=args.train_batch_size,
         collate_fn=collate_fn,
-        num_workers=workers,
+        num_workers=args.dataloader_num_workers,
         pin_memory=args.dataloader_pin_memory,
-        prefetch_factor=args.dataloader_prefetch_factor if workers else None,
+        persistent_workers=args.dataloader_persistent_workers,
+        prefetch_factor=args.dataloader_prefetch_factor,
+        multiprocessing_context=args.dataloader_multiprocessing_context,
+        in_order=args.dataloader_in_order,
+        drop_last=args.dataloader_drop_last,
     )
     return prepare_data_loader(
         loader, args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False

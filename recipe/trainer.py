@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from recipe.cli import RecipeError, first_line, log
@@ -147,32 +146,20 @@ class RecipeTrainer(Trainer):
     def data_order_seed(self) -> int:
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed
 
+    def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler:
+        """The Trainer builds the DataLoader (every `dataloader_*` setting applies); the recipe gives the order."""
+        blocks, seed = self.train_dataset if train_dataset is None else train_dataset, self.data_order_seed()
+        if isinstance(blocks, MixedBlocks):
+            return MixtureOrder(blocks.sizes, blocks.weights, seed, self.start_sample)
+        return BlockOrder(len(blocks), seed, self.start_sample)
+
     def get_train_dataloader(self):
         if isinstance(self.train_dataset, StreamedBlocks):
-            loader = streamed_dataloader(self.train_dataset, self.args, self.args.train_batch_size, self.data_collator)
-        else:
-            blocks, seed, start = self.train_dataset, self.data_order_seed(), self.start_sample
-            order = (
-                MixtureOrder(blocks.sizes, blocks.weights, seed, start)
-                if isinstance(blocks, MixedBlocks)
-                else BlockOrder(len(blocks), seed, start)
-            )
-            workers = self.args.dataloader_num_workers
-            loader = self.accelerator.prepare(
-                DataLoader(
-                    blocks,
-                    batch_size=self.args.train_batch_size,
-                    sampler=order,
-                    collate_fn=self.data_collator,
-                    num_workers=workers,
-                    pin_memory=self.args.dataloader_pin_memory,
-                    prefetch_factor=self.args.dataloader_prefetch_factor if workers else None,
-                )
-            )
-        if self.args.dataloader_num_workers:
-            torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
-            torch_loader.worker_init_fn = partial(start_worker_without_signals, torch_loader.worker_init_fn)
-        return loader
+            return workers_without_signals(streamed_dataloader(self.train_dataset, self.args, self.data_collator))
+        return super().get_train_dataloader()
+
+    def _get_dataloader(self, *args, **kwargs):
+        return workers_without_signals(super()._get_dataloader(*args, **kwargs))
 
     def save_final(self, config: dict, record: dict, publish=None) -> Path:
         """Weights (safetensors), config, generation config, tokenizer and the run files in output_dir/final,
@@ -185,8 +172,7 @@ class RecipeTrainer(Trainer):
         state_dict = self.accelerator.get_state_dict(self.model)  # collective under FSDP
         if self.args.should_save:
             with atomic_folder(final) as tmp:
-                model.save_pretrained(str(tmp), state_dict=state_dict)
-                model.generation_config.save_pretrained(str(tmp))
+                model.save_pretrained(str(tmp), state_dict=state_dict)  # with the generation config
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(str(tmp))
                 write_run_files(tmp, config, record)
@@ -207,9 +193,16 @@ def save_failed(error: OSError, trainer: Trainer) -> RecipeError:
     return RecipeError(f"step {step}:{where} failed ({error.strerror or error}){partial}; {intact} once it is fixed")
 
 
-def start_worker_without_signals(init_worker, worker_id: int) -> None:
+def workers_without_signals(loader):
     """Ctrl-C or SIGTERM sent to the whole process group would kill the dataloader workers first, and torch
     then fails the training step at once; the workers ignore them and the main process stops cleanly."""
+    torch_loader = getattr(loader, "base_dataloader", loader)  # accelerate wraps the torch DataLoader
+    if torch_loader.num_workers:
+        torch_loader.worker_init_fn = partial(start_worker_without_signals, torch_loader.worker_init_fn)
+    return loader
+
+
+def start_worker_without_signals(init_worker, worker_id: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     if init_worker is not None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from recipe import run_folder
 from recipe.cli import RecipeError
@@ -64,17 +65,26 @@ def test_second_run_into_a_locked_folder_stops_naming_the_first(tmp_path):
         assert (tmp_path / "run" / run_folder.LOCK).is_file()
 
 
-def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+def test_the_lock_of_another_process_stops_a_run_until_that_process_is_gone(tmp_path, capsys):
+    """The OS lock dies with its process, killed or not: the lock file it leaves blocks no one."""
     folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / run_folder.LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    hold = "import sys; from recipe import run_folder as f; lock = f.RunLock(f.RunFolder(sys.argv[1])).acquire(); "
+    hold += "print('held', flush=True); input()"
+    command = [sys.executable, "-c", hold, str(folder)]
+    holder = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            RecipeError, match=rf"is in use by another run \(PID {holder.pid} on {socket.gethostname()}\)"
+        ):
+            RunLock(RunFolder(folder)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
     with RunLock(RunFolder(folder)):
         assert json.loads((folder / run_folder.LOCK).read_text())["pid"] == os.getpid()
-    assert "taking over the stale lock" in capsys.readouterr().out
-    (folder / run_folder.LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere"}))  # cannot be checked
-    with pytest.raises(RecipeError, match="PID 1 on elsewhere"):
-        RunLock(RunFolder(folder)).acquire()
+    assert f"the run of PID {holder.pid} on {socket.gethostname()} ended without releasing" in capsys.readouterr().out
+    assert not (folder / run_folder.LOCK).exists()
 
 
 def test_atomic_folder_keeps_the_old_one_when_writing_fails(tmp_path):

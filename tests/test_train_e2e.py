@@ -16,8 +16,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 import train
 from recipe import run_folder
-from recipe.cli import RecipeError
-from recipe.config import load_config
 from recipe.run_folder import checkpoint_step
 
 pytestmark = pytest.mark.slow
@@ -246,11 +244,6 @@ def test_document_aware_training_runs(tmp_path, cache_dir):
     assert train.main([*overrides, "samples.every_n_steps=0"]) == 0
     assert all(math.isfinite(h["loss"]) for h in history(out) if "loss" in h)
     assert any("eval_loss" in h for h in history(out))
-
-
-def test_streaming_with_several_dataloader_workers_is_one_line(tmp_path, cache_dir):
-    with pytest.raises(RecipeError, match="set training.dataloader_num_workers to 1"):
-        load_config(None, tiny_overrides(tmp_path, cache_dir, dataloader_num_workers=2) + ["data.streaming=true"])
 
 
 def test_compiled_training_runs_end_to_end(tmp_path, cache_dir):

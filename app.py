@@ -16,6 +16,7 @@ import random
 import socket
 import sys
 import threading
+import time
 
 from transformers.utils import logging as transformers_logging
 
@@ -151,22 +152,18 @@ def check_port_free(host: str, port: int) -> None:
         raise RecipeError(f"cannot serve on {host}:{port} ({e.strerror or e}); pick a free port with --port") from None
 
 
+@cli.command("stopped serving")
 def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # the console says what is served, not how its weights loaded
-    try:
-        args = parse_args(argv)
-        check_port_free(args.host, args.port)
-        pick_device(args.device)
-        loaded = load_model(resolve_source(args.model), args.device)
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = parse_args(argv)
+    check_port_free(args.host, args.port)
+    pick_device(args.device)
+    loaded = load_model(resolve_source(args.model), args.device)
     app = build_app(loaded).queue()
     try:  # quiet: gradio's own lines name its launch() arguments, not this app's flags
         app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
     except OSError as e:  # the port was taken while the model loaded
-        print(f"error: cannot serve on {args.host}:{args.port} ({e}); pick a free port with --port", file=sys.stderr)
-        return 2
+        raise RecipeError(f"cannot serve on {args.host}:{args.port} ({e}); pick a free port with --port") from None
     share = (
         f" and {app.share_url}"
         if app.share_url
@@ -175,10 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(f"serving {loaded.title} on http://{args.host}:{args.port}{share}; Ctrl-C to stop", flush=True)
-    try:
-        app.block_thread()  # gradio closes the server on Ctrl-C
-    except KeyboardInterrupt:  # a second Ctrl-C while it closes
-        pass
+    try:  # not gradio's block_thread(): it takes Ctrl-C for a normal end and prints a line of its own
+        while app.is_running:
+            time.sleep(0.1)
+    finally:
+        app.close(verbose=False)
     return 0
 
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from recipe.arguments import samples_per_step
-from recipe.cli import log
+from recipe.cli import handle_stop_signals, log
 from recipe.config import SamplesConfig
 from recipe.model import flops_per_token, peak_bf16_flops
 from recipe.run_folder import (
@@ -124,8 +123,6 @@ class GracefulInterruptCallback(TrainerCallback):
     (an evaluation or sample generation in progress is cut short) and stop. A second signal exits at once.
     The handlers stay installed until `restore_handlers()`, so that the final save is covered too."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
     def __init__(self):
         self.requested = False
         self.stopped_at: int | None = None
@@ -134,11 +131,7 @@ class GracefulInterruptCallback(TrainerCallback):
         self.saving_final = False
 
     def install(self) -> None:
-        for sig in self.SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
+        self._previous = handle_stop_signals(self._handle)  # cli.command's, restored by restore_handlers()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.install()
@@ -197,9 +190,7 @@ class GracefulInterruptCallback(TrainerCallback):
         return self.requested
 
     def restore_handlers(self):
-        for sig, handler in self._previous.items():
-            with contextlib.suppress(ValueError):
-                signal.signal(sig, handler)
+        handle_stop_signals(self._previous)
         self._previous = {}
 
 

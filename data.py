@@ -28,10 +28,8 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -75,7 +73,7 @@ def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig, b
     """The tokens (cached by datasets; `fresh`: tokenized again all the same), their number, and the blocks,
     written to `blocks_dir` (None: datasets' cache)."""
     num_proc = _num_proc(cfg, len(documents))
-    with interrupts_stop_the_pool() if num_proc else contextlib.nullcontext():
+    with interrupts_stop_the_pool():
         tokens = documents.map(
             tokenize_function(tokenizer, text_column),
             batched=True,
@@ -93,37 +91,23 @@ def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig, b
 
 @contextlib.contextmanager
 def interrupts_stop_the_pool():
-    """Ctrl-C during a multi-process `map` ends as a KeyboardInterrupt, not as the multiprocess TimeoutError
-    that datasets raises when it cannot collect the workers' results. Ctrl-C reaches the whole process group:
-    the workers (forked with this handler) ignore it, the main process raises, and the pool ends them."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    main_pid, interrupted = os.getpid(), False
-
-    def on_interrupt(signum, frame):
-        nonlocal interrupted
-        if os.getpid() == main_pid:
-            interrupted = True
-            raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    """Ctrl-C or SIGTERM during a multi-process `map` ends as that interrupt, not as the multiprocess TimeoutError
+    that datasets raises while it unwinds, when it cannot collect the workers' results. The workers leave the
+    signal to this process (cli.command), whose unwinding ends the pool."""
     try:
         yield
     except Exception as e:
-        if interrupted or _caused_by_interrupt(e):
-            raise KeyboardInterrupt from None
+        if (interrupt := _interrupt_behind(e)) is not None:
+            raise interrupt from None
         raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
-def _caused_by_interrupt(error: BaseException | None) -> bool:
+def _interrupt_behind(error: BaseException | None) -> KeyboardInterrupt | None:
     while error is not None:
         if isinstance(error, KeyboardInterrupt):
-            return True
+            return error
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int, cache_dir=None) -> datasets.Dataset:
@@ -377,23 +361,20 @@ def load_tokenizer(name_or_path: str):
         ) from None
 
 
+@cli.command("stopped while preparing the data; nothing was cached")
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("data.py", "Tokenize, pack and cache the corpus; print the numbers.")
     parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument("--no-cache", action="store_true", help="tokenize again even if a cache exists")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, as for train.py")
     args = parser.parse(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        tokenizer = load_tokenizer(cfg.tokenizer)
-        start = time.perf_counter()
-        t = cfg.training  # the blocks a run draws, for each source's passes
-        drawn = t["max_steps"] * t.get("per_device_train_batch_size", 8) * t.get("gradient_accumulation_steps", 1)
-        splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache, drawn=drawn)
-        seconds = time.perf_counter() - start
-    except KeyboardInterrupt:
-        print("\ninterrupted while preparing the data; nothing was cached", file=sys.stderr)
-        return 130
+    cfg = load_config(args.config, args.overrides)
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    start = time.perf_counter()
+    t = cfg.training  # the blocks a run draws, for each source's passes
+    drawn = t["max_steps"] * t.get("per_device_train_batch_size", 8) * t.get("gradient_accumulation_steps", 1)
+    splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache, drawn=drawn)
+    seconds = time.perf_counter() - start
     print(stats.summary())
     print(f"blocks ready in {seconds:.2f} s")
     if stats.cache_path and not args.no_cache:
@@ -402,4 +383,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.exit_code(main))
+    sys.exit(main())

@@ -132,6 +132,8 @@ def in_folder(path: Path):
 def evaluate(args, pretrained: str, folder: Path | None, hub_id: str | None) -> list[dict]:
     """Run lm-eval on the model; the results as eval_results.json's task entries."""
     names = [name.strip() for name in args.tasks.split(",") if name.strip()]
+    if not names:
+        raise RecipeError(f"--tasks '{args.tasks}' names no task; pass e.g. --tasks {DEFAULT_TASKS}")
     if (hub_id or set(names) - OFFLINE_TASKS) and not hub_is_reachable():
         os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"  # cached data only, no retries
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -302,38 +304,30 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse(argv)
 
 
+@cli.command("stopped; no results written")
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    harness()  # first: without lm-eval nothing else is worth checking
+    pretrained, folder, hub_id = resolve_model(args.model)
+    path = (
+        Path(args.output)
+        if args.output
+        else (HUB_RESULTS_DIR / hub_id.replace("/", "--") / EVAL_RESULTS if hub_id else folder / EVAL_RESULTS)
+    )
+    tasks = evaluate(args, pretrained, folder, hub_id)
+    recipe, state = (run_file(folder, RECIPE_CONFIG), run_file(folder, TRAINER_STATE)) if folder else (None, None)
+    model = {
+        "source": hub_id or str(folder),
+        "name": (read_yaml(recipe) or {}).get("name") if recipe else None,
+        "step": (read_json(state) or {}).get("global_step") if state else None,
+    }
+    print("\n".join(result_lines(tasks)))
+    merged, kept = merge_results(read_eval_results(path), {"format": RESULTS_FORMAT, "model": model, "tasks": tasks})
     try:
-        args = parse_args(argv)
-        harness()  # first: without lm-eval nothing else is worth checking
-        pretrained, folder, hub_id = resolve_model(args.model)
-        path = (
-            Path(args.output)
-            if args.output
-            else (HUB_RESULTS_DIR / hub_id.replace("/", "--") / EVAL_RESULTS if hub_id else folder / EVAL_RESULTS)
-        )
-        tasks = evaluate(args, pretrained, folder, hub_id)
-        recipe, state = (run_file(folder, RECIPE_CONFIG), run_file(folder, TRAINER_STATE)) if folder else (None, None)
-        model = {
-            "source": hub_id or str(folder),
-            "name": (read_yaml(recipe) or {}).get("name") if recipe else None,
-            "step": (read_json(state) or {}).get("global_step") if state else None,
-        }
-        print("\n".join(result_lines(tasks)))
-        merged, kept = merge_results(
-            read_eval_results(path), {"format": RESULTS_FORMAT, "model": model, "tasks": tasks}
-        )
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, json.dumps(merged, indent=2) + "\n")
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:
-        print(f"error: could not write the results: {first_line(e)}; pass --output PATH", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: no results written", file=sys.stderr)
-        return 130
+        raise RecipeError(f"could not write the results to {path}: {first_line(e)}; pass --output PATH") from None
     print(f"wrote {path}" + (f"; kept the earlier results of {', '.join(kept)}" if kept else ""))
     return 0
 

@@ -47,7 +47,7 @@ from recipe.run_folder import (
 from recipe.sampling import SamplingSettings, SettingError, StopWhen
 
 
-class GenerationError(Exception):
+class GenerationError(RecipeError):
     """A request the model cannot serve (a prompt too long for its context); the message says how to fix it."""
 
 
@@ -239,10 +239,9 @@ def print_completion(loaded: LoadedModel, prompt: str, settings: SamplingSetting
     try:
         for piece in pieces:
             print(piece, end="", flush=True)
-    except KeyboardInterrupt:
+    finally:  # on Ctrl-C too: the model's generation ends with the reading
         pieces.close()
-        print(" [stopped]", end="")
-    print(flush=True)
+        print(flush=True)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -292,27 +291,24 @@ def read_stdin() -> str:
     return utf8_text(raw.decode("utf-8", errors="surrogateescape"), "the prompt on stdin").rstrip("\n")
 
 
+@cli.command("stopped generating")
 def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # stdout and stderr hold the text and one-line messages only
+    args = parse_args(argv)
+    settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed)
     try:
-        args = parse_args(argv)
-        settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.top_k, args.seed)
         settings.check()
-        prompt = utf8_text(args.prompt, "--prompt") if args.prompt is not None else None
-        pick_device(args.device)
-        loaded = load_model(resolve_source(args.model), args.device)
-        if prompt is not None:
-            print_completion(loaded, prompt, settings)
-        elif not sys.stdin.isatty():
-            print_completion(loaded, read_stdin(), settings)
-        else:
-            prompt_loop(loaded, settings)
     except SettingError as e:
-        print(f"error: {e.for_flag()}", file=sys.stderr)
-        return 2
-    except (RecipeError, GenerationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise RecipeError(e.for_flag()) from None
+    prompt = utf8_text(args.prompt, "--prompt") if args.prompt is not None else None
+    pick_device(args.device)
+    loaded = load_model(resolve_source(args.model), args.device)
+    if prompt is not None:
+        print_completion(loaded, prompt, settings)
+    elif not sys.stdin.isatty():
+        print_completion(loaded, read_stdin(), settings)
+    else:
+        prompt_loop(loaded, settings)
     return 0
 
 
@@ -321,13 +317,17 @@ def prompt_loop(loaded: LoadedModel, settings: SamplingSettings) -> None:
     while True:
         try:
             prompt = input(">>> ")
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             print()
             return
         try:
             print_completion(loaded, utf8_text(prompt, "the prompt"), settings)
-        except (GenerationError, RecipeError) as e:  # a prompt too long: say so and ask again
+        except RecipeError as e:  # a prompt too long: say so and ask again
             print(f"error: {e}", file=sys.stderr)
+        except cli.Terminated:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C during a completion stops it, not the loop
+            print("[stopped]")
 
 
 if __name__ == "__main__":

@@ -258,33 +258,30 @@ def push_space(space_id: str, repo_id: str, token: str, private: bool) -> str:
     return str(url)
 
 
+@cli.command("stopped before the upload finished")
 def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # loading and saving a small model: seconds, no bars
-    try:
-        args = parse_args(argv)
-        cfg = load_config(args.config, args.overrides)
-        repo_id = chosen_repo_ids(args, cfg)
-        out = check_out(args.out) if args.out is not None else None
-        source = find_source(args.checkpoint, cfg)
-        token = hub_token(args.dry_run)
-        private = cfg.hub.private if args.private is None else args.private
-        with tempfile.TemporaryDirectory() as tmp:
-            out = out or Path(tmp) / repo_id.split("/")[-1]
-            print(f"building the repo folder for {repo_id} from {source} in {out}", flush=True)
-            sample = build_repo_folder(source, out, DTYPES[args.dtype], cfg, repo_id)
-            print(f"reload check passed: {sample}")
-            if args.dry_run:
-                space = f", and the Space {args.space}" if args.space else ""
-                print(f"dry run: would upload to {repo_id} ({'private' if private else 'public'}){space}:")
-                print(describe_files(out))
-                return 0
-            url = upload(out, repo_id, token, private, args.revision, args.commit_message)
-            print(f"uploaded to {url}")
-            if args.space:
-                print(f"Space: {push_space(args.space, repo_id, token, private)}")
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    repo_id = chosen_repo_ids(args, cfg)
+    out = check_out(args.out) if args.out is not None else None
+    source = find_source(args.checkpoint, cfg)
+    token = hub_token(args.dry_run)
+    private = cfg.hub.private if args.private is None else args.private
+    with tempfile.TemporaryDirectory() as tmp:
+        out = out or Path(tmp) / repo_id.split("/")[-1]
+        print(f"building the repo folder for {repo_id} from {source} in {out}", flush=True)
+        sample = build_repo_folder(source, out, DTYPES[args.dtype], cfg, repo_id)
+        print(f"reload check passed: {sample}")
+        if args.dry_run:
+            space = f", and the Space {args.space}" if args.space else ""
+            print(f"dry run: would upload to {repo_id} ({'private' if private else 'public'}){space}:")
+            print(describe_files(out))
+            return 0
+        url = upload(out, repo_id, token, private, args.revision, args.commit_message)
+        print(f"uploaded to {url}")
+        if args.space:
+            print(f"Space: {push_space(args.space, repo_id, token, private)}")
     return 0
 
 

@@ -25,7 +25,7 @@ import callbacks
 from data import collator_for, load_tokenizer, prepare_datasets, tokenizer_fingerprint
 from recipe import arguments, card, cli, resume
 from recipe import model as modeling
-from recipe.cli import RecipeError, log
+from recipe.cli import log
 from recipe.config import RecipeConfig, load_config
 from recipe.corpus import find_corpus, fingerprint
 from recipe.run_folder import RunFolder, RunLock, write_run_files
@@ -34,41 +34,31 @@ from recipe.sampling import check_samples
 from recipe.streaming import StreamedBlocks, StreamPositionCallback, resume_stream
 from recipe.trainer import RecipeTrainer, save_failed
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = cli.EXIT_INTERRUPTED
 
 
+@cli.command("stopped before training; no checkpoint was saved")
 def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
     transformers_logging.disable_progress_bar()  # no bar for each save's "Writing model shards": seconds of work
     transformers_logging.get_logger("transformers.trainer_utils").setLevel("ERROR")  # resume.py says what changed
-    try:
-        args = parse_args(argv)
-        cfg = load_config(args.config, args.overrides)
-        PartialState(cpu=arguments.on_cpu(cfg.training))  # which process this is, before anything logs
-        folder = RunFolder(cfg.training["output_dir"])
-        cfg.training["output_dir"] = str(folder.path)  # resolved once: the Trainer and every check use this path
-        tokenizer = load_tokenizer(cfg.tokenizer)
-        checked = check_before_work(cfg, tokenizer, folder, args.resume)
-        with RunLock(folder) if PartialState().is_main_process else contextlib.nullcontext():  # one run a folder
-            run = resume.claim(folder, checked.plan, cfg, checked.run, args.resume_changed)
-            splits, sources = prepare_data(cfg, tokenizer, checked)
-            code, offer = (
-                run_phase(cfg, checked, replace(run, sources=sources), tokenizer, splits, extra_callbacks),
-                True,
-            )
-            while code == 0 and (
-                latest := resume.next_phase_due(cfg, folder, offer and should_offer_extra_phase(args))
-            ):
-                offer = False  # the extra phase is offered once; a planned extension comes without asking
-                checked = check_before_work(cfg, tokenizer, folder, latest)
-                run = resume.claim(folder, checked.plan, cfg, checked.run, False)
-                code = run_phase(cfg, checked, replace(run, sources=sources), tokenizer, splits, extra_callbacks)
-        return code
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # handlers for a graceful stop are installed only once training starts
-        print("\ninterrupted before training started; nothing was saved", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    PartialState(cpu=arguments.on_cpu(cfg.training))  # which process this is, before anything logs
+    folder = RunFolder(cfg.training["output_dir"])
+    cfg.training["output_dir"] = str(folder.path)  # resolved once: the Trainer and every check use this path
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    checked = check_before_work(cfg, tokenizer, folder, args.resume)
+    with RunLock(folder) if PartialState().is_main_process else contextlib.nullcontext():  # one run a folder
+        run = resume.claim(folder, checked.plan, cfg, checked.run, args.resume_changed)
+        splits, sources = prepare_data(cfg, tokenizer, checked)
+        code = run_phase(cfg, checked, replace(run, sources=sources), tokenizer, splits, extra_callbacks)
+        offer = should_offer_extra_phase(args)  # the extra phase is offered once; a planned extension comes unasked
+        while code == 0 and (latest := resume.next_phase_due(cfg, folder, offer)):
+            offer = False
+            checked = check_before_work(cfg, tokenizer, folder, latest)
+            run = resume.claim(folder, checked.plan, cfg, checked.run, False)
+            code = run_phase(cfg, checked, replace(run, sources=sources), tokenizer, splits, extra_callbacks)
+    return code
 
 
 def parse_args(argv: list[str] | None = None):

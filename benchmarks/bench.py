@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the clone: data.
 from data import collator_for, load_tokenizer, prepare_datasets
 from recipe import arguments, cli
 from recipe import model as modeling
-from recipe.cli import RecipeError
 from recipe.config import load_config
 from recipe.trainer import RecipeTrainer
 
@@ -229,6 +228,7 @@ def environment() -> str:
     return f"{device}; torch {torch.__version__}, transformers {transformers.__version__}"
 
 
+@cli.command("stopped; nothing measured")
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser("benchmarks/bench.py", __doc__)
     parser.add_argument("--config", default=None)
@@ -241,28 +241,24 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU: the recipe with freed memory returned to the kernel too (glibc's defaults)",
     )
     parser.add_argument("overrides", nargs="*")
-    try:
-        args = parser.parse(argv)
-        cfg = load_config(args.config, args.overrides)
-        cfg.samples.every_n_steps = 0
-        tokenizer = load_tokenizer(cfg.tokenizer)
-        splits, _ = prepare_datasets(cfg.data, tokenizer)
-        train_cfg = cfg.training
-        needed = (args.warmup + args.steps) * train_cfg.get("per_device_train_batch_size", 8)
-        needed *= train_cfg.get("gradient_accumulation_steps", 1)
-        blocks = splits["train"].select(range(min(needed, len(splits["train"]))))
-        collate = collator_for(cfg.data, tokenizer)
-        results = []
-        if args.allocator:  # first: what the kept memory costs shows in the peak of the runs after it
-            returned = bench_recipe(cfg, blocks, collate, args.warmup, args.steps, keep_freed_memory=False)
-            returned.name = returned.name.replace("recipe (Trainer)", "recipe, freed memory returned")
-            results.append(returned)
-        results.append(bench_recipe(cfg, blocks, collate, args.warmup, args.steps))
-        if args.vs_baseline:
-            results.append(bench_baseline(cfg, blocks, collate, args.warmup, args.steps))
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    args = parser.parse(argv)
+    cfg = load_config(args.config, args.overrides)
+    cfg.samples.every_n_steps = 0
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    splits, _ = prepare_datasets(cfg.data, tokenizer)
+    train_cfg = cfg.training
+    needed = (args.warmup + args.steps) * train_cfg.get("per_device_train_batch_size", 8)
+    needed *= train_cfg.get("gradient_accumulation_steps", 1)
+    blocks = splits["train"].select(range(min(needed, len(splits["train"]))))
+    collate = collator_for(cfg.data, tokenizer)
+    results = []
+    if args.allocator:  # first: what the kept memory costs shows in the peak of the runs after it
+        returned = bench_recipe(cfg, blocks, collate, args.warmup, args.steps, keep_freed_memory=False)
+        returned.name = returned.name.replace("recipe (Trainer)", "recipe, freed memory returned")
+        results.append(returned)
+    results.append(bench_recipe(cfg, blocks, collate, args.warmup, args.steps))
+    if args.vs_baseline:
+        results.append(bench_baseline(cfg, blocks, collate, args.warmup, args.steps))
     m = results[-1]
     print(f"\n{environment()}")
     print(

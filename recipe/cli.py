@@ -1,4 +1,5 @@
-"""The bottom of the recipe: one-line errors, the console line, one argument parser, Hub ids and reachability.
+"""The bottom of the recipe: the one way in for every command, one-line errors, the console line, one argument
+parser, Hub ids and reachability.
 
 Every other module builds on this one, and it imports nothing of the recipe's own, so that app.py and
 generate.py can run alone on a Hugging Face Space with it beside them.
@@ -7,7 +8,11 @@ generate.py can run alone on a Hugging Face Space with it beside them.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
+import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -36,13 +41,77 @@ def log(message: str) -> None:
         tqdm.write(message)
 
 
-def exit_code(main, argv=None) -> int:
-    """Run an entry script's `main(argv)`: a RecipeError is its one `error:` line and exit code 2."""
-    try:
-        return main(argv)
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+EXIT_MISTAKE, EXIT_INTERRUPTED = 2, 130
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the main thread is: the command unwinds as from Ctrl-C, so that `finally` blocks
+    and context managers clean up (scratch folders, the tokenizer pool, dataloader workers)."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
+def command(interrupted: str):
+    """The one way in: `@cli.command("what a stop leaves behind")` on an entry script's `main(argv)`, which then
+    returns the exit code. A RecipeError is one `error:` line and exit code 2, and so is an OSError on a path
+    (it names the path); Ctrl-C or SIGTERM, at any moment, is one line and exit code 130. Training installs its
+    own handlers for a graceful stop (callbacks.GracefulInterruptCallback) and restores these afterwards."""
+
+    def wrap(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs) -> int:
+            children_end_with_their_parent()
+            previous = handle_stop_signals({signal.SIGTERM: raise_terminated})
+            try:
+                return main(*args, **kwargs)
+            except RecipeError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return EXIT_MISTAKE
+            except OSError as e:
+                if e.filename is None:  # not a path the user gave: a bug, with its traceback
+                    raise
+                print(f"error: {e.filename}: {e.strerror or first_line(e)}", file=sys.stderr)
+                return EXIT_MISTAKE
+            except KeyboardInterrupt as e:
+                name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+                print(f"\n{name}: {interrupted}", file=sys.stderr, flush=True)
+                return EXIT_INTERRUPTED
+            finally:
+                handle_stop_signals(previous)
+
+        return run
+
+    return wrap
+
+
+def handle_stop_signals(handler) -> dict:
+    """Set `handler` (one for all, or a dict by signal) for Ctrl-C and SIGTERM; the handlers it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # only the main thread may set handlers; a command run in a thread leaves them alone
+    handlers = handler if isinstance(handler, dict) else dict.fromkeys(STOP_SIGNALS, handler)
+    return {sig: signal.signal(sig, h) for sig, h in handlers.items()}
+
+
+@functools.cache
+def children_end_with_their_parent() -> None:
+    """Processes forked from now on (datasets' tokenizer pool, dataloader workers) leave Ctrl-C to this process,
+    which ends them as it unwinds, die of the SIGTERM by which a pool ends its workers, and, on Linux, die with
+    this process however it ends (even killed): no worker is left behind holding a scratch folder."""
+    main_thread = threading.main_thread().ident
+    prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
+    PR_SET_PDEATHSIG = 1
+
+    def in_the_child():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # The kernel sends the signal when the thread that forked ends, so only the main thread's children.
+        if prctl is not None and threading.get_ident() == main_thread:
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    os.register_at_fork(after_in_child=in_the_child)
 
 
 class OneLineParser(argparse.ArgumentParser):

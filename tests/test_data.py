@@ -451,7 +451,7 @@ sys.exit(data.main(sys.argv[1:]))
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err[-3000:]
-    assert err.rstrip().splitlines()[-1] == "interrupted while preparing the data; nothing was cached"
+    assert err.rstrip().splitlines()[-1] == "SIGINT: stopped while preparing the data; nothing was cached"
     assert "Traceback" not in err and "TimeoutError" not in err, err[-3000:]
     assert nothing_cached(tmp_path)
 

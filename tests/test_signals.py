@@ -1,0 +1,233 @@
+"""Ctrl-C and SIGTERM at any moment of any command: one line, exit code 130 (training's graceful stop saves a
+checkpoint first and says so in its own line), no traceback, no process of the command's left alive 5 s later,
+no scratch file left. Ctrl-C goes to the whole process group, as a terminal sends it; SIGTERM to the command
+alone, as `kill` or a scheduler sends it, so that its children must end with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import CORPUS, ROOT, tiny_overrides
+from test_app_browser import free_port
+
+pytestmark = pytest.mark.slow
+
+SIGNALS = [signal.SIGINT, signal.SIGTERM]
+SCRATCH = (".tmp-", ".packing-", ".old-", ".damaged-")  # run_folder.atomic_folder's, data.py's
+
+
+class Running:
+    """A command in a session of its own, its stdout and stderr read together as they come."""
+
+    def __init__(self, argv: list[str], tmp_path: Path):
+        self.scratch = tmp_path / "tmp"  # tempfile's folders (push.py's) land here
+        self.scratch.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "TMPDIR": str(self.scratch),
+            "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", *argv],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.output = b""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        while chunk := os.read(self.proc.stdout.fileno(), 65536):
+            self.output += chunk
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def wait_for(self, marker: str, timeout: float = 300) -> None:
+        """Until `marker` is in the output (a line that marks the phase), failing if the command ends first."""
+        deadline = time.monotonic() + timeout
+        while marker not in self.text:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"never saw {marker!r}:\n{self.text[-4000:]}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int) -> list[psutil.Process]:
+        """Send the signal; the command's processes as they were just before it."""
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        if sig == signal.SIGINT:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            pytest.fail(f"still running 120 s after {signal.Signals(sig).name}:\n{self.text[-4000:]}")
+        self.reader.join(timeout=10)
+        return children
+
+
+def assert_ended_cleanly(run: Running, children: list[psutil.Process], *folders: Path) -> list[str]:
+    """Exit code 130, no traceback, none of its processes alive 5 s later, no scratch file; its output lines."""
+    text = run.text
+    assert run.proc.returncode == 130, text[-4000:]
+    assert "Traceback" not in text, text[-4000:]
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"left alive: {[p.cmdline() for p in alive]}\n{text[-2000:]}"
+    left = [p for folder in folders for p in folder.rglob("*") if any(s in p.name for s in SCRATCH)]
+    left += [p for p in run.scratch.iterdir() if not p.name.startswith(("torchinductor_", "gradio"))]  # caches
+    assert not left, left
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def assert_one_line(lines: list[str], sig: int, says: str) -> None:
+    """The command's last line, but for a progress bar's last refresh as it closes."""
+    messages = [line for line in lines if "%|" not in line]
+    assert messages[-1] == f"{signal.Signals(sig).name}: {says}", lines[-5:]
+
+
+# --- train.py -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_corpus(tmp_path_factory) -> Path:
+    """About 50 MB of text in paragraphs: the tiny Shakespeare, repeated."""
+    path = tmp_path_factory.mktemp("corpus") / "big.txt"
+    text = Path(CORPUS).read_text()
+    path.write_text("\n\n".join([text] * 45))
+    return path
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_train_while_tokenizing_with_two_processes(sig, big_corpus, tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    overrides = tiny_overrides(out, cache) + [f"data.path={big_corpus}", "data.sample_by=paragraph", "data.num_proc=2"]
+    run = Running([str(ROOT / "train.py"), "--no-prompt", *overrides], tmp_path)
+    run.wait_for("tokenizing")
+    time.sleep(1)  # the pool's workers at work
+    children = run.stop(sig)
+    assert len(children) >= 2  # the pool's workers (and datasets' manager)
+    lines = assert_ended_cleanly(run, children, out.parent, cache)
+    assert_one_line(lines, sig, "stopped before training; no checkpoint was saved")
+    assert not list(cache.glob("blocks-*"))
+
+
+# A test's own moment of a run: the `python -c` script patches it, then runs train.py's main as the script does.
+PHASES = {
+    "training": ("", " | loss "),
+    "evaluating": (
+        """
+from transformers import TrainerCallback
+class SlowEvaluation(TrainerCallback):
+    def on_prediction_step(self, args, state, control, **kwargs):
+        print("evaluating", flush=True)
+        time.sleep(1)
+callbacks = [SlowEvaluation()]
+""",
+        "evaluating",
+    ),
+    "saving": (
+        """
+import torch
+real_save = torch.save
+def slow_save(obj, f, *args, **kwargs):
+    if "checkpoint-" in str(f) and str(f).endswith("optimizer.pt"):
+        print("saving", flush=True)
+        time.sleep(2)
+    return real_save(obj, f, *args, **kwargs)
+torch.save = slow_save
+""",
+        "saving\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_train_stops_gracefully_with_a_checkpoint(phase, sig, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    overrides = tiny_overrides(out, cache_dir, max_steps=1000, save_steps=2, eval_steps=2, dataloader_num_workers=2)
+    patch, marker = PHASES[phase]
+    script = f"import sys, time\nsys.path.insert(0, {str(ROOT)!r})\nimport train\ncallbacks = []\n{patch}\n"
+    script += "sys.exit(train.main(sys.argv[1:], callbacks))"
+    run = Running(["-c", script, "--no-prompt", *overrides, "samples.every_n_steps=0"], tmp_path)
+    run.wait_for(marker)
+    children = run.stop(sig)
+    assert children  # the dataloader's workers
+    lines = assert_ended_cleanly(run, children, out.parent, cache_dir)
+    stopped = next(line for line in lines if line.startswith("interrupted at step "))
+    step = int(stopped.split()[3].rstrip(":"))
+    assert f"saved checkpoint-{step}" in stopped and (out / f"checkpoint-{step}" / "checksums.json").is_file()
+    assert any(line.startswith(f"{sig.name}: stopping") for line in lines), lines[-5:]
+
+
+# --- the other commands, on the tiny run's model ------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_eval_while_evaluating(sig, tiny_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    final = tiny_run / "final"
+    results = tmp_path / "results.json"
+    run = Running([str(ROOT / "eval.py"), str(final), "--batch-size", "1", "--output", str(results)], tmp_path)
+    run.wait_for("max_length")
+    time.sleep(2)  # lm-eval at work
+    children = run.stop(sig)
+    lines = assert_ended_cleanly(run, children, tmp_path)
+    assert_one_line(lines, sig, "stopped; no results written")
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_generate_while_generating(sig, tiny_run, tmp_path):
+    argv = [str(ROOT / "generate.py"), str(tiny_run / "final"), "--prompt", "ROMEO:", "--max-new-tokens", "4000"]
+    run = Running(argv, tmp_path)
+    run.wait_for("ROMEO:")
+    time.sleep(1)  # tokens coming
+    lines = assert_ended_cleanly(run, run.stop(sig), tmp_path)
+    assert_one_line(lines, sig, "stopped generating")
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_app_while_serving(sig, tiny_run, tmp_path):
+    run = Running([str(ROOT / "app.py"), str(tiny_run / "final"), "--port", str(free_port())], tmp_path)
+    run.wait_for("Ctrl-C to stop")
+    lines = assert_ended_cleanly(run, run.stop(sig), tmp_path)
+    assert_one_line(lines, sig, "stopped serving")
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_push_while_uploading(sig, hub, tiny_run, tmp_path):
+    uploading, release = threading.Event(), threading.Event()
+    handle_post = hub.handle_post
+
+    def hold_the_commit(path, body):  # the upload is under way until the test has stopped push.py
+        if "/commit/" in path:
+            uploading.set()
+            release.wait(60)
+        return handle_post(path, body)
+
+    hub.handle_post = hold_the_commit
+    run = Running([str(ROOT / "push.py"), "--checkpoint", str(tiny_run / "final"), "--repo-id", "me/tiny"], tmp_path)
+    try:
+        assert uploading.wait(300), run.text[-4000:]
+        children = run.stop(sig)
+    finally:
+        release.set()
+    lines = assert_ended_cleanly(run, children, tmp_path)
+    assert_one_line(lines, sig, "stopped before the upload finished")
+    assert not hub.commits

@@ -76,10 +76,11 @@ class StopEvaluation(Exception):
 class RecipeTrainer(Trainer):
     """`start_sample`: where in the block order training starts (the samples a resumed checkpoint trained on).
     `stream_position`: the streaming module's callback that receives each streamed batch's position.
-    `run_state`: the run state, whose phases are the learning-rate schedule."""
+    `run_state`: the run state, whose phases are the learning-rate schedule (without one, e.g. in
+    benchmarks/bench.py, the Trainer's own schedule of TrainingArguments)."""
 
     def __init__(
-        self, *args, run_state: RunState, start_sample: int = 0, throughput=None, stream_position=None, **kwargs
+        self, *args, run_state: RunState | None = None, start_sample=0, throughput=None, stream_position=None, **kwargs
     ):
         super().__init__(*args, **kwargs)
         self.start_sample, self.throughput, self.stream_position = start_sample, throughput, stream_position
@@ -87,6 +88,8 @@ class RecipeTrainer(Trainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Every phase of the run as one schedule over global steps (run_state.RunSchedule)."""
+        if self.run_state is None:
+            return super().create_scheduler(num_training_steps, optimizer)
         if self.lr_scheduler is None:
             self.lr_scheduler = RunSchedule(optimizer or self.optimizer, self.run_state)
             self._created_lr_scheduler = True

@@ -20,6 +20,7 @@ import yaml
 from conftest import ROOT
 
 import eval
+from recipe import run_folder
 from recipe.run_folder import newest_model, write_atomically
 
 EVAL_DATA = ROOT / "assets" / "eval"
@@ -48,6 +49,7 @@ def fake_model(folder: Path, saved: float = 0, state: bool = False, weights: boo
         os.utime(folder / "model.safetensors", (saved, saved))  # when it was saved: its weights' time
     if state:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+        run_folder.write_manifest(folder)  # complete: its checksums are written last
     return folder
 
 

@@ -185,6 +185,7 @@ def fake_model(folder: Path, saved: float, state: bool = False, weights: bool = 
         os.utime(folder / "model.safetensors", (saved, saved))
     if state:
         (folder / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+        run_folder.write_manifest(folder)  # complete: its checksums are written last
         os.utime(folder / "trainer_state.json", (saved, saved))
     os.utime(folder, (saved, saved))
     return folder

@@ -145,8 +145,11 @@ def looks_like_hub_id(text: str) -> bool:
 
 
 def hub_is_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hub's host answers a name lookup within a few seconds. Offline, huggingface_hub would retry
-    for about a minute before failing; callers then ask for local files only instead."""
+    """False when the Hub is known to be out of reach: HF_HUB_OFFLINE, or a name lookup of its host that fails.
+    Offline, huggingface_hub would retry for about a minute before failing; callers then ask for local files
+    only instead. A lookup still unanswered after `timeout` (a slow resolver, a loaded machine) says nothing
+    either way, so it counts as reachable and the Hub's client tries with its own timeouts: a busy machine
+    must not refuse a run that would have worked."""
     if constants.HF_HUB_OFFLINE:
         return False
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"  # HF_ENDPOINT, if set
@@ -162,4 +165,4 @@ def hub_is_reachable(timeout: float = 3.0) -> bool:
     thread = threading.Thread(target=lookup, daemon=True)
     thread.start()
     thread.join(timeout)
-    return bool(answer and answer[0])
+    return answer[0] if answer else True

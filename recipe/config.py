@@ -375,6 +375,11 @@ def source_problems(data: DataConfig) -> list[str]:
         for s in sources
         if isinstance(s.weight, bool) or not 0 <= s.weight < float("inf")
     ]
+    weights = [s.weight for s in sources if not isinstance(s.weight, bool) and 0 <= s.weight < float("inf")]
+    if sum(weights) == float("inf"):  # each weight a number, but no share can be taken of their sum
+        problems.append(
+            "data.sources: the weights add up past what a float holds; give them as shares, e.g. 0.7 and 0.3"
+        )
     if data.sources is not None and not any(s.weight > 0 for s in sources):
         problems.append(
             "data.sources is empty or no weight is above 0: give a source a weight above 0 (or set data.sources=null)"

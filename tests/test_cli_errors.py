@@ -1,12 +1,16 @@
 """Every mistake a user can make on the command line or in the YAML: one `error:` line naming the key and the
 fix, exit code 2, no traceback, and nothing written: not the output folder, not a wandb folder."""
 
+import socket
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import CORPUS, TINY_MODEL, TOKENIZER
+from huggingface_hub import constants
 
 import train
+from recipe import cli
 
 # (extra arguments, the first words of the error). Each runs on the tiny model with the shipped files.
 CASES = [
@@ -116,3 +120,17 @@ def test_yaml_mistakes(tmp_path, capsys):
         assert train.main(["--config", str(path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
+
+
+def test_the_hub_counts_as_out_of_reach_only_when_a_lookup_says_so(monkeypatch):
+    """A name lookup that fails means offline; one that does not answer in time (a loaded machine) means nothing,
+    and must not refuse a run."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a: (_ for _ in ()).throw(socket.gaierror("no name")))
+    assert cli.hub_is_reachable() is False
+    answered = threading.Event()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a: answered.wait(5))
+    assert cli.hub_is_reachable(timeout=0.1) is True
+    answered.set()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert cli.hub_is_reachable() is False

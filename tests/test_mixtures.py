@@ -83,6 +83,7 @@ MISTAKES = [
     ("[{path: a.txt, weight: .nan}]", "data.sources.a.weight must be a number, 0 or more, got nan"),
     ("[{path: a.txt, weight: 0}, {path: b.txt, weight: 0}]", "data.sources is empty or no weight is above 0"),
     ("[]", "data.sources is empty or no weight is above 0"),
+    ("[{path: a.txt, weight: 1e308}, {path: b.txt, weight: 1e308}]", "data.sources: the weights add up past what"),
     ("[{path: a.txt, weight: lots}]", "data.sources.weight: expected float, got 'lots' (str)"),
     ("[{path: a.txt, weight: true}]", "data.sources.a.weight must be a number, 0 or more, got True"),
     ("[{weight: 1}]", "data.sources: a source has no 'path'"),

@@ -42,6 +42,7 @@ from huggingface_hub import constants
 from transformers import AutoTokenizer
 
 from recipe import cli
+from recipe.arguments import sequences_per_step
 from recipe.cli import RecipeError, first_line, hub_is_reachable
 from recipe.config import DataConfig, load_config
 from recipe.corpus import (
@@ -371,8 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     tokenizer = load_tokenizer(cfg.tokenizer)
     start = time.perf_counter()
-    t = cfg.training  # the blocks a run draws, for each source's passes
-    drawn = t["max_steps"] * t.get("per_device_train_batch_size", 8) * t.get("gradient_accumulation_steps", 1)
+    drawn = cfg.training["max_steps"] * sequences_per_step(cfg.training)  # the blocks a run draws: each source's passes
     splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache, drawn=drawn)
     seconds = time.perf_counter() - start
     print(stats.summary())

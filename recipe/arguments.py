@@ -115,7 +115,7 @@ def choose_speed(training: dict, model_config=None, n_params: int | None = None,
     if checkpointing == "auto":
         peak = available = None
         if model_config is not None and n_params is not None:
-            micro = training.get("per_device_train_batch_size", 8)
+            micro = setting(training, "per_device_train_batch_size")
             peak = estimate_peak_memory(model_config, n_params, micro, seq_len, checkpointing=False)
             available = device_memory()
         checkpointing = peak is None or available is None or peak > MEMORY_MARGIN * available
@@ -294,6 +294,17 @@ def wandb_api_key_available() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+def setting(training: dict, key: str):
+    """A `training:` key as TrainingArguments will take it, before they are built: the YAML's value, else the
+    default TrainingArguments declares (read from it, never copied)."""
+    return training.get(key, TrainingArguments.__dataclass_fields__[key].default)
+
+
+def sequences_per_step(training: dict) -> int:
+    """Sequences per optimizer step of one process, from the `training:` section."""
+    return setting(training, "per_device_train_batch_size") * setting(training, "gradient_accumulation_steps")
 
 
 def samples_per_step(args: TrainingArguments) -> int:

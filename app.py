@@ -52,13 +52,7 @@ def settings_from_inputs(max_new_tokens, temperature, top_p, top_k, seed) -> Sam
     for field, value in values.items():
         if value is None:
             raise SettingError(field, "is empty", str(getattr(SamplingSettings(), field)))
-    return SamplingSettings(
-        max_new_tokens=int(max_new_tokens),
-        temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=int(top_k),
-        seed=parse_seed(seed),
-    )
+    return SamplingSettings(int(max_new_tokens), float(temperature), float(top_p), int(top_k), parse_seed(seed))
 
 
 def build_app(loaded: LoadedModel):

@@ -318,11 +318,9 @@ def progress_bars(shown: bool):
 def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: bool = False):
     """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column. `fresh`: read
     the files again rather than datasets' Arrow copy of them."""
-    options = {
-        "split": "train",
-        "streaming": streaming,
-        **({"download_mode": "reuse_cache_if_exists"} if fresh else {}),
-    }
+    options = {"split": "train", "streaming": streaming}
+    if fresh:
+        options["download_mode"] = "reuse_cache_if_exists"
     long = source.hub_id is not None or sum(os.path.getsize(f) for f in source.files) > LONG_LOAD_BYTES
     try:
         with progress_bars(long and not streaming):

@@ -158,13 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
     except OSError as e:  # the port was taken while the model loaded
         raise RecipeError(f"cannot serve on {args.host}:{args.port} ({e}); pick a free port with --port") from None
-    share = (
-        f" and {app.share_url}"
-        if app.share_url
-        else (
-            " (no public link: gradio.live could not be reached)" if args.share else "; add --share for a public link"
-        )
-    )
+    if app.share_url:
+        share = f" and {app.share_url}"
+    elif args.share:
+        share = " (no public link: gradio.live could not be reached)"
+    else:
+        share = "; add --share for a public link"
     print(f"serving {loaded.title} on http://{args.host}:{args.port}{share}; Ctrl-C to stop", flush=True)
     try:  # not gradio's block_thread(): it takes Ctrl-C for a normal end and prints a line of its own
         while app.is_running:

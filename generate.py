@@ -22,12 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 from huggingface_hub import hf_hub_download
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList, TextIteratorStreamer
 from transformers.utils import logging as transformers_logging
 
 from recipe import cli

@@ -59,10 +59,6 @@ class LoadedModel:
     def title(self) -> str:
         return f"{self.name} (step {self.step:,})" if self.step is not None else self.name
 
-    @property
-    def context_length(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
-
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -162,7 +158,7 @@ def prompt_ids(loaded: LoadedModel, prompt: str, settings: SamplingSettings) -> 
     ids = tokenizer(prompt, return_tensors="pt", verbose=False)["input_ids"]  # the check below says it in one line
     if ids.shape[1] == 0:  # an empty prompt starts from the document separator
         ids = torch.tensor([[tokenizer.eos_token_id]])
-    limit = loaded.context_length
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
     if limit and ids.shape[1] + settings.max_new_tokens > limit:
         raise GenerationError(
             f"the prompt ({ids.shape[1]:,} tokens) and max new tokens ({settings.max_new_tokens:,}) make "

@@ -207,19 +207,18 @@ def register_causal_sdpa() -> str:
 
 # --- FLOPs and memory ----------------------------------------------------------------------------
 
-# Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins).
+# Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins: "H200" also
+# names a GH200, "A10" an A10G).
 PEAK_BF16_FLOPS = [
     ("H200", 989e12),
     ("H100 PCIe", 756e12),
     ("H100", 989e12),
     ("H800", 989e12),
-    ("GH200", 989e12),
     ("B200", 2250e12),
     ("A100", 312e12),
     ("A800", 312e12),
     ("L40S", 362e12),
     ("L4", 121e12),
-    ("A10G", 125e12),
     ("A10", 125e12),
     ("RTX 4090", 165e12),
     ("RTX 3090", 71e12),

@@ -277,11 +277,6 @@ def utf8_text(text: str, where: str) -> str:
     return text
 
 
-def read_stdin() -> str:
-    raw = sys.stdin.buffer.read()
-    return utf8_text(raw.decode("utf-8", errors="surrogateescape"), "the prompt on stdin").rstrip("\n")
-
-
 @cli.command("stopped generating")
 def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # stdout and stderr hold the text and one-line messages only
@@ -297,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     if prompt is not None:
         print_completion(loaded, prompt, settings)
     elif not sys.stdin.isatty():
-        print_completion(loaded, read_stdin(), settings)
+        text = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+        print_completion(loaded, utf8_text(text, "the prompt on stdin").rstrip("\n"), settings)
     else:
         prompt_loop(loaded, settings)
     return 0

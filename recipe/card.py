@@ -148,8 +148,7 @@ def read_eval_results(path: Path) -> dict | None:
 
 
 def model_index_results(results: dict) -> list[EvalResult]:
-    """eval_results.json -> EvalResult objects for ModelCardData(eval_results=..., model_name=...): one per
-    task and metric."""
+    """eval_results.json as the EvalResults of the card's model-index: one per task and metric."""
     out = []
     for entry in results.get("tasks", []):
         dataset, notes = entry.get("dataset") or {}, []

@@ -52,13 +52,7 @@ def settings_from_inputs(max_new_tokens, temperature, top_p, top_k, seed) -> Sam
     for field, value in values.items():
         if value is None:
             raise SettingError(field, "is empty", str(getattr(SamplingSettings(), field)))
-    return SamplingSettings(
-        max_new_tokens=int(max_new_tokens),
-        temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=int(top_k),
-        seed=parse_seed(seed),
-    )
+    return SamplingSettings(int(max_new_tokens), float(temperature), float(top_p), int(top_k), parse_seed(seed))
 
 
 def build_app(loaded: LoadedModel):
@@ -164,13 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
     except OSError as e:  # the port was taken while the model loaded
         raise RecipeError(f"cannot serve on {args.host}:{args.port} ({e}); pick a free port with --port") from None
-    share = (
-        f" and {app.share_url}"
-        if app.share_url
-        else (
-            " (no public link: gradio.live could not be reached)" if args.share else "; add --share for a public link"
-        )
-    )
+    if app.share_url:
+        share = f" and {app.share_url}"
+    elif args.share:
+        share = " (no public link: gradio.live could not be reached)"
+    else:
+        share = "; add --share for a public link"
     print(f"serving {loaded.title} on http://{args.host}:{args.port}{share}; Ctrl-C to stop", flush=True)
     try:  # not gradio's block_thread(): it takes Ctrl-C for a normal end and prints a line of its own
         while app.is_running:

@@ -98,17 +98,12 @@ def interrupts_stop_the_pool():
     try:
         yield
     except Exception as e:
-        if (interrupt := _interrupt_behind(e)) is not None:
-            raise interrupt from None
+        cause = e
+        while cause is not None and not isinstance(cause, KeyboardInterrupt):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
         raise
-
-
-def _interrupt_behind(error: BaseException | None) -> KeyboardInterrupt | None:
-    while error is not None:
-        if isinstance(error, KeyboardInterrupt):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def pack_dataset_into_blocks(tokens: datasets.Dataset, block_size: int, cache_dir=None) -> datasets.Dataset:

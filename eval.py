@@ -186,12 +186,8 @@ def evaluate(args, pretrained: str, folder: Path | None, hub_id: str | None) -> 
 
 def task_results(output: dict, record: dict) -> list[dict]:
     """lm-eval's output -> one entry per task (and group) of eval_results.json (docs/evaluation.md)."""
-    entries, samples, subtasks, configs = (
-        [],
-        output.get("n-samples", {}),
-        output.get("group_subtasks", {}),
-        output.get("configs", {}),
-    )  # noqa: E501
+    entries, samples = [], output.get("n-samples", {})
+    subtasks, configs = output.get("group_subtasks", {}), output.get("configs", {})
     for task, values in output["results"].items():
         config, counted = configs.get(task, {}), [samples[t] for t in subtasks.get(task, [task]) if t in samples]
         metadata = config.get("metadata") or {}

@@ -22,12 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 from huggingface_hub import hf_hub_download
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList, TextIteratorStreamer
 from transformers.utils import logging as transformers_logging
 
 from recipe import cli
@@ -63,10 +58,6 @@ class LoadedModel:
     @property
     def title(self) -> str:
         return f"{self.name} (step {self.step:,})" if self.step is not None else self.name
-
-    @property
-    def context_length(self) -> int | None:
-        return getattr(self.model.config, "max_position_embeddings", None)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -167,7 +158,7 @@ def prompt_ids(loaded: LoadedModel, prompt: str, settings: SamplingSettings) -> 
     ids = tokenizer(prompt, return_tensors="pt", verbose=False)["input_ids"]  # the check below says it in one line
     if ids.shape[1] == 0:  # an empty prompt starts from the document separator
         ids = torch.tensor([[tokenizer.eos_token_id]])
-    limit = loaded.context_length
+    limit = getattr(loaded.model.config, "max_position_embeddings", None)
     if limit and ids.shape[1] + settings.max_new_tokens > limit:
         raise GenerationError(
             f"the prompt ({ids.shape[1]:,} tokens) and max new tokens ({settings.max_new_tokens:,}) make "
@@ -286,11 +277,6 @@ def utf8_text(text: str, where: str) -> str:
     return text
 
 
-def read_stdin() -> str:
-    raw = sys.stdin.buffer.read()
-    return utf8_text(raw.decode("utf-8", errors="surrogateescape"), "the prompt on stdin").rstrip("\n")
-
-
 @cli.command("stopped generating")
 def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()  # stdout and stderr hold the text and one-line messages only
@@ -306,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     if prompt is not None:
         print_completion(loaded, prompt, settings)
     elif not sys.stdin.isatty():
-        print_completion(loaded, read_stdin(), settings)
+        text = sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+        print_completion(loaded, utf8_text(text, "the prompt on stdin").rstrip("\n"), settings)
     else:
         prompt_loop(loaded, settings)
     return 0

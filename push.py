@@ -136,12 +136,8 @@ def hub_token(dry_run: bool) -> str | None:
 
 def first_missing(folder: Path) -> Path | None:
     """The outermost folder on the way to `folder` that does not exist yet (to remove it on failure)."""
-    missing = None
-    for p in (folder, *folder.parents):
-        if p.exists():
-            break
-        missing = p
-    return missing
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    return missing[-1] if missing else None
 
 
 def build_repo_folder(source: Path, out: Path, dtype: torch.dtype, cfg: RecipeConfig, repo_id: str) -> str:

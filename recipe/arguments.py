@@ -232,14 +232,11 @@ def check_optimizer_and_schedule(args: TrainingArguments) -> None:
 def check_loggers(report_to: list[str]) -> None:
     """Each logger of training.report_to known and installed, or one line saying how to install it."""
     for name in set(report_to) - set(get_available_reporting_integrations() if report_to else ()):
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise RecipeError(f"training.report_to={name}: no such logger (see README.md)")
         extra = Path(__file__).parents[1] / f"requirements-{name}.txt"
         install = f"pip install -r {extra.name}" if extra.is_file() else f"pip install {name}"
-        why = (
-            f"{name} is not installed; {install}"
-            if name in INTEGRATION_TO_CALLBACK
-            else "no such logger (see README.md)"
-        )
-        raise RecipeError(f"training.report_to={name}: {why}")
+        raise RecipeError(f"training.report_to={name}: {name} is not installed; {install}")
 
 
 def check_hub_backup(training: dict, resume_from: str | None = None) -> None:

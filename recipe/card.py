@@ -76,12 +76,13 @@ class TrainingRecord:
 
 def read_training_record(source: Path) -> TrainingRecord:
     recipe, run = run_file(source, RECIPE_CONFIG), run_file(source, RECORD)
-    if recipe is not None and read_yaml(recipe) is None:
+    settings = read_yaml(recipe) if recipe else None
+    if recipe is not None and settings is None:
         raise RecipeError(f"cannot read {recipe}: not valid YAML; fix or remove it")
     if run is not None and read_json(run) is None:
         raise RecipeError(f"cannot read {run}: not valid JSON; fix or remove it")
     return TrainingRecord(
-        recipe=read_yaml(recipe) if recipe else None,
+        recipe=settings,
         state=read_trainer_state(source) or read_trainer_state(source.parent),
         run=RunState.read(run.parent) if run else None,
         samples_file=run_file(source, SAMPLES),
@@ -147,8 +148,7 @@ def read_eval_results(path: Path) -> dict | None:
 
 
 def model_index_results(results: dict) -> list[EvalResult]:
-    """eval_results.json -> EvalResult objects for ModelCardData(eval_results=..., model_name=...): one per
-    task and metric."""
+    """eval_results.json as the EvalResults of the card's model-index: one per task and metric."""
     out = []
     for entry in results.get("tasks", []):
         dataset, notes = entry.get("dataset") or {}, []
@@ -214,14 +214,6 @@ def draw_loss_curve(history: list[dict], phases: list[Phase]):
     return fig
 
 
-def plot_loss_curve(history: list[dict], phases: list[Phase], path: Path) -> bool:
-    figure = draw_loss_curve(history, phases)
-    if figure is None:
-        return False
-    figure.savefig(path)
-    return True
-
-
 # --- the card --------------------------------------------------------------------------------------------------
 
 
@@ -246,12 +238,13 @@ def write_model_card(folder: Path, record: TrainingRecord, model, repo_id: str, 
     ]
     if record.trained_here:
         phases = training_phases(record)
-        has_curve = plot_loss_curve(record.history, phases, folder / "loss_curve.png")
+        if (curve := draw_loss_curve(record.history, phases)) is not None:
+            curve.savefig(folder / "loss_curve.png")
         sections += [
             phases_section(record, phases),
             sources_section(record),
             settings_section(record),
-            results_section(record, has_curve),
+            results_section(record, curve is not None),
             samples_section(read_samples(record.samples_file, record.global_step)),
         ]
     sections.append(evaluation_section(record.evaluation))

@@ -80,6 +80,9 @@ def name_of(path: str | list[str] | None) -> str:
     return re.sub(r"[^\w-]", "_", Path(first).name.split(".")[0]) or "source"
 
 
+INHERITED = ("text_column", "dataset_config", "split", "sample_by")  # a source's keys that default to data:'s
+
+
 @dataclass
 class DataConfig:
     path: str | list[str] | None  # ignored (and recorded as null) when `sources` are given
@@ -102,7 +105,7 @@ class DataConfig:
         itself, the section's own settings. With sources, the section's own path is not read."""
         for source in self.sources or []:
             source.name = source.name or name_of(source.path)
-            for key in ("text_column", "dataset_config", "split", "sample_by"):
+            for key in INHERITED:
                 if getattr(source, key) is None:
                     setattr(source, key, getattr(self, key))
         self.path = None if self.sources else self.path
@@ -113,13 +116,7 @@ class DataConfig:
             return {"data.path": self}
         return {
             f"data.sources.{s.name}.path": dataclasses.replace(
-                self,
-                sources=None,
-                path=s.path,
-                text_column=s.text_column,
-                dataset_config=s.dataset_config,
-                split=s.split,
-                sample_by=s.sample_by,
+                self, sources=None, **{key: getattr(s, key) for key in ("path", *INHERITED)}
             )
             for s in self.sources
         }

@@ -28,10 +28,12 @@ from datasets.exceptions import DatasetGenerationError
 
 from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 
-TEXT_SUFFIXES = (".txt", ".text", ".md")
-JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
-PARQUET_SUFFIXES = (".parquet",)
-CSV_SUFFIXES = (".csv",)
+BUILDERS = {  # the `datasets` builder of each kind of file
+    "parquet": (".parquet",),
+    "json": (".jsonl", ".json", ".jsonl.gz", ".json.gz"),
+    "csv": (".csv",),
+    "text": (".txt", ".text", ".md"),
+}
 LONG_LOAD_BYTES = 256 * 2**20  # a corpus this large takes datasets long enough to read that its bar is news
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -49,12 +51,6 @@ class CorpusStats:
     sources: list[dict] | None = None  # a mixture's: a row per source, as the run record keeps them
     lines: list[str] | None = None  # and its summary: a line per source
 
-    @property
-    def tokens_per_second(self) -> float | None:
-        if not self.tokens or not self.tokenize_seconds:
-            return None
-        return self.tokens / self.tokenize_seconds
-
     def summary(self) -> str:
         if self.lines:
             return "\n".join(self.lines)
@@ -63,15 +59,14 @@ class CorpusStats:
                 f"data: streaming; the first {self.validation_blocks:,} blocks of {self.block_size} are held out for "
                 "validation, training blocks are read, tokenized and packed on the fly"
             )
-
         line = (
             f"data: {self.documents:,} documents, {self.tokens:,} tokens -> "
             f"{self.train_blocks:,} train / {self.validation_blocks:,} validation blocks of {self.block_size}"
         )
         if self.from_cache:
             return f"{line} (loaded from cache {self.cache_path})"
-        if self.tokens_per_second:
-            line += f"; tokenized at {self.tokens_per_second:,.0f} tokens/s"
+        if self.tokens and self.tokenize_seconds:
+            line += f"; tokenized at {self.tokens / self.tokenize_seconds:,.0f} tokens/s"
         return line
 
 
@@ -93,16 +88,10 @@ class CorpusSource:
 
 
 def builder_for(path: str) -> str | None:
-    lower = path.lower()
-    if lower.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    if lower.endswith(JSON_SUFFIXES):
-        return "json"
-    if lower.endswith(CSV_SUFFIXES):
-        return "csv"
-    if lower.endswith(TEXT_SUFFIXES) or "." not in Path(path).name:
-        return "text"
-    return None
+    for builder, suffixes in BUILDERS.items():
+        if path.lower().endswith(suffixes):
+            return builder
+    return "text" if "." not in Path(path).name else None  # a file without a suffix is text
 
 
 SAID: set[str] = set()  # folders whose skipped files were named
@@ -329,11 +318,9 @@ def progress_bars(shown: bool):
 def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: bool = False):
     """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column. `fresh`: read
     the files again rather than datasets' Arrow copy of them."""
-    options = {
-        "split": "train",
-        "streaming": streaming,
-        **({"download_mode": "reuse_cache_if_exists"} if fresh else {}),
-    }
+    options = {"split": "train", "streaming": streaming}
+    if fresh:
+        options["download_mode"] = "reuse_cache_if_exists"
     long = source.hub_id is not None or sum(os.path.getsize(f) for f in source.files) > LONG_LOAD_BYTES
     try:
         with progress_bars(long and not streaming):

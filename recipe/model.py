@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, causal_mask_function, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_flash_attention_utils import FLASH_ATTN_KERNEL_FALLBACK
 from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_kernels_available
 
@@ -172,49 +172,28 @@ def choose_attn_implementation(requested: str, document_aware: bool = False) -> 
 
 
 def use_sdpa(document_aware: bool, why: str) -> str:
-    name = "sdpa" if document_aware else register_causal_sdpa()
-    what = (
-        "transformers' sdpa, its masks keep the packed documents apart"
-        if document_aware
-        else ("the recipe's causal SDPA")
-    )
-    log(f"attention: {name} ({what}; {why})")
-    return name
+    if document_aware:
+        log(f"attention: sdpa (transformers' sdpa, its masks keep the packed documents apart; {why})")
+        return "sdpa"
+    log(f"attention: {register_causal_sdpa()} (the recipe's causal SDPA; {why})")
+    return CAUSAL_SDPA
 
 
 CAUSAL_SDPA = "sdpa_causal"
 
 
-def causal_sdpa_mask(
-    batch_size,
-    q_length,
-    kv_length,
-    q_offset=0,
-    kv_offset=0,
-    mask_function=None,
-    attention_mask=None,
-    local_size=None,
-    **kwargs,
-):
+def causal_sdpa_mask(*, q_length, kv_length, attention_mask=None, local_size=None, **kwargs):
     """No mask at all for a batch without padding (no attention_mask) and without a cache offset, so SDPA runs
     with is_causal=True on its flash kernels; anything else gets transformers' own SDPA mask.
 
     transformers decides this itself in eager mode, but under torch.compile it cannot: whether the position
     ids pack several documents is a question about tensor values, so it builds the full seq x seq mask, which
     made attention much slower on an H100 (BENCHMARKS.md). The recipe knows the answer: without
-    data.document_aware its batches never carry position ids."""
+    data.document_aware its batches never carry position ids. transformers passes every argument by name."""
     if attention_mask is None and local_size is None and q_length == kv_length:
         return None
     return sdpa_mask(
-        batch_size,
-        q_length,
-        kv_length,
-        q_offset,
-        kv_offset,
-        mask_function or causal_mask_function,
-        attention_mask,
-        local_size,
-        **kwargs,
+        q_length=q_length, kv_length=kv_length, attention_mask=attention_mask, local_size=local_size, **kwargs
     )
 
 
@@ -228,19 +207,18 @@ def register_causal_sdpa() -> str:
 
 # --- FLOPs and memory ----------------------------------------------------------------------------
 
-# Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins).
+# Peak dense bf16 tensor FLOP/s, matched against torch.cuda.get_device_name() (first match wins: "H200" also
+# names a GH200, "A10" an A10G).
 PEAK_BF16_FLOPS = [
     ("H200", 989e12),
     ("H100 PCIe", 756e12),
     ("H100", 989e12),
     ("H800", 989e12),
-    ("GH200", 989e12),
     ("B200", 2250e12),
     ("A100", 312e12),
     ("A800", 312e12),
     ("L40S", 362e12),
     ("L4", 121e12),
-    ("A10G", 125e12),
     ("A10", 125e12),
     ("RTX 4090", 165e12),
     ("RTX 3090", 71e12),

@@ -56,15 +56,10 @@ class SamplingSettings:
 
     def generate_kwargs(self) -> dict:
         """The settings as `generate()` takes them; temperature 0 is greedy decoding."""
+        greedy = {"max_new_tokens": self.max_new_tokens, "do_sample": False}
         if self.temperature <= 0:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-        }
+            return greedy
+        return dict(greedy, do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
 
 
 def generation_config(settings: SamplingSettings, tokenizer) -> GenerationConfig:

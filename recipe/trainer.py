@@ -146,12 +146,10 @@ class RecipeTrainer(Trainer):
             if job.done() and job.exception() is not None:
                 log(f"hub: an upload to {self.hub_model_id} failed: {first_line(job.exception())}")
 
-    def data_order_seed(self) -> int:
-        return self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed
-
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler:
         """The Trainer builds the DataLoader (every `dataloader_*` setting applies); the recipe gives the order."""
-        blocks, seed = self.train_dataset if train_dataset is None else train_dataset, self.data_order_seed()
+        blocks = self.train_dataset if train_dataset is None else train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed
         if isinstance(blocks, MixedBlocks):
             return MixtureOrder(blocks.sizes, blocks.weights, seed, self.start_sample)
         return BlockOrder(len(blocks), seed, self.start_sample)

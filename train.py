@@ -157,17 +157,17 @@ def build_trainer(cfg, checked: Checked, run_record, model, tokenizer, splits, i
     args, plan = checked.args, checked.plan
     stream = splits["train"] if isinstance(splits["train"], StreamedBlocks) else None
     if stream is not None and plan is not None:
-        resume_stream(stream, plan.checkpoint, args)
+        resume_stream(stream, plan.run.stream_positions, plan.checkpoint.name, args)
     if plan is not None and stream is None:
         args.ignore_data_skip = True  # the block order resumes by samples (trainer.BlockOrder), not by batches
     throughput = callbacks.ThroughputMonitor(model, cfg.data.block_size, samples_every=cfg.samples.every_n_steps)
-    stream_position = StreamPositionCallback() if stream is not None else None
+    stream_position = StreamPositionCallback(run_record.run) if stream is not None else None
     trainer_callbacks = [
         throughput,
         callbacks.SampleGenerationCallback(tokenizer, cfg.samples, args.output_dir, lambda: interrupt.requested),
-        *([stream_position] if stream_position is not None else []),  # before the record: its checksums come last
         run_record,
         interrupt,
+        *([stream_position] if stream_position is not None else []),  # after the interrupt, which may save this step
         callbacks.ConsoleLogCallback(),
         *extra_callbacks,
     ]

@@ -41,7 +41,6 @@ RECIPE_CONFIG = "recipe_config.yaml"
 SAMPLES = "samples.jsonl"
 TRAINER_STATE = "trainer_state.json"
 MANIFEST = "checksums.json"
-STREAM_POSITION = "stream_position.json"
 EVAL_RESULTS = "eval_results.json"
 SUPERSEDED = "_superseded"  # checkpoints and files a resumed run no longer follows (not backed up either)
 RUN_FILES = (RECORD, RECIPE_CONFIG, SAMPLES)

@@ -1,10 +1,11 @@
 """The run's state: one object, saved in every checkpoint and written to run.json.
 
 `RunState` holds what a run is and has done: its id (and the run it was forked from), its phases with their
-schedules, the samples and tokens trained on, the fingerprints of its tokenizer and corpus, and the corpus and
-mixture sources a card may name. RunRecordCallback (callbacks.py) owns it while training: the Trainer keeps it in
-each checkpoint's trainer_state.json as the state of that callback (`TrainerState.stateful_callbacks`), and
-run.json is the same object as JSON. `--resume`, the card and push.py read it back with `RunState.read`.
+schedules, the samples and tokens trained on, the fingerprints of its tokenizer and corpus, the corpus and mixture
+sources a card may name, and where each process stands in a streamed corpus. RunRecordCallback (callbacks.py) owns it
+while training: the Trainer keeps it in each checkpoint's trainer_state.json as the state of that callback
+(`TrainerState.stateful_callbacks`), and run.json is the same object as JSON. `--resume`, the card and push.py read it
+back with `RunState.read`.
 
 `RunSchedule` is the learning rate of all the phases: one schedule over global steps, which the Trainer builds
 (`RecipeTrainer.create_scheduler`) and restores from a checkpoint by its step alone.
@@ -66,6 +67,7 @@ class RunState:
     global_step: int = 0
     samples_trained: int = 0  # where the block order goes on
     tokens_trained: int = 0  # the Trainer's count (include_num_input_tokens_seen), over all processes
+    stream_positions: list | None = None  # of a streamed corpus: each process's, in rank order
 
     @classmethod
     def from_dict(cls, fields: dict) -> RunState:

@@ -2,17 +2,15 @@
 
 Documents are read and tokenized as training goes, in bounded memory; the first blocks are held out for
 validation. Each training block carries the stream position after it. The trainer hands each batch's
-position to `StreamPositionCallback`, which writes it next to every checkpoint, and `resume_stream` seeks
-a resumed run's stream there instead of reading and tokenizing everything before it again.
+position to `StreamPositionCallback`, which puts every process's into the run state that each checkpoint keeps,
+and `resume_stream` seeks a resumed run's stream there instead of reading and tokenizing everything before it again.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from functools import partial
 from itertools import chain, islice
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -34,7 +32,7 @@ from recipe.corpus import (
     tokenize_function,
     unreadable_data_error,
 )
-from recipe.run_folder import CHECKPOINT_PREFIX, STREAM_POSITION, read_json, write_atomically
+from recipe.run_state import RunState
 
 # --- the blocks ----------------------------------------------------------------------------------
 
@@ -286,11 +284,12 @@ def streamed_dataloader(dataset: StreamedBlocks, args: TrainingArguments, collat
 
 
 class StreamPositionCallback(TrainerCallback):
-    """Next to each checkpoint, where each process stands in its part of the stream (`stream_position.json`),
-    so that --resume seeks the streams there instead of reading them again. The trainer hands it each
-    batch's position with `take_position`."""
+    """Where each process stands in its part of the stream, kept in the run state (`RunState.stream_positions`, in
+    rank order) at each checkpoint, so that --resume seeks the streams there instead of reading them again. The
+    trainer hands it each batch's position with `take_position`."""
 
-    def __init__(self):
+    def __init__(self, run: RunState):
+        self.run = run
         self.latest: dict | None = None  # the position after the last batch trained on
 
     def take_position(self, inputs: dict) -> None:
@@ -299,31 +298,26 @@ class StreamPositionCallback(TrainerCallback):
         if position is not None:
             self.latest = position
 
-    def on_save(self, args, state, control, **kwargs):
-        positions = gather_object([self.latest])  # every process's position, in rank order
-        if not args.should_save or None in positions:  # nothing trained yet: --resume replays the stream
-            return
-        folder = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-        write_atomically(folder / STREAM_POSITION, json.dumps({"step": state.global_step, "processes": positions}))
+    def on_step_end(self, args, state, control, **kwargs):
+        # Not in on_save: the Trainer takes the run state into the checkpoint before on_save runs. The gather is a
+        # collective, so every process runs it at the same step; this callback follows every one that decides to save.
+        if control.should_save:
+            self.run.stream_positions = gather_object([self.latest])
 
 
-def resume_stream(stream: StreamedBlocks, checkpoint: str | Path, args: TrainingArguments) -> None:
-    """Resume a streamed run where `checkpoint` stood in this process's stream, or say why it replays the
-    stream up to it (the Trainer then skips the batches it has trained on, as for any dataset)."""
-    checkpoint = Path(checkpoint)
-    try:
-        saved = read_json(checkpoint / STREAM_POSITION)
-        if len(saved["processes"]) != args.world_size:
-            log(
-                f"streaming: {checkpoint.name} was written by {len(saved['processes'])} process(es) and this run has "
-                f"{args.world_size}, which split the stream differently; replaying the stream up to it"
-            )
-            return
-        position = saved["processes"][args.process_index]
-    except (KeyError, TypeError, IndexError):
-        log(f"streaming: {checkpoint.name} holds no stream position; replaying the stream up to it")
+def resume_stream(stream: StreamedBlocks, positions: list | None, checkpoint: str, args: TrainingArguments) -> None:
+    """Resume a streamed run at `positions`, where each process stood in its stream at `checkpoint`, or say why it
+    replays the stream up to it (the Trainer then skips the batches it has trained on, as for any dataset)."""
+    if positions is None:
+        log(f"streaming: {checkpoint} holds no stream position; replaying the stream up to it")
         return
-    stream.resume_at = position
+    if len(positions) != args.world_size:
+        log(
+            f"streaming: {checkpoint} was written by {len(positions)} process(es) and this run has "
+            f"{args.world_size}, which split the stream differently; replaying the stream up to it"
+        )
+        return
+    stream.resume_at = position = positions[args.process_index]
     args.ignore_data_skip = True  # the Trainer would otherwise replay the batches before the checkpoint
     each = " in each process's part" if args.world_size > 1 else ""
     log(f"streaming: continuing at block {position['block']:,} of the stream{each} without reading what came before it")

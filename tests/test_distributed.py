@@ -14,6 +14,8 @@ from conftest import CORPUS, ROOT, read_until, tiny_overrides
 from transformers import AutoModelForCausalLM
 
 import train
+from recipe.run_folder import read_trainer_state
+from recipe.run_state import RunState
 
 pytestmark = pytest.mark.slow
 
@@ -113,9 +115,9 @@ def test_two_process_streamed_run_resumes_by_seeking(tmp_path, cache_dir):
     straight = torchrun(2, *overrides, cwd=tmp_path)
     assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
     expected = losses(out)
-    saved = json.loads((out / "checkpoint-4" / "stream_position.json").read_text())
-    assert saved["step"] == 4 and [p["block"] for p in saved["processes"]] == [8, 8]  # 4 steps x 2 blocks each
-    assert saved["processes"][0]["start"] != saved["processes"][1]["start"]  # two streams, not one
+    saved = RunState.from_trainer_state(read_trainer_state(out / "checkpoint-4")).stream_positions
+    assert [p["block"] for p in saved] == [8, 8]  # 4 steps x 2 blocks each
+    assert saved[0]["start"] != saved[1]["start"]  # two streams, not one
     shutil.rmtree(out / "checkpoint-8")
     shutil.rmtree(out / "final")
     resumed = torchrun(2, "--resume", *overrides, cwd=tmp_path)

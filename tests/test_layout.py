@@ -74,7 +74,7 @@ def test_every_module_says_what_it_is_for():
 def test_file_names_of_a_run_are_written_once():
     """recipe/run_folder.py owns the names of a run's files: no other module spells them."""
     names = ['"trainer_state.json"', '"run.json"', '"recipe_config.yaml"', '"samples.jsonl"', '"checksums.json"']
-    names += ['"stream_position.json"', '"_run.lock"']
+    names += ['"_run.lock"']
     spelled = {(m, n) for m in MODULES if m != "recipe.run_folder" for n in names if n in source(m)}
     assert spelled == set(), spelled
 

@@ -19,6 +19,7 @@ import train
 from recipe import resume
 from recipe.cli import RecipeError
 from recipe.config import load_config
+from recipe.run_folder import read_trainer_state
 from recipe.run_state import RunState
 from recipe.trainer import MixedBlocks, MixtureOrder, RecipeTrainer
 
@@ -344,7 +345,7 @@ def test_a_streamed_mixture_trains_and_resumes_exactly(corpora, tmp_path, cache_
     broken = tmp_path / "broken"
     overrides = tiny_overrides(broken, cache_dir, **settings) + mix
     assert train.main(overrides, extra_callbacks=[StopAt(5)]) == train.EXIT_INTERRUPTED
-    position = json.loads((broken / "checkpoint-5" / "stream_position.json").read_text())["processes"][0]
+    [position] = RunState.from_trainer_state(read_trainer_state(broken / "checkpoint-5")).stream_positions
     assert position["block"] == 20 and len(position["sources"]) == 2
     capsys.readouterr()
     assert train.main(["--resume", *overrides]) == 0

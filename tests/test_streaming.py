@@ -122,43 +122,40 @@ def test_a_bad_line_far_into_a_stream_is_one_line_naming_it(tmp_path, tokenizer)
             pass
 
 
-def test_the_position_goes_from_the_batch_to_the_checkpoint_and_back(tmp_path):
-    """take_position keeps a batch's position (and takes it out of the batch); on_save writes it next to the
-    checkpoint; resume_stream seeks there and tells the Trainer not to skip batches itself."""
-    callback = streaming.StreamPositionCallback()
+def test_the_position_goes_from_the_batch_to_the_run_state_and_back():
+    """take_position keeps a batch's position (and takes it out of the batch); at the end of a step that saves, every
+    process's goes into the run state the checkpoint keeps; resume_stream seeks there and tells the Trainer not to
+    skip batches itself."""
+    run = SimpleNamespace(stream_positions=None)
+    callback = streaming.StreamPositionCallback(run)
     batch = {"input_ids": [[1, 2]], "stream_position": {"block": 8, "window": 1}}
     callback.take_position(batch)
     callback.take_position({"input_ids": [[3, 4]]})  # an evaluation batch carries none
     assert "stream_position" not in batch and callback.latest == {"block": 8, "window": 1}
-    (tmp_path / "checkpoint-2").mkdir()
-    args = SimpleNamespace(should_save=True, output_dir=str(tmp_path), world_size=1, process_index=0)
-    callback.on_save(args, SimpleNamespace(global_step=2), None)
-    assert json.loads((tmp_path / "checkpoint-2" / "stream_position.json").read_text())["processes"] == [
-        {"block": 8, "window": 1}
-    ]
+    callback.on_step_end(None, None, SimpleNamespace(should_save=False))
+    assert run.stream_positions is None
+    callback.on_step_end(None, None, SimpleNamespace(should_save=True))
+    assert run.stream_positions == [{"block": 8, "window": 1}]
 
     stream = SimpleNamespace(resume_at=None)
     resumed = SimpleNamespace(world_size=1, process_index=0, ignore_data_skip=False)
-    streaming.resume_stream(stream, tmp_path / "checkpoint-2", resumed)
+    streaming.resume_stream(stream, json.loads(json.dumps(run.stream_positions)), "checkpoint-2", resumed)
     assert stream.resume_at == {"block": 8, "window": 1} and resumed.ignore_data_skip
 
 
 @pytest.mark.parametrize(
-    "saved, line",
+    "positions, line",
     [
         (None, "checkpoint-2 holds no stream position; replaying the stream up to it"),
-        ({"step": 2, "processes": [{"block": 8}, {"block": 8}]}, "written by 2 process(es) and this run has 1"),
+        ([{"block": 8}, {"block": 8}], "written by 2 process(es) and this run has 1"),
     ],
 )
-def test_a_checkpoint_without_a_usable_position_replays_the_stream(tmp_path, capsys, saved, line):
-    (tmp_path / "checkpoint-2").mkdir()
-    if saved is not None:
-        (tmp_path / "checkpoint-2" / "stream_position.json").write_text(json.dumps(saved))
+def test_a_checkpoint_without_a_usable_position_replays_the_stream(capsys, positions, line):
     stream, args = (
         SimpleNamespace(resume_at=None),
         SimpleNamespace(world_size=1, process_index=0, ignore_data_skip=False),
     )
-    streaming.resume_stream(stream, tmp_path / "checkpoint-2", args)
+    streaming.resume_stream(stream, positions, "checkpoint-2", args)
     assert line in capsys.readouterr().out
     assert stream.resume_at is None and not args.ignore_data_skip
 

@@ -222,11 +222,14 @@ def test_streamed_run_resumes_exactly(tmp_path, cache_dir, capsys, monkeypatch, 
     broken = tmp_path / "broken"
     overrides = tiny_overrides(broken, cache_dir, **settings) + stream
     assert train.main(overrides, extra_callbacks=[InterruptAt(5)]) == train.EXIT_INTERRUPTED
-    position = broken / "checkpoint-5" / "stream_position.json"
-    assert [p["block"] for p in json.loads(position.read_text())["processes"]] == [5 * 4]
+    state_file = broken / "checkpoint-5" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    run = state["stateful_callbacks"]["RunRecordCallback"]["attributes"]
+    assert [p["block"] for p in run["stream_positions"]] == [5 * 4]
     if not seek:  # a checkpoint saved without a stream position: the stream is replayed up to it
-        position.unlink()
-        run_folder.write_manifest(position.parent)
+        run["stream_positions"] = None
+        state_file.write_text(json.dumps(state))
+        run_folder.write_manifest(state_file.parent)
     capsys.readouterr()
     assert train.main(["--resume", *overrides]) == 0
     out = capsys.readouterr().out

@@ -26,7 +26,7 @@ from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from recipe.arguments import samples_per_step
-from recipe.cli import handle_stop_signals, log
+from recipe.cli import GRACEFUL_STOPS, log
 from recipe.config import SamplesConfig
 from recipe.model import flops_per_token, peak_bf16_flops
 from recipe.run_folder import (
@@ -121,17 +121,18 @@ class SampleGenerationCallback(TrainerCallback):
 class GracefulInterruptCallback(TrainerCallback):
     """First Ctrl-C or SIGTERM: say at once what will happen, then save a checkpoint after the current step
     (an evaluation or sample generation in progress is cut short) and stop. A second signal exits at once.
-    The handlers stay installed until `restore_handlers()`, so that the final save is covered too."""
+    It is the handler of cli.command's signal handler from the start of training until `uninstall()`,
+    so that the final save is covered too; run outside cli.command, a signal is not caught."""
 
     def __init__(self):
         self.requested = False
         self.stopped_at: int | None = None
-        self._previous = {}
         self.step, self.step_started, self.step_seconds = 0, None, None
         self.saving_final = False
 
     def install(self) -> None:
-        self._previous = handle_stop_signals(self._handle)  # cli.command's, restored by restore_handlers()
+        if self._handle not in GRACEFUL_STOPS:
+            GRACEFUL_STOPS.append(self._handle)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.install()
@@ -141,7 +142,7 @@ class GracefulInterruptCallback(TrainerCallback):
 
     def _handle(self, signum, frame):
         if self.requested:
-            self.restore_handlers()
+            self.uninstall()
             print("\nsecond interrupt: exiting now without saving", file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.requested = True
@@ -189,9 +190,9 @@ class GracefulInterruptCallback(TrainerCallback):
             return bool(flag.item())
         return self.requested
 
-    def restore_handlers(self):
-        handle_stop_signals(self._previous)
-        self._previous = {}
+    def uninstall(self):
+        if self._handle in GRACEFUL_STOPS:
+            GRACEFUL_STOPS.remove(self._handle)
 
 
 def format_duration(seconds: float) -> str:

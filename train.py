@@ -213,7 +213,7 @@ def train_and_save(trainer: RecipeTrainer, run_record: callbacks.RunRecordCallba
             run_record.finish_hashing()  # the checkpoint before the failure: complete, or not, before it is named
         raise save_failed(e, trainer) from None
     finally:
-        interrupt.restore_handlers()
+        interrupt.uninstall()
     log(f"saved the final model to {final}")
     return 0
 

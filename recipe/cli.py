@@ -50,21 +50,28 @@ class Terminated(KeyboardInterrupt):
     and context managers clean up (scratch folders, the tokenizer pool, dataloader workers)."""
 
 
-def raise_terminated(signum, frame):
-    raise Terminated
+GRACEFUL_STOPS: list = []  # while training: callbacks.GracefulInterruptCallback's handler
+
+
+def on_stop_signal(signum, frame):
+    """Ctrl-C and SIGTERM under `command`: while training, its graceful stop (save a checkpoint, then stop);
+    at any other moment the command unwinds from where it is, its `finally` blocks cleaning up."""
+    if GRACEFUL_STOPS:
+        return GRACEFUL_STOPS[-1](signum, frame)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def command(interrupted: str):
     """The one way in: `@cli.command("what a stop leaves behind")` on an entry script's `main(argv)`, which then
     returns the exit code. A RecipeError is one `error:` line and exit code 2, and so is an OSError on a path
-    (it names the path); Ctrl-C or SIGTERM, at any moment, is one line and exit code 130. Training installs its
-    own handlers for a graceful stop (callbacks.GracefulInterruptCallback) and restores these afterwards."""
+    (it names the path); Ctrl-C or SIGTERM, at any moment, is one line and exit code 130. The handlers are this
+    scaffold's alone: training's graceful stop registers itself in GRACEFUL_STOPS for them to call."""
 
     def wrap(main):
         @functools.wraps(main)
         def run(*args, **kwargs) -> int:
             children_end_with_their_parent()
-            previous = handle_stop_signals({signal.SIGTERM: raise_terminated})
+            previous = handle_stop_signals(on_stop_signal)
             try:
                 return main(*args, **kwargs)
             except RecipeError as e:

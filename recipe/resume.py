@@ -121,6 +121,7 @@ def find_checkpoint(folder: RunFolder, resume: str) -> Path:
 def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, args: TrainingArguments) -> ResumePlan:
     """What `--resume` trains: the interrupted phase to its end, or after a finished run a new phase."""
     checkpoint = download_last_checkpoint(cfg, folder) if resume == "hub" else find_checkpoint(folder, resume)
+    refuse_if_damaged(checkpoint)  # before anything of it is read
     state = read_trainer_state(checkpoint)
     step, run = state["global_step"], RunState.from_trainer_state(state)
     phases = run.phases
@@ -211,16 +212,17 @@ def next_phase_due(cfg: RecipeConfig, folder: RunFolder, offer: bool) -> str | N
 # --- checks before any work ------------------------------------------------------------------------------
 
 
+def refuse_if_damaged(checkpoint: Path) -> None:
+    """Every file as it was saved (content hashes), or one line naming the newest intact checkpoint."""
+    if (damage := damaged_file(checkpoint)) is None:
+        return
+    intact = newest_intact_checkpoint(checkpoint)
+    fix = f"resume from {intact} instead: {command(intact)}" if intact else "none older is intact: start a new run"
+    raise RecipeError(f"--resume: {checkpoint} is damaged: {damage}; {fix}")
+
+
 def verify_checkpoint(plan: ResumePlan, expected_state_dict: dict) -> None:
-    """Every file as it was saved (content hashes), and tensors of the shapes the config gives."""
-    if (damage := damaged_file(plan.checkpoint)) is not None:
-        intact = newest_intact_checkpoint(plan.checkpoint)
-        instead = (
-            f"resume from {intact} instead: {command(intact)}"
-            if intact
-            else ("no older checkpoint of this run is intact; start a new run")
-        )
-        raise RecipeError(f"--resume: {plan.checkpoint} is damaged: {damage}; {instead}")
+    """Tensors of the shapes the config gives."""
     weights = plan.checkpoint / "model.safetensors"
     if weights.is_file():
         try:

@@ -145,3 +145,18 @@ class StopAt(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step + 1 == self.step:
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def torchrun_command(nproc: int, *args) -> list[str]:
+    """train.py on `nproc` processes of this machine, as `torchrun --standalone` starts them."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--standalone",
+        str(ROOT / "train.py"),
+        "--no-prompt",
+        *args,
+    ]

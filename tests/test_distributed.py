@@ -6,11 +6,10 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import CORPUS, ROOT, read_until, tiny_overrides
+from conftest import CORPUS, read_until, tiny_overrides, torchrun_command
 from transformers import AutoModelForCausalLM
 
 import train
@@ -18,20 +17,6 @@ from recipe.run_folder import read_trainer_state
 from recipe.run_state import RunState
 
 pytestmark = pytest.mark.slow
-
-
-def torchrun_command(nproc: int, *args) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(nproc),
-        "--standalone",
-        str(ROOT / "train.py"),
-        "--no-prompt",
-        *args,
-    ]
 
 
 def torchrun(nproc: int, *args, cwd):

@@ -6,13 +6,12 @@ end is the recipe's; a missing repo id, token, repo or Hub is one line before th
 import hashlib
 import json
 import subprocess
-import sys
 import time
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TOKEN, tiny_overrides
+from conftest import TOKEN, tiny_overrides, torchrun_command
 from hub_stub import HubStub
 from transformers import Trainer, TrainerCallback
 
@@ -234,19 +233,7 @@ def test_two_processes_resume_from_the_hub_moving_it_in_once(hub, tmp_path, cach
     straight, _ = straight_and_died(hub, tmp_path, cache_dir)
     fresh = tmp_path / "two" / "run"
     overrides = [*tiny_overrides(fresh, cache_dir, **{**SETTINGS, "per_device_train_batch_size": 2}), *BACKUP]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        str(ROOT / "train.py"),
-        "--no-prompt",
-        "--resume",
-        "hub",
-        *overrides,
-    ]
+    command = torchrun_command(2, "--resume", "hub", *overrides)
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
     assert result.returncode == 0, (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPUS, TINY_MODEL, TOKENIZER, StopAt, tiny_overrides
+from conftest import CORPUS, TINY_MODEL, TOKENIZER, StopAt, tiny_overrides, torchrun_command
 from test_resume import MAIN, checkpoint
 
 import data
@@ -362,17 +362,7 @@ def test_two_processes_draw_the_mixture_as_one_does(corpora, tmp_path, cache_dir
     common = dict(max_steps=4, save_steps=100, eval_steps=2, bf16="false")
     mix = [sources(corpora), "samples.every_n_steps=0", "--no-prompt"]
     runs = {2: tmp_path / "2", 1: tmp_path / "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--standalone",
-        str(Path(train.__file__)),
-        *tiny_overrides(runs[2], cache_dir, per_device_train_batch_size=2, **common),
-        *mix,
-    ]
+    command = torchrun_command(2, *tiny_overrides(runs[2], cache_dir, per_device_train_batch_size=2, **common), *mix)
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert train.main([*tiny_overrides(runs[1], cache_dir, per_device_train_batch_size=4, **common), *mix]) == 0

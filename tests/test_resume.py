@@ -290,16 +290,21 @@ def test_resume_with_mismatching_shapes_names_the_tensor(checkpointed_run, capsy
     assert md5s(out) == before
 
 
+CHECKPOINT_FILES = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"]
+    "name, damage", [(name, "flipped") for name in CHECKPOINT_FILES] + [("trainer_state.json", "cut")]
 )
-def test_a_flipped_byte_in_any_file_is_refused_in_one_line_with_nothing_written(checkpointed_run, capsys, name):
+def test_a_damaged_file_is_refused_in_one_line_with_nothing_written(checkpointed_run, capsys, name, damage):
+    """A flipped byte leaves a file that still loads (past a safetensors header, with other numbers; JSON that
+    may still parse); a cut one does not load at all. Either is found by its hash before anything is read."""
     out, overrides = checkpointed_run
     damaged = out / "checkpoint-4" / name
     data = bytearray(damaged.read_bytes())
-    data[-len(data) // 3] ^= 0x04  # past a safetensors header: the file still loads, with other numbers
-    damaged.write_bytes(bytes(data))
+    data[-len(data) // 3] ^= 0x04
+    damaged.write_bytes(bytes(data if damage == "flipped" else data[: len(data) // 2]))
     before = md5s(out)
     assert train.main(["--resume", *overrides]) == 2
     err = capsys.readouterr().err.strip().splitlines()

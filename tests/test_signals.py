@@ -6,11 +6,14 @@ alone, as `kill` or a scheduler sends it, so that its children must end with it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import psutil
@@ -28,8 +31,10 @@ class Running:
     """A command in a session of its own, its stdout and stderr read together as they come."""
 
     def __init__(self, argv: list[str], tmp_path: Path):
-        self.scratch = tmp_path / "tmp"  # tempfile's folders (push.py's) land here
-        self.scratch.mkdir(exist_ok=True)
+        # tempfile's folders (push.py's) land here; a short path, as multiprocessing's sockets under it must
+        # name fewer than 108 bytes (a pytest-xdist tmp_path is too long for them)
+        self.scratch = Path(tempfile.mkdtemp(prefix="signals-"))
+        weakref.finalize(self, shutil.rmtree, self.scratch, ignore_errors=True)
         env = {
             **os.environ,
             "TMPDIR": str(self.scratch),
@@ -63,6 +68,14 @@ class Running:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
                 pytest.fail(f"never saw {marker!r}:\n{self.text[-4000:]}")
+            time.sleep(0.05)
+
+    def wait_for_children(self, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while len(psutil.Process(self.proc.pid).children(recursive=True)) < count:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"never saw {count} processes of its own:\n{self.text[-4000:]}")
             time.sleep(0.05)
 
     def stop(self, sig: int) -> list[psutil.Process]:
@@ -118,9 +131,8 @@ def test_train_while_tokenizing_with_two_processes(sig, big_corpus, tmp_path):
     overrides = tiny_overrides(out, cache) + [f"data.path={big_corpus}", "data.sample_by=paragraph", "data.num_proc=2"]
     run = Running([str(ROOT / "train.py"), "--no-prompt", *overrides], tmp_path)
     run.wait_for("tokenizing")
-    time.sleep(1)  # the pool's workers at work
+    run.wait_for_children(2)  # the pool's workers at work (a loaded machine may take seconds to start them)
     children = run.stop(sig)
-    assert len(children) >= 2  # the pool's workers (and datasets' manager)
     lines = assert_ended_cleanly(run, children, out.parent, cache)
     assert_one_line(lines, sig, "stopped before training; no checkpoint was saved")
     assert not list(cache.glob("blocks-*"))

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -51,6 +52,7 @@ class Terminated(KeyboardInterrupt):
 
 
 GRACEFUL_STOPS: list = []  # while training: callbacks.GracefulInterruptCallback's handler
+IN_FORK_HOOKS: list[bool] = [False]  # the main thread is running the fork hooks (see guard_forks)
 
 
 def on_stop_signal(signum, frame):
@@ -58,7 +60,23 @@ def on_stop_signal(signum, frame):
     at any other moment the command unwinds from where it is, its `finally` blocks cleaning up."""
     if GRACEFUL_STOPS:
         return GRACEFUL_STOPS[-1](signum, frame)
+    if IN_FORK_HOOKS[0]:
+        return send_again_soon(signum)
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def send_again_soon(signum: int) -> None:
+    """The stop again, 50 ms from now, from another thread: it lands once the main thread has left the place
+    where it could not be raised."""
+    threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+
+
+def resend_a_swallowed_stop(unraisable) -> None:
+    """A stop raised where Python cannot raise (in a `__del__`, a weakref callback) is swallowed as
+    "unraisable", and the command would go on: it is sent again. Other unraisable errors print as Python's."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return sys.__unraisablehook__(unraisable)
+    send_again_soon(signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT)
 
 
 def command(interrupted: str):
@@ -70,8 +88,8 @@ def command(interrupted: str):
     def wrap(main):
         @functools.wraps(main)
         def run(*args, **kwargs) -> int:
-            children_end_with_their_parent()
-            previous = handle_stop_signals(on_stop_signal)
+            guard_forks()
+            previous, sys.unraisablehook = handle_stop_signals(on_stop_signal), resend_a_swallowed_stop
             try:
                 return main(*args, **kwargs)
             except RecipeError as e:
@@ -83,11 +101,13 @@ def command(interrupted: str):
                 print(f"error: {e.filename}: {e.strerror or first_line(e)}", file=sys.stderr)
                 return EXIT_MISTAKE
             except KeyboardInterrupt as e:
+                end_children_still_starting()
                 name = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
                 print(f"\n{name}: {interrupted}", file=sys.stderr, flush=True)
                 return EXIT_INTERRUPTED
             finally:
                 handle_stop_signals(previous)
+                sys.unraisablehook = sys.__unraisablehook__
 
         return run
 
@@ -103,22 +123,65 @@ def handle_stop_signals(handler) -> dict:
 
 
 @functools.cache
-def children_end_with_their_parent() -> None:
+def guard_forks() -> None:
     """Processes forked from now on (datasets' tokenizer pool, dataloader workers) leave Ctrl-C to this process,
     which ends them as it unwinds, die of the SIGTERM by which a pool ends its workers, and, on Linux, die with
-    this process however it ends (even killed): no worker is left behind holding a scratch folder."""
+    this process however it ends (even killed): no worker is left behind holding a scratch folder.
+
+    A stop raised inside the main thread's fork hooks would be swallowed there, and inside logging's it would
+    leave logging's lock held, so that the next fork (a pool's thread replacing a worker) waits forever: while
+    they run, a stop is sent again for later instead. The thread that forks holds stops back until the child has
+    its own handlers. Hooks run in reverse order of registration before a fork and in order after it, so these,
+    registered as the command starts, enclose the libraries' own."""
     main_thread = threading.main_thread().ident
     prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
     PR_SET_PDEATHSIG = 1
 
+    def before():
+        IN_FORK_HOOKS[0] = IN_FORK_HOOKS[0] or threading.get_ident() == main_thread
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    def in_the_parent():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if threading.get_ident() == main_thread:
+            IN_FORK_HOOKS[0] = False
+
     def in_the_child():
+        IN_FORK_HOOKS[0] = False
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        # The kernel sends the signal when the thread that forked ends, so only the main thread's children.
+        # The kernel sends the signal when the thread that forked ends: a child of another thread (a pool's
+        # replacement worker) watches for its parent's end itself.
         if prctl is not None and threading.get_ident() == main_thread:
             prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        else:
+            threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
-    os.register_at_fork(after_in_child=in_the_child)
+    os.register_at_fork(before=before, after_in_parent=in_the_parent, after_in_child=in_the_child)
+    # A child that finds no scratch folder of its parent's makes its own, left behind when a stop ends the child;
+    # made here, the parent's is the children's too, and it is removed when the parent exits.
+    for name in MULTIPROCESSING:
+        if util := sys.modules.get(f"{name}.util"):
+            util.get_temp_dir()
+
+
+def exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+MULTIPROCESSING = ("multiprocessing", "multiprocess")  # the standard library's and datasets' own copy of it
+
+
+def end_children_still_starting() -> None:
+    """A child whose start the stop cut short (datasets' pool manager, before it was registered for shutdown)
+    is ended by no one, and the interpreter's exit would wait for it forever: end every child now."""
+    for name in MULTIPROCESSING:
+        module = sys.modules.get(name)
+        for child in module.active_children() if module else ():
+            child.terminate()
 
 
 class OneLineParser(argparse.ArgumentParser):

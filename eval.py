@@ -43,6 +43,7 @@ from recipe.run_folder import (
     read_json,
     read_yaml,
     run_file,
+    trained_block_size,
     write_atomically,
 )
 
@@ -80,15 +81,6 @@ def resolve_model(model: str | None) -> tuple[str, Path | None, str | None]:
             f"the Hugging Face Hub cannot be reached and '{model}' is not in the local cache; pass "
             "a local model folder, or run this online once"
         ) from None
-
-
-def trained_block_size(folder: Path | None) -> tuple[int | None, str]:
-    """The block size the model was trained on, and where it was read (or why it could not be)."""
-    config_file = run_file(folder, RECIPE_CONFIG) if folder else None
-    block_size = ((read_yaml(config_file) or {}).get("data") or {}).get("block_size") if config_file else None
-    if isinstance(block_size, int) and block_size > 0:
-        return block_size, f"data.block_size of {config_file}"
-    return None, f"no data.block_size in {config_file}" if config_file else "no recipe_config.yaml beside the model"
 
 
 # --- evaluating ----------------------------------------------------------------------------------------------

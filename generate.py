@@ -38,6 +38,7 @@ from recipe.run_folder import (
     read_json,
     read_yaml,
     run_file,
+    trained_block_size,
 )
 from recipe.sampling import SamplingSettings, SettingError, StopWhen
 
@@ -102,12 +103,6 @@ def describe_local(folder: Path) -> tuple[str, int | None]:
     return str(name or fallback), step
 
 
-def trained_block_size(folder: Path) -> int | None:
-    recipe = run_file(folder, RECIPE_CONFIG)
-    size = ((read_yaml(recipe) or {}).get("data") or {}).get("block_size") if recipe else None
-    return size if isinstance(size, int) else None
-
-
 def describe_hub(repo_id: str, offline: bool) -> tuple[str, int | None]:
     try:
         card = Path(hf_hub_download(repo_id, "README.md", local_files_only=offline))
@@ -146,7 +141,7 @@ def load_model(source: str, device: str = "auto", dtype: torch.dtype | None = No
         raise RecipeError(f"could not load a model from '{source}': {first_line(e)}; {hint}") from None
     model.generation_config.pad_token_id = tokenizer.eos_token_id
     name, step = describe_local(folder) if is_local else describe_hub(source, offline)
-    return LoadedModel(model, tokenizer, name, step, target, trained_block_size(folder) if is_local else None)
+    return LoadedModel(model, tokenizer, name, step, target, trained_block_size(folder)[0] if is_local else None)
 
 
 # --- generating ----------------------------------------------------------------------------------

@@ -60,15 +60,9 @@ def on_stop_signal(signum, frame):
     at any other moment the command unwinds from where it is, its `finally` blocks cleaning up."""
     if GRACEFUL_STOPS:
         return GRACEFUL_STOPS[-1](signum, frame)
-    if IN_FORK_HOOKS[0]:
-        return send_again_soon(signum)
+    if IN_FORK_HOOKS[0]:  # sent again 50 ms from now, when the main thread has left them (see guard_forks)
+        return threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-
-
-def send_again_soon(signum: int) -> None:
-    """The stop again, 50 ms from now, from another thread: it lands once the main thread has left the place
-    where it could not be raised."""
-    threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
 
 
 def resend_a_swallowed_stop(unraisable) -> None:
@@ -76,7 +70,8 @@ def resend_a_swallowed_stop(unraisable) -> None:
     "unraisable", and the command would go on: it is sent again. Other unraisable errors print as Python's."""
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
         return sys.__unraisablehook__(unraisable)
-    send_again_soon(signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT)
+    signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+    threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
 
 
 def command(interrupted: str):

@@ -96,6 +96,15 @@ def run_file(folder: Path, name: str) -> Path | None:
     return None
 
 
+def trained_block_size(folder: Path | None) -> tuple[int | None, str]:
+    """The block size a model was trained on, and where it was read (or why it could not be)."""
+    config_file = run_file(folder, RECIPE_CONFIG) if folder else None
+    block_size = ((read_yaml(config_file) or {}).get("data") or {}).get("block_size") if config_file else None
+    if isinstance(block_size, int) and block_size > 0:
+        return block_size, f"data.block_size of {config_file}"
+    return None, f"no data.block_size in {config_file}" if config_file else "no recipe_config.yaml beside the model"
+
+
 def checkpoint_number(folder: Path) -> int | None:
     suffix = folder.name.removeprefix(CHECKPOINT_PREFIX)
     return int(suffix) if folder.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None

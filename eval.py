@@ -297,11 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     harness()  # first: without lm-eval nothing else is worth checking
     pretrained, folder, hub_id = resolve_model(args.model)
-    path = (
-        Path(args.output)
-        if args.output
-        else (HUB_RESULTS_DIR / hub_id.replace("/", "--") / EVAL_RESULTS if hub_id else folder / EVAL_RESULTS)
-    )
+    beside = HUB_RESULTS_DIR / hub_id.replace("/", "--") if hub_id else folder  # a Hub model's, under runs/
+    path = Path(args.output) if args.output else beside / EVAL_RESULTS
     tasks = evaluate(args, pretrained, folder, hub_id)
     recipe, state = (run_file(folder, RECIPE_CONFIG), run_file(folder, TRAINER_STATE)) if folder else (None, None)
     model = {

@@ -155,14 +155,13 @@ def build_repo_folder(source: Path, out: Path, dtype: torch.dtype, cfg: RecipeCo
             write_model_card(
                 tmp, record, model, repo_id, dtype, {"license": cfg.hub.license, "dataset": cfg.hub.dataset}
             )
-            sample = check_folder(tmp)
+            return check_folder(tmp)
     except BaseException as e:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
         if isinstance(e, RecipeError) or not isinstance(e, Exception):
             raise
         raise RecipeError(f"could not build the repo folder from {source}: {first_line(e)}") from None
-    return sample
 
 
 def load_tokenizer(source: Path, record: TrainingRecord, cfg: RecipeConfig):
@@ -195,9 +194,7 @@ def describe_files(folder: Path) -> str:
 
 
 def hub_error(e: Exception, token: str | None) -> RecipeError:
-    text = first_line(e)
-    if token:
-        text = text.replace(token, "***")
+    text = first_line(e).replace(token, "***") if token else first_line(e)
     return RecipeError(f"the Hub refused the upload: {text}")
 
 
@@ -274,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dry run: would upload to {repo_id} ({'private' if private else 'public'}){space}:")
             print(describe_files(out))
             return 0
-        url = upload(out, repo_id, token, private, args.revision, args.commit_message)
-        print(f"uploaded to {url}")
+        print(f"uploaded to {upload(out, repo_id, token, private, args.revision, args.commit_message)}")
         if args.space:
             print(f"Space: {push_space(args.space, repo_id, token, private)}")
     return 0

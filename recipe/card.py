@@ -109,11 +109,9 @@ def trained_tokens(record: TrainingRecord) -> str | None:
 
 def dataset_description(record: TrainingRecord, hub_dataset: str | None) -> str | None:
     """The corpus as a Hub id or file names: a local path says nothing on the Hub and leaks the trainer's disk."""
-    corpus = record.run.corpus
-    if hub_dataset or corpus.get("hub_id"):
-        name = hub_dataset or corpus["hub_id"]
+    if name := hub_dataset or record.run.corpus.get("hub_id"):
         return f"[{name}](https://huggingface.co/datasets/{name})"
-    names = corpus.get("files", [])
+    names = record.run.corpus.get("files", [])
     shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {len(names) - 5} more files" if len(names) > 5 else "")
     return shown or None
 
@@ -181,9 +179,7 @@ def model_index_results(results: dict) -> list[EvalResult]:
 def draw_loss_curve(history: list[dict], phases: list[Phase]):
     """Train and validation loss against step, the learning rate on a second axis, and a dotted line with the
     phase's name where each phase after the first begins."""
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    lrs = [(h["step"], h["learning_rate"]) for h in history if "learning_rate" in h]
+    train, evals, lrs = ([(h["step"], h[k]) for h in history if k in h] for k in ("loss", "eval_loss", "learning_rate"))
     if not train and not evals:
         return None
     from matplotlib.figure import Figure  # here, not on top: 0.3 s of every train.py start, for the card alone
@@ -206,8 +202,7 @@ def draw_loss_curve(history: list[dict], phases: list[Phase]):
         if i:
             ax.axvline(x, color="black", linestyle=":", linewidth=1)
         ax.annotate(f" {phase.name}", (x, 1), xycoords=("data", "axes fraction"), va="top", fontsize=8)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss")
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy loss")
     ax.grid(alpha=0.3)
     ax.legend(handles, labels, loc="best")
     fig.tight_layout()
@@ -278,8 +273,7 @@ def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str |
             f"{title}{kind}. No record of its training came with it (no run.json), so this card shows only what "
             "its `config.json` says."
         )
-    name = (record.recipe or {}).get("name")
-    if name:
+    if name := (record.recipe or {}).get("name"):
         shown = f"[{name}](https://huggingface.co/HuggingFaceTB/{name})" if name in PUBLISHED_SMOLLM2 else name
         kind += f" in the {shown} configuration"
     how = (

@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from accelerate import PartialState
 from huggingface_hub import snapshot_download
@@ -60,13 +61,8 @@ class ResumePlan:
     run: RunState  # the checkpoint's run, with every phase of it, the one this resume trains last
     continues: bool = True  # the checkpoint's phase goes on (False: a new phase starts after it)
 
-    @property
-    def phase(self) -> Phase:
-        return self.run.phase
-
-    @property
-    def max_steps(self) -> int:
-        return self.phase.last_step
+    phase = property(lambda self: self.run.phase)
+    max_steps = property(lambda self: self.phase.last_step)  # the step this resume trains to
 
     def describe(self) -> str:
         p, start = self.phase, f"resuming from {self.checkpoint.name} (step {self.step})"
@@ -135,13 +131,11 @@ def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, args: Trainin
                 f"{planned} and after {checkpoint.name}: set training.max_steps={planned} to finish it "
                 f"(then extend), or {step} to end it at the checkpoint"
             )
-        then = (
-            f", then a phase 'extend' trains steps {planned + 1}-{new_max}"
-            if new_max > planned
-            else (f"; it ends here at step {step}")
-        )
+        if new_max > planned:
+            then = f", then a phase 'extend' trains steps {planned + 1}-{new_max}"
+        else:
+            then, current = f"; it ends here at step {step}", replace(current, last_step=step)
         log(f"resume: training.max_steps is {new_max}, the main phase was planned to step {planned}{then}")
-        current = current if new_max > planned else replace(current, last_step=step)
     if step < current.last_step:  # interrupted inside a phase: it goes on, on its own schedule
         return ResumePlan(checkpoint, step, replace(run, phases=[*earlier, current]))
     finished = [*earlier, current]
@@ -173,14 +167,13 @@ def download_last_checkpoint(cfg: RecipeConfig, folder: RunFolder) -> Path:
     repo, staging = cfg.training["hub_model_id"], folder.path.with_name(f".{folder.path.name}{HUB_DOWNLOAD}")
     try:
         with PartialState().main_process_first():  # under a GPU launch the others then find the files there
-            checkpoint = (
-                Path(snapshot_download(repo, allow_patterns=f"{HUB_CHECKPOINT}/*", local_dir=staging)) / HUB_CHECKPOINT
-            )
+            downloaded = Path(snapshot_download(repo, allow_patterns=f"{HUB_CHECKPOINT}/*", local_dir=staging))
     except RepositoryNotFoundError:
         shutil.rmtree(staging, ignore_errors=True)
         raise RecipeError(f"--resume hub: no repo {repo} on the Hub (or your token may not read it)") from None
     except Exception as e:  # what came is kept: the next --resume hub fetches only the rest
         raise RecipeError(f"--resume hub: downloading {repo}/{HUB_CHECKPOINT} failed: {first_line(e)}") from None
+    checkpoint = downloaded / HUB_CHECKPOINT
     if read_trainer_state(checkpoint) is None or not (checkpoint / MANIFEST).is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise RecipeError(f"--resume hub: {repo} has no complete {HUB_CHECKPOINT}/ (training.hub_strategy=checkpoint)")
@@ -227,15 +220,10 @@ def verify_checkpoint(plan: ResumePlan, expected_state_dict: dict) -> None:
     if weights.is_file():
         try:
             with safe_open(str(weights), framework="pt") as f:
-                found = {name: _Shape(f.get_slice(name).get_shape()) for name in f.keys()}
+                found = {name: SimpleNamespace(shape=f.get_slice(name).get_shape()) for name in f.keys()}
         except Exception:
             raise RecipeError(f"checkpoint file {weights} is corrupt; resume from an earlier checkpoint") from None
         check_shapes(expected_state_dict, found, f"checkpoint {plan.checkpoint.name}")
-
-
-@dataclass
-class _Shape:
-    shape: list[int]
 
 
 def newest_intact_checkpoint(damaged: Path) -> Path | None:
@@ -268,13 +256,10 @@ def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
 
 def command(checkpoint: Path | str = "") -> str:
     """The command that resumes the run: this one's own --config and overrides, with --resume [CHECKPOINT]."""
-    args = [a for a in sys.argv[1:] if not a.startswith("--resume") and a != "--no-prompt"]
-    if (
-        "--resume" in sys.argv[1:]
-        and (i := sys.argv.index("--resume")) + 1 < len(sys.argv)
-        and "=" not in sys.argv[i + 1]
-    ):
-        args.remove(sys.argv[i + 1])  # the checkpoint that --resume was given
+    argv = sys.argv[1:]
+    args = [a for a in argv if not a.startswith("--resume") and a != "--no-prompt"]
+    if "--resume" in argv and (i := argv.index("--resume") + 1) < len(argv) and "=" not in argv[i]:
+        args.remove(argv[i])  # the checkpoint that --resume was given
     line = ["python", "train.py", "--resume", *([str(checkpoint)] if checkpoint else [])]
     if Path(sys.argv[0]).name != "train.py":  # called from Python: its arguments are not on the command line
         return f"{shlex.join(line)} [the same --config and overrides]"
@@ -323,8 +308,7 @@ def refuse_to_overwrite(folder: RunFolder) -> None:
     held = folder.run_files()
     if held and not folder.checkpoints() and FINAL not in held:
         set_aside(folder, held, f"{folder} holds the files of a run that saved no checkpoint")
-        held = []
-    if held:
+    elif held:
         raise RecipeError(
             f"{folder} already holds {held[0]}: continue it with --resume, or start a new run in another "
             "training.output_dir"
@@ -417,16 +401,13 @@ def check_what_changed(plan: ResumePlan, cfg: RecipeConfig, fingerprints: dict, 
         else:
             blocking.append(f"{key} {old!r} -> {new!r}")
     blocking += other_contents(plan.run.fingerprints, fingerprints, blocking)
-    if not blocking:
-        return
-    if allow_changes:
-        for change in blocking:
-            log(f"resume: --resume-changed: continuing although {change}")
-        return
-    raise RecipeError(
-        f"--resume: the config differs from {plan.checkpoint.name}'s: {'; '.join(blocking)}; "
-        "resume with the same settings, or pass --resume-changed if you mean it"
-    )
+    if blocking and not allow_changes:
+        raise RecipeError(
+            f"--resume: the config differs from {plan.checkpoint.name}'s: {'; '.join(blocking)}; "
+            "resume with the same settings, or pass --resume-changed if you mean it"
+        )
+    for change in blocking:
+        log(f"resume: --resume-changed: continuing although {change}")
 
 
 def other_contents(recorded: dict, fingerprints: dict, blocking: list[str]) -> list[str]:

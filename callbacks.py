@@ -105,10 +105,8 @@ class SampleGenerationCallback(TrainerCallback):
         self.log_wandb_table(args, state.global_step)
 
     def log_wandb_table(self, args, step: int) -> None:
-        if "wandb" not in (args.report_to or []):
-            return
         wandb = sys.modules.get("wandb")
-        if wandb is None or wandb.run is None:
+        if "wandb" not in (args.report_to or []) or wandb is None or wandb.run is None:
             return
         table = wandb.Table(columns=["step", "prompt", "completion"], data=list(self.rows))
         # the Trainer's wandb charts use train/global_step as their x-axis: give the table the step it belongs to
@@ -154,10 +152,8 @@ class GracefulInterruptCallback(TrainerCallback):
             return f"training is done; finishing the save of final/ first (seconds); {again} it"
         if self.step_started is None:
             return f"stopping; {again}"
-        left = ""
-        if self.step_seconds:
-            remaining = max(0.0, self.step_seconds - (time.perf_counter() - self.step_started))
-            left = f" (about {format_duration(remaining)})"
+        remaining = max(0.0, (self.step_seconds or 0.0) - (time.perf_counter() - self.step_started))
+        left = f" (about {format_duration(remaining)})" if self.step_seconds else ""
         return f"stopping after step {self.step}{left} and saving a checkpoint; {again}"
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -270,10 +266,7 @@ class ConsoleLogCallback(TrainerCallback):
         self.start, self.first_step = time.perf_counter(), state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        line = self.format(state, logs)
-        if line:
+        if state.is_world_process_zero and logs and (line := self.format(state, logs)):
             log(line)
 
     def format(self, state, logs: dict) -> str | None:
@@ -362,8 +355,7 @@ class ThroughputMonitor(TrainerCallback):
         config = model.config
         n_params = sum(p.numel() for p in model.parameters())
         self.flops_per_token = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, seq_len)
-        self.seq_len = seq_len
-        self.samples_every = samples_every
+        self.seq_len, self.samples_every = seq_len, samples_every
         self.steps, self.seconds = 0, 0.0
         self.window_start, self.window_steps = None, 0
 

@@ -73,12 +73,11 @@ def _num_proc(cfg: DataConfig, num_documents: int) -> int | None:
 def tokenize_and_pack(documents, text_column: str, tokenizer, cfg: DataConfig, blocks_dir=None, fresh=False):
     """The tokens (cached by datasets; `fresh`: tokenized again all the same), their number, and the blocks,
     written to `blocks_dir` (None: datasets' cache)."""
-    num_proc = _num_proc(cfg, len(documents))
     with interrupts_stop_the_pool():
         tokens = documents.map(
             tokenize_function(tokenizer, text_column),
             batched=True,
-            num_proc=num_proc,
+            num_proc=_num_proc(cfg, len(documents)),
             remove_columns=documents.column_names,
             load_from_cache_file=False if fresh else None,
             desc="tokenizing",
@@ -345,8 +344,7 @@ def collator_for(cfg: DataConfig, tokenizer):
 
 
 def load_tokenizer(name_or_path: str):
-    local = Path(name_or_path).expanduser().exists()
-    offline = not local and not hub_is_reachable()
+    offline = not Path(name_or_path).expanduser().exists() and not hub_is_reachable()
     try:
         return AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
     except Exception as e:

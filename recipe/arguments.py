@@ -104,12 +104,10 @@ def choose_speed(training: dict, model_config=None, n_params: int | None = None,
     """Resolve `auto`: torch.compile on with CUDA and off on CPU; activation checkpointing off when the
     estimated peak memory fits the device with a margin. An explicit true/false is kept as it is."""
     cuda = torch.cuda.is_available()
-    compile_ = training.get("torch_compile", False)
+    compile_, why_compile = training.get("torch_compile", False), " (set in the config)"
     if compile_ == "auto":
         compile_ = training["torch_compile"] = cuda
         why_compile = "" if cuda else " (auto on a CPU: compiling pays off only in long runs)"
-    else:
-        why_compile = " (set in the config)"
     checkpointing = training.get("activation_checkpointing", training.get("gradient_checkpointing", False))
     why_checkpointing = " (set in the config)"
     if checkpointing == "auto":
@@ -163,9 +161,7 @@ def choose_liger_kernels(training: dict, compiled: bool) -> str:
         return "Liger kernels on"
     kernels = dict(training.get("liger_kernel_config") or {})
     turned_off = [k for k in LIGER_KERNELS_UNDER_COMPILE if kernels.get(k, True)]
-    for kernel in turned_off:
-        kernels[kernel] = False
-    training["liger_kernel_config"] = kernels
+    training["liger_kernel_config"] = {**kernels, **dict.fromkeys(turned_off, False)}
     if not turned_off:
         return "Liger kernels on (as configured)"
     return f"Liger's fused linear cross-entropy on ({', '.join(turned_off)} kernels off: they fail under torch.compile)"
@@ -191,8 +187,7 @@ def schedule_kwargs(given: dict | None, schedule: str, max_steps: int) -> dict:
     given = given or {}
     if isinstance(given, str):
         raise RecipeError("training.lr_scheduler_kwargs must be a mapping, e.g. {num_decay_steps: 0.2}")
-    names = {s.value for s in SchedulerType}
-    if given and all(key in names for key in given):
+    if given and set(given) <= {s.value for s in SchedulerType}:  # keyed by schedule name
         given = given.get(schedule) or {}
     kwargs = dict(given)
     decay = kwargs.get("num_decay_steps")

@@ -77,10 +77,8 @@ def prepare_streaming(cfg, tokenizer, rank: int = 0, world_size: int = 1):
         seed=cfg.seed,
         explain=partial(unreadable_data_error, source, cfg),
     )
-    stats = CorpusStats(
-        documents=None, tokens=None, train_blocks=None, validation_blocks=len(validation), block_size=cfg.block_size
-    )
-    return {"train": train, "validation": validation}, stats
+    # nothing is counted ahead: no documents, tokens or training blocks
+    return {"train": train, "validation": validation}, CorpusStats(None, None, None, len(validation), cfg.block_size)
 
 
 def open_stream(source: CorpusSource, cfg, rank: int, world_size: int):
@@ -91,9 +89,7 @@ def open_stream(source: CorpusSource, cfg, rank: int, world_size: int):
 def part_of(documents, rank: int, world_size: int):
     """With several processes, `split_dataset_by_node` gives each whole files where their number divides
     evenly, and otherwise every world_size-th document."""
-    if world_size == 1:
-        return documents
-    return split_dataset_by_node(documents, rank=rank, world_size=world_size)
+    return documents if world_size == 1 else split_dataset_by_node(documents, rank=rank, world_size=world_size)
 
 
 class PackedReader:
@@ -128,13 +124,7 @@ class PackedReader:
         return True
 
     def position(self) -> dict:
-        if not self.batches:
-            return {
-                "documents": copy.deepcopy(self.documents.state_dict()),
-                "skip_tokens": 0,
-                "blocks_read": self.blocks_read,
-            }
-        state, total, left = self.batches[0]
+        state, total, left = self.batches[0] if self.batches else (copy.deepcopy(self.documents.state_dict()), 0, 0)
         return {"documents": state, "skip_tokens": total - left, "blocks_read": self.blocks_read}
 
     def take(self, n: int) -> list[np.ndarray]:
@@ -167,9 +157,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
 
     WINDOW = 1000  # blocks: 2M tokens at block_size 2048, the memory a shuffle buffer would take
 
-    def __init__(
-        self, open_documents, tokenize, text_column: str, block_size: int, held_out: int, seed: int, explain=None
-    ):
+    def __init__(self, open_documents, tokenize, text_column: str, block_size: int, held_out: int, seed: int, explain):
         self.open_documents, self.tokenize, self.text_column = open_documents, tokenize, text_column
         self.block_size, self.held_out, self.seed = block_size, held_out, seed
         self.explain = explain  # error -> RecipeError naming the file and line the stream could not read
@@ -182,8 +170,6 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
         except RecipeError:
             raise
         except Exception as e:  # a bad line far into the corpus shows up only now
-            if self.explain is None:
-                raise
             raise self.explain(e) from None
 
     def _blocks(self):
@@ -194,8 +180,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
         while True:  # one pass over the stream
             reader = PackedReader(self.open_documents(), self.tokenize, self.text_column, self.block_size, start)
             from_the_beginning, start = start is None, None
-            if reader.blocks_read < self.held_out:
-                reader.take(self.held_out - reader.blocks_read)
+            reader.take(self.held_out - reader.blocks_read)  # skips the held-out blocks: none if resumed past them
             windows_read = 0
             while True:
                 window_start = reader.position()
@@ -221,14 +206,9 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
     def position_of(self, block: int) -> dict | None:
         """Where block number `block` (counted from the start of training) is, if it is still remembered."""
         for number, window in self.windows.items():
-            size = window["size"]
-            inside = (
-                window["first_block"] <= block < window["first_block"] + size
-                if size
-                else block == window["first_block"]
-            )
-            if inside:
-                return {"window": number, "offset": block - window["first_block"], **window, "block": block}
+            first, size = window["first_block"], window["size"]
+            if (first <= block < first + size) if size else block == first:
+                return {"window": number, "offset": block - first, **window, "block": block}
         return None
 
 
@@ -294,8 +274,7 @@ class StreamPositionCallback(TrainerCallback):
 
     def take_position(self, inputs: dict) -> None:
         """Take the stream position out of a batch (the model must not see it) and keep it for the next save."""
-        position = inputs.pop("stream_position", None)
-        if position is not None:
+        if (position := inputs.pop("stream_position", None)) is not None:
             self.latest = position
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -236,7 +236,7 @@ def prepare_datasets(
             return read_cache(path)
         except DamagedCache as e:
             print(f"data: the cache {path} is damaged ({e}); preparing the data again", flush=True)
-            fresh = True  # the rebuilt cache replaces it in one rename  # datasets' own copies of the documents and tokens may be cut alike: not reused
+            fresh = True  # datasets' copies of the documents and tokens may be cut alike: not reused
     check_readable(source, cfg)
     make_cache_folder(path.parent)
     # the blocks are written once, into the recipe's cache, rather than into datasets' cache as well

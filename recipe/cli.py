@@ -65,11 +65,11 @@ def on_stop_signal(signum, frame):
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
-def resend_a_swallowed_stop(unraisable) -> None:
+def resend_a_swallowed_stop(other_errors, unraisable) -> None:
     """A stop raised where Python cannot raise (in a `__del__`, a weakref callback) is swallowed as
-    "unraisable", and the command would go on: it is sent again. Other unraisable errors print as Python's."""
+    "unraisable", and the command would go on: it is sent again. Other errors go to the hook it replaced."""
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-        return sys.__unraisablehook__(unraisable)
+        return other_errors(unraisable)
     signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
     threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
 
@@ -84,7 +84,8 @@ def command(interrupted: str):
         @functools.wraps(main)
         def run(*args, **kwargs) -> int:
             guard_forks()
-            previous, sys.unraisablehook = handle_stop_signals(on_stop_signal), resend_a_swallowed_stop
+            handlers, hook = handle_stop_signals(on_stop_signal), sys.unraisablehook
+            sys.unraisablehook = functools.partial(resend_a_swallowed_stop, hook)
             try:
                 return main(*args, **kwargs)
             except RecipeError as e:
@@ -101,8 +102,8 @@ def command(interrupted: str):
                 print(f"\n{name}: {interrupted}", file=sys.stderr, flush=True)
                 return EXIT_INTERRUPTED
             finally:
-                handle_stop_signals(previous)
-                sys.unraisablehook = sys.__unraisablehook__
+                handle_stop_signals(handlers)
+                sys.unraisablehook = hook
 
         return run
 

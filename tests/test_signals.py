@@ -100,8 +100,8 @@ def assert_ended_cleanly(run: Running, children: list[psutil.Process], *folders:
     text = run.text
     assert run.proc.returncode == 130, text[-4000:]
     assert "Traceback" not in text, text[-4000:]
-    _, alive = psutil.wait_procs(children, timeout=5)
-    alive += [p for p in in_session(run.proc.pid) if p not in alive]  # its children's children, orphans
+    # with its children, any process of its session: their children, orphans of children cut short
+    _, alive = psutil.wait_procs({*children, *in_session(run.proc.pid)}, timeout=5)
     assert not alive, f"left alive: {[p.cmdline() for p in alive]}\n{text[-2000:]}"
     left = [p for folder in folders for p in folder.rglob("*") if any(s in p.name for s in SCRATCH)]
     left += [p for p in run.scratch.iterdir() if not p.name.startswith(("torchinductor_", "gradio"))]  # caches

@@ -60,8 +60,8 @@ def on_stop_signal(signum, frame):
     at any other moment the command unwinds from where it is, its `finally` blocks cleaning up."""
     if GRACEFUL_STOPS:
         return GRACEFUL_STOPS[-1](signum, frame)
-    if IN_FORK_HOOKS[0]:  # sent again 50 ms from now, when the main thread has left them (see guard_forks)
-        return threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+    if IN_FORK_HOOKS[0]:  # a stop cannot be raised there (see guard_forks)
+        return send_again_soon(signum)
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
@@ -70,7 +70,11 @@ def resend_a_swallowed_stop(other_errors, unraisable) -> None:
     "unraisable", and the command would go on: it is sent again. Other errors go to the hook it replaced."""
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
         return other_errors(unraisable)
-    signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+    send_again_soon(signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT)
+
+
+def send_again_soon(signum: int) -> None:
+    """The stop again 50 ms from now, from another thread: the main thread has left where it could not land."""
     threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
 
 

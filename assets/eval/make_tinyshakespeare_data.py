@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -45,16 +46,12 @@ def corpus_slice(text: str) -> tuple[int, list[str]]:
 
 
 def passages(lines: list[str]) -> list[dict]:
-    speeches = "\n".join(lines).strip().split("\n\n")
-    out, current = [], []
-    for speech in speeches:
-        current.append(speech)
-        if sum(len(s) for s in current) >= PASSAGE_CHARS:
-            out.append({"text": "\n\n".join(current)})
-            current = []
-    if current:
-        out.append({"text": "\n\n".join(current)})
-    return out
+    groups = [[]]
+    for speech in "\n".join(lines).strip().split("\n\n"):
+        if sum(map(len, groups[-1])) >= PASSAGE_CHARS:
+            groups.append([])
+        groups[-1].append(speech)
+    return [{"text": "\n\n".join(group)} for group in groups]
 
 
 def is_verse(line: str) -> bool:
@@ -62,9 +59,7 @@ def is_verse(line: str) -> bool:
 
 
 def nextline_questions(lines: list[str], first_line: int) -> list[dict]:
-    counts: dict[str, int] = {}
-    for line in lines:
-        counts[line] = counts.get(line, 0) + 1
+    counts = Counter(lines)
     verse = [i for i, line in enumerate(lines) if is_verse(line) and counts[line] == 1]
     targets = [i for i in verse if i >= CONTEXT_LINES and lines[i - 1]]  # a line that continues the text
     rng = random.Random(SEED)

@@ -197,14 +197,13 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if not path.is_file():
         raise RecipeError(f"config file not found: {path}; pass an existing YAML with --config PATH")
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise RecipeError(f"config file {path} is not valid YAML{at}: fix its syntax") from None
-    if not isinstance(raw or {}, dict):
+    if not isinstance(raw, dict):
         raise RecipeError(f"config file {path} must hold sections (model:, data:, training:, ...)")
-    raw = raw or {}
     base = raw.pop("extends", None)
     if base is None:
         return raw
@@ -218,10 +217,8 @@ def merge(base: dict, changes: dict) -> dict:
     """`changes` over `base`, section by section; a schedule's kwargs and lists are replaced whole."""
     out = dict(base)
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "lr_scheduler_kwargs":
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict) and key != "lr_scheduler_kwargs"
+        out[key] = merge(out[key], value) if nested else value
     return out
 
 
@@ -258,9 +255,8 @@ def unknown_keys(where: str, given: dict, known: typing.Iterable[str]) -> list[s
 
 
 def type_problem(key: str, value: Any, expected: Any) -> str | None:
-    if isinstance(value, bool) and expected in (int, float):  # True is an int to Python, not to a config
-        return describe_type_problem(key, value, expected)
-    if expected is float and isinstance(value, int) or is_instance(value, expected):
+    bool_as_number = isinstance(value, bool) and expected in (int, float)  # True is an int to Python, not to a config
+    if not bool_as_number and (expected is float and isinstance(value, int) or is_instance(value, expected)):
         return None
     return describe_type_problem(key, value, expected)
 
@@ -453,9 +449,7 @@ def find_shipped_files(cfg: RecipeConfig) -> RecipeConfig:
     so that the default config works from any working directory."""
 
     def shipped(path: str) -> str:
-        if Path(path).is_absolute() or Path(path).exists() or not (ROOT / path).exists():
-            return path
-        return str(ROOT / path)
+        return str(ROOT / path) if not Path(path).exists() and (ROOT / path).exists() else path
 
     cfg.tokenizer = shipped(cfg.tokenizer)
     for source in [cfg.data, *(cfg.data.sources or [])]:

@@ -120,9 +120,8 @@ def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, args: Trainin
     refuse_if_damaged(checkpoint)  # before anything of it is read
     state = read_trainer_state(checkpoint)
     step, run = state["global_step"], RunState.from_trainer_state(state)
-    phases = run.phases
-    index = next((i for i, p in enumerate(phases) if p.first_step <= max(step, 1) <= p.last_step), -1)
-    current, earlier = phases[index], phases[:index] if index >= 0 else phases[:-1]
+    index = next((i for i, p in enumerate(run.phases) if p.first_step <= max(step, 1) <= p.last_step), -1)
+    current, earlier = run.phases[index], run.phases[:index] if index >= 0 else run.phases[:-1]
     new_max, planned = args.max_steps, current.last_step
     if step < planned and current.name == "main" and new_max != planned:
         if step < new_max < planned:  # its schedule was built for `planned`: stopping between would jump it
@@ -136,10 +135,10 @@ def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, args: Trainin
         else:
             then, current = f"; it ends here at step {step}", replace(current, last_step=step)
         log(f"resume: training.max_steps is {new_max}, the main phase was planned to step {planned}{then}")
+    phases = [*earlier, current]
     if step < current.last_step:  # interrupted inside a phase: it goes on, on its own schedule
-        return ResumePlan(checkpoint, step, replace(run, phases=[*earlier, current]))
-    finished = [*earlier, current]
-    phases = [*finished, next_phase(cfg, args, finished, step)]
+        return ResumePlan(checkpoint, step, replace(run, phases=phases))
+    phases.append(next_phase(cfg, args, phases, step))  # after the finished phases
     return ResumePlan(checkpoint, step, replace(run, phases=phases), continues=False)
 
 
@@ -227,11 +226,9 @@ def verify_checkpoint(plan: ResumePlan, expected_state_dict: dict) -> None:
 
 
 def newest_intact_checkpoint(damaged: Path) -> Path | None:
-    for folder in RunFolder(damaged.parent).checkpoints():
-        if folder != damaged and (checkpoint_number(folder) or 0) < (checkpoint_number(damaged) or math.inf):
-            if damaged_file(folder) is None:
-                return folder
-    return None
+    step = checkpoint_number(damaged) or math.inf  # not a checkpoint-N (the Hub's last-checkpoint/): all are older
+    older = (folder for folder in RunFolder(damaged.parent).checkpoints() if checkpoint_number(folder) < step)
+    return next((folder for folder in older if damaged_file(folder) is None), None)
 
 
 def check_ownership(plan: ResumePlan, folder: RunFolder) -> dict | None:
@@ -326,9 +323,9 @@ def set_aside(folder: RunFolder, names: list[str], why: str) -> None:
 
 def later_files(plan: ResumePlan, folder: RunFolder) -> None:
     """Resuming an older checkpoint of the run: its later checkpoints belong to the timeline it leaves."""
-    later = [p.name for p in folder.checkpoints() if (checkpoint_number(p) or 0) > plan.step]
+    later = [p.name for p in reversed(folder.checkpoints()) if checkpoint_number(p) > plan.step]  # oldest first
     if plan.checkpoint.parent == folder.path and later:
-        set_aside(folder, sorted(later, key=lambda n: int(n.split("-")[1])), f"they come after {plan.checkpoint.name}")
+        set_aside(folder, later, f"they come after {plan.checkpoint.name}")
 
 
 # --- what changed since the checkpoint ----------------------------------------------------------------------
@@ -354,7 +351,6 @@ FREE_KEYS = (
     "training.activation_checkpointing",
     "training.use_liger_kernel",
     "training.liger_kernel_config",
-    "training.max_steps",
     "training.push_to_hub",
     "training.hub_",
     "attn_implementation",

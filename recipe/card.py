@@ -416,14 +416,9 @@ def evaluation_section(results: dict | None) -> str:
     if not rows:
         return ""
     version = results["tasks"][0].get("lm_eval_version", "")
-    return "\n".join(
-        [
-            f"## Evaluation\n\nWith [lm-evaluation-harness]({HARNESS_URL}) {version} (`python eval.py`).\n",
-            "| task | metric | value | examples | shots |",
-            "| --- | --- | --- | --- | --- |",
-            *rows,
-        ]
-    )
+    intro = f"With [lm-evaluation-harness]({HARNESS_URL}) {version} (`python eval.py`)."
+    head = ["| task | metric | value | examples | shots |", "| --- | --- | --- | --- | --- |"]
+    return "\n".join(["## Evaluation", "", intro, "", *head, *rows])
 
 
 def samples_section(samples: list[dict]) -> str:

@@ -330,36 +330,19 @@ def later_files(plan: ResumePlan, folder: RunFolder) -> None:
 
 # --- what changed since the checkpoint ----------------------------------------------------------------------
 
-# Keys that may change on --resume without a word of warning beyond one line each.
+# Keys that may change on --resume without a word of warning beyond one line each, by what they set:
 FREE_KEYS = (
-    "name",
-    "samples.",
-    "hub.",
+    # what the run is called, and when and where it samples, logs, evaluates, saves and uploads
+    *("name", "samples.", "hub.", "training.run_name", "training.project", "training.trackio_"),
+    *("training.logging_", "training.report_to", "training.disable_tqdm", "training.include_"),
+    *("training.eval_", "training.per_device_eval_batch_size", "training.save_", "training.output_dir"),
+    *("training.push_to_hub", "training.hub_"),
+    # the extra phase after a finished run, whose own line states its steps and learning rate
     "resume.",
-    "data.num_proc",
-    "data.cache_dir",
-    "training.logging_",
-    "training.eval_",
-    "training.save_",
-    "training.report_to",
-    "training.output_dir",
-    "training.disable_tqdm",
-    "training.run_name",
-    "training.dataloader_",
-    "training.per_device_eval_batch_size",
-    "training.torch_compile",
-    "training.activation_checkpointing",
-    "training.use_liger_kernel",
-    "training.liger_kernel_config",
-    "training.push_to_hub",
-    "training.hub_",
-    "attn_implementation",
-    "training.use_cpu",
-    "training.bf16",
-    "training.include_",
-    "training.ddp_",
-    "training.project",
-    "training.trackio_",
+    # how fast the steps run, and on what hardware
+    *("data.num_proc", "data.cache_dir", "training.dataloader_", "training.ddp_", "training.use_cpu", "training.bf16"),
+    *("attn_implementation", "training.torch_compile", "training.activation_checkpointing"),
+    *("training.use_liger_kernel", "training.liger_kernel_config"),
 )
 # Keys whose change is handled: the data position is counted in samples, so a new batch continues exactly.
 BATCH_KEYS = ("training.per_device_train_batch_size", "training.gradient_accumulation_steps")

@@ -1,14 +1,5 @@
-"""Trainer callbacks of the recipe.
-
-- `SampleGenerationCallback`: text samples every N steps (console, samples.jsonl, wandb table), generated
-  after that step's checkpoint is saved, and cut short by a stop signal.
-- `GracefulInterruptCallback`: Ctrl-C / SIGTERM saves a checkpoint and stops, within seconds of the step,
-  evaluation or sample generation it arrives in; a second one exits at once.
-- `RunRecordCallback`: the owner of the run state while training: kept in each checkpoint (inside
-  trainer_state.json, and as run.json beside the config), content hashes last; disk room.
-- `ConsoleLogCallback`: one line per logging step, with units and an ETA, instead of a dict of strings.
-- `ThroughputMonitor`: tokens/s, MFU and peak memory of each logging window.
-"""
+"""Trainer callbacks of the recipe: text samples, the graceful stop on Ctrl-C or SIGTERM, the run state kept in
+each checkpoint with its content hashes, the console line, and tokens/s, MFU and peak memory."""
 
 from __future__ import annotations
 
@@ -128,12 +119,9 @@ class GracefulInterruptCallback(TrainerCallback):
         self.step, self.step_started, self.step_seconds = 0, None, None
         self.saving_final = False
 
-    def install(self) -> None:
+    def on_train_begin(self, args, state, control, **kwargs):
         if self._handle not in GRACEFUL_STOPS:
             GRACEFUL_STOPS.append(self._handle)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.install()
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step, self.step_started = state.global_step + 1, time.perf_counter()

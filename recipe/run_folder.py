@@ -10,8 +10,7 @@ A run folder (`training.output_dir`) belongs to one run, named by the id in its 
                            written last: the content hash of every other file of the checkpoint
     final/                 the model: safetensors, config, generation config, tokenizer, the run files
 
-Every path is resolved once (`~`, relative paths, symbolic links), and every module reads and writes a run
-through this one: train.py, push.py, generate.py, app.py, eval.py and benchmarks/bench.py.
+Each path is resolved once (`~`, relative paths, symbolic links); every module reads and writes runs through it.
 """
 
 from __future__ import annotations

@@ -1,14 +1,5 @@
-"""Trainer callbacks of the recipe.
-
-- `SampleGenerationCallback`: text samples every N steps (console, samples.jsonl, wandb table), generated
-  after that step's checkpoint is saved, and cut short by a stop signal.
-- `GracefulInterruptCallback`: Ctrl-C / SIGTERM saves a checkpoint and stops, within seconds of the step,
-  evaluation or sample generation it arrives in; a second one exits at once.
-- `RunRecordCallback`: the owner of the run state while training: kept in each checkpoint (inside
-  trainer_state.json, and as run.json beside the config), content hashes last; disk room.
-- `ConsoleLogCallback`: one line per logging step, with units and an ETA, instead of a dict of strings.
-- `ThroughputMonitor`: tokens/s, MFU and peak memory of each logging window.
-"""
+"""Trainer callbacks of the recipe: text samples, the graceful stop on Ctrl-C or SIGTERM, the run state kept in
+each checkpoint with its content hashes, the console line, and tokens/s, MFU and peak memory."""
 
 from __future__ import annotations
 
@@ -17,8 +8,8 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -128,12 +119,9 @@ class GracefulInterruptCallback(TrainerCallback):
         self.step, self.step_started, self.step_seconds = 0, None, None
         self.saving_final = False
 
-    def install(self) -> None:
+    def on_train_begin(self, args, state, control, **kwargs):
         if self._handle not in GRACEFUL_STOPS:
             GRACEFUL_STOPS.append(self._handle)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.install()
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.step, self.step_started = state.global_step + 1, time.perf_counter()
@@ -211,6 +199,7 @@ class RunRecordCallback(TrainerCallback, ExportableState):
 
     def __init__(self, config: dict, run: RunState, checkpoint_bytes: int):
         self.config, self.run, self.checkpoint_bytes = config, run, checkpoint_bytes
+        self.hashing: Future | None = None
 
     def state(self) -> dict:
         return {"args": {}, "attributes": self.run.to_dict()}
@@ -234,22 +223,16 @@ class RunRecordCallback(TrainerCallback, ExportableState):
             follow_umask(folder)
             self.checkpoint_bytes = bytes_in(folder)
             # last, while training goes on (BENCHMARKS.md): a checkpoint with its checksums is complete
-            self.hashing = threading.Thread(target=self.hash_files, args=(folder,), name="checksums")
-            self.hashing.start()
-
-    def hash_files(self, folder: Path) -> None:
-        try:
-            write_manifest(folder)
-        except OSError as e:  # a full disk: said where the save failures are said
-            self.hashing_error = e
+            hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checksums")
+            self.hashing = hasher.submit(write_manifest, folder)
+            hasher.shutdown(wait=False)  # its thread ends once the checksums are written
 
     def finish_hashing(self) -> None:
-        """Wait for the checksums of the last checkpoint (before the next save, the end, or a failure's message)."""
-        if getattr(self, "hashing", None) is not None:
-            self.hashing.join()
-        self.hashing, error, self.hashing_error = None, getattr(self, "hashing_error", None), None
-        if error is not None:
-            raise error
+        """Wait for the checksums of the last checkpoint (before the next save, the end, or a failure's message);
+        what stopped them, such as a full disk, is raised here, where the save failures are said."""
+        hashing, self.hashing = self.hashing, None
+        if hashing is not None:
+            hashing.result()
 
     def on_train_end(self, args, state, control, **kwargs):
         self.finish_hashing()  # before the final save, a resume in the same process, or the exit

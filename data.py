@@ -9,10 +9,9 @@ after checking it holds the blocks it recorded (a damaged cache is rebuilt, with
 This cache sits beside the `datasets` cache for one reason: `datasets` records nothing to check its Arrow files
 against. A file cut at a record-batch boundary (a full disk, a copy killed halfway) loads silently with part of
 the corpus missing: 1,900 of the 3,593 blocks of a 25 MB corpus, as BENCHMARKS.md measured ("The block cache
-next to datasets' cache"). Here `stats.json` records how many blocks there must be, and a cache that holds
-fewer is rebuilt from the files, not from `datasets`' copies, which may be cut alike. It is not there for
-speed: `datasets` already spares the tokenizing on a second run, and loading either takes a fraction of a
-second. The blocks are written into this cache only, so it costs no extra disk.
+next to datasets' cache"). A damaged cache is rebuilt from the files, not from `datasets`' copies, which may be
+cut alike. It is not there for speed (`datasets` already spares the tokenizing on a second run), and as the
+blocks are written into this cache only, it costs no extra disk.
 
     python data.py data.path=my_corpus.txt
 
@@ -146,7 +145,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(f"{text}|eos={tokenizer.eos_token_id}".encode()).hexdigest()
 
 
-def cache_key(source: CorpusSource, cfg: DataConfig, tokenizer) -> str:
+def cache_path_for(source: CorpusSource, cfg: DataConfig, tokenizer) -> Path:
+    """The cache folder of these blocks, named by a hash of everything they depend on."""
     settings = {
         "version": CACHE_FORMAT_VERSION,
         "corpus": fingerprint(source, cfg),
@@ -156,12 +156,9 @@ def cache_key(source: CorpusSource, cfg: DataConfig, tokenizer) -> str:
         "validation": [cfg.validation_fraction, cfg.max_validation_blocks, cfg.seed],
         "tokenizer": tokenizer_fingerprint(tokenizer),
     }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def cache_path_for(source: CorpusSource, cfg: DataConfig, tokenizer) -> Path:
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path(constants.HF_HOME) / "smollm2-recipe"
-    return root / f"blocks-{cache_key(source, cfg, tokenizer)}"
+    return root / f"blocks-{key}"
 
 
 class DamagedCache(Exception):
@@ -227,7 +224,6 @@ def prepare_datasets(
     check_tokenizer(tokenizer)
     source = find_corpus(cfg.path)
     if not use_cache:
-        check_readable(source, cfg)
         return build_blocks(source, cfg, tokenizer)
     path = cache_path_for(source, cfg, tokenizer)
     fresh = False
@@ -237,7 +233,6 @@ def prepare_datasets(
         except DamagedCache as e:
             print(f"data: the cache {path} is damaged ({e}); preparing the data again", flush=True)
             fresh = True  # datasets' copies of the documents and tokens may be cut alike: not reused
-    check_readable(source, cfg)
     make_cache_folder(path.parent)
     # the blocks are written once, into the recipe's cache, rather than into datasets' cache as well
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.packing-", dir=path.parent) as scratch:
@@ -251,6 +246,7 @@ def prepare_datasets(
 
 
 def build_blocks(source: CorpusSource, cfg: DataConfig, tokenizer, blocks_dir=None, fresh: bool = False):
+    check_readable(source, cfg)
     start = time.perf_counter()
     documents, text_column = load_documents(source, cfg, fresh=fresh)
     if len(documents) == 0:
@@ -367,9 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     drawn = cfg.training["max_steps"] * sequences_per_step(cfg.training)  # the blocks a run draws: each source's passes
     splits, stats = prepare_datasets(cfg.data, tokenizer, use_cache=not args.no_cache, drawn=drawn)
-    seconds = time.perf_counter() - start
     print(stats.summary())
-    print(f"blocks ready in {seconds:.2f} s")
+    print(f"blocks ready in {time.perf_counter() - start:.2f} s")
     if stats.cache_path and not args.no_cache:
         print(f"cache: {stats.cache_path}")
     return 0

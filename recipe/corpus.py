@@ -235,11 +235,7 @@ def first_unreadable(path: str, builder: str | None, text_column: str) -> Recipe
     """The first thing `datasets` cannot read in `path` (undecodable bytes, a line that is not JSON, a value
     that is not text), as an error naming the line; None if there is none."""
     if builder == "parquet":
-        try:
-            check_parquet(path, text_column)
-        except RecipeError as e:
-            return e
-        return None
+        return None  # no lines to name; check_readable has checked its footer and its column's type before any work
     lines_are_json = builder == "json" and path.lower().endswith((".jsonl", ".jsonl.gz"))
     try:
         with (gzip.open if path.lower().endswith(".gz") else open)(path, "rb") as f:
@@ -289,16 +285,14 @@ def unreadable_data_error(source: CorpusSource, spec, error: BaseException) -> R
     return RecipeError(f"could not read the corpus '{where}' ({type(error).__name__}: {first_line(error)}); check it")
 
 
-def check_text_column(documents, source: CorpusSource, text_column: str) -> None:
+def check_text_column(documents, source: CorpusSource, spec, text_column: str) -> None:
     """The documents' column holds text, or one line names the file (and line) that holds something else."""
     feature = (documents.features or {}).get(text_column)
     if feature is None or (isinstance(feature, datasets.Value) and feature.dtype in TEXT_TYPES):
         return
-    for path in source.files:
-        if (problem := first_unreadable(path, source.builder, text_column)) is not None:
-            raise problem
     kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__
-    raise not_text(source.hub_id or ", ".join(source.files[:3]), None, text_column, kind)
+    where = source.hub_id or ", ".join(source.files[:3])
+    raise unreadable_data_error(source, spec, not_text(where, None, text_column, kind))
 
 
 # --- loading and tokenizing ----------------------------------------------------------------------
@@ -318,9 +312,7 @@ def progress_bars(shown: bool):
 def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: bool = False):
     """A `datasets` Dataset (or IterableDataset when streaming) with the documents' text column. `fresh`: read
     the files again rather than datasets' Arrow copy of them."""
-    options = {"split": "train", "streaming": streaming}
-    if fresh:
-        options["download_mode"] = "reuse_cache_if_exists"
+    options = {"split": "train", "streaming": streaming, "download_mode": "reuse_cache_if_exists" if fresh else None}
     long = source.hub_id is not None or sum(os.path.getsize(f) for f in source.files) > LONG_LOAD_BYTES
     try:
         with progress_bars(long and not streaming):
@@ -332,7 +324,7 @@ def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: b
                 ds = datasets.load_dataset(source.builder, data_files=source.files, **options)
     except DatasetGenerationError as e:  # a file it could not read: which one, and where
         raise unreadable_data_error(source, spec, e) from None
-    except (FileNotFoundError, ConnectionError, ValueError, OSError) as e:
+    except (ValueError, OSError) as e:  # FileNotFoundError and ConnectionError are OSErrors
         where = source.hub_id or ", ".join(source.files[:3])
         raise RecipeError(f"could not load the corpus '{where}': {first_line(e)}") from None
     except Exception as e:  # datasets raises its own errors for Hub ids (DatasetNotFoundError, ...)
@@ -348,7 +340,7 @@ def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: b
         raise RecipeError(
             f"the corpus has no column '{text_column}' (columns: {', '.join(columns)}); set data.text_column"
         )
-    check_text_column(ds, source, text_column)
+    check_text_column(ds, source, spec, text_column)
     return ds, text_column
 
 

@@ -10,8 +10,7 @@ A run folder (`training.output_dir`) belongs to one run, named by the id in its 
                            written last: the content hash of every other file of the checkpoint
     final/                 the model: safetensors, config, generation config, tokenizer, the run files
 
-Every path is resolved once (`~`, relative paths, symbolic links), and every module reads and writes a run
-through this one: train.py, push.py, generate.py, app.py, eval.py and benchmarks/bench.py.
+Each path is resolved once (`~`, relative paths, symbolic links); every module reads and writes runs through it.
 """
 
 from __future__ import annotations
@@ -90,10 +89,7 @@ def read_trainer_state(folder: Path) -> dict | None:
 
 def run_file(folder: Path, name: str) -> Path | None:
     """A run file of a model folder: in final/ or checkpoint-N itself, else in the run folder above it."""
-    for where in (folder, folder.parent):
-        if (where / name).is_file():
-            return where / name
-    return None
+    return next((where / name for where in (folder, folder.parent) if (where / name).is_file()), None)
 
 
 def trained_block_size(folder: Path | None) -> tuple[int | None, str]:
@@ -118,14 +114,11 @@ def checkpoint_step(folder: Path) -> int | None:
 
 def is_complete_model(folder: Path) -> bool:
     """A final/ with a model, or a complete checkpoint-N."""
-    if not holds_model(folder):
-        return False
-    return folder.name == FINAL or checkpoint_step(folder) is not None
+    return holds_model(folder) and (folder.name == FINAL or checkpoint_step(folder) is not None)
 
 
 def saved_at(folder: Path) -> float:
-    """When a model was saved: its weights' time (files written beside them later, e.g. eval_results.json,
-    leave it alone)."""
+    """When a model was saved: its weights' time, which files written later (eval_results.json) leave alone."""
     return max(p.stat().st_mtime for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern))
 
 
@@ -296,9 +289,7 @@ class RunFolder:
 
     def checkpoints(self) -> list[Path]:
         """Every checkpoint-N folder, complete or not, newest first."""
-        if not self.path.is_dir():
-            return []
-        found = [p for p in self.path.iterdir() if p.is_dir() and checkpoint_number(p) is not None]
+        found = [p for p in self.path.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and checkpoint_number(p) is not None]
         return sorted(found, key=checkpoint_number, reverse=True)
 
     def latest_checkpoint(self) -> tuple[Path | None, list[Path]]:

@@ -1,9 +1,7 @@
 """The run's state: one object, saved in every checkpoint and written to run.json.
 
-`RunState` holds what a run is and has done: its id (and the run it was forked from), its phases with their
-schedules, the samples and tokens trained on, the fingerprints of its tokenizer and corpus, the corpus and mixture
-sources a card may name, and where each process stands in a streamed corpus. RunRecordCallback (callbacks.py) owns it
-while training: the Trainer keeps it in each checkpoint's trainer_state.json as the state of that callback
+`RunState` holds what a run is and has done (its fields say what). RunRecordCallback (callbacks.py) owns it while
+training: the Trainer keeps it in each checkpoint's trainer_state.json as the state of that callback
 (`TrainerState.stateful_callbacks`), and run.json is the same object as JSON. `--resume`, the card and push.py read it
 back with `RunState.read`.
 

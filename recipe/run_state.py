@@ -94,12 +94,10 @@ class RunState:
     def phase(self) -> Phase:
         return self.phases[-1]
 
-    def phase_of(self, step: int) -> Phase:
-        """The phase that trains global step `step`; past the last one, the last one."""
-        return next((p for p in self.phases if p.first_step <= step <= p.last_step), self.phases[-1])
-
     def learning_rate_at(self, step: int) -> float:
-        return self.phase_of(step).learning_rate_at(step)
+        """The rate at global step `step`, on the schedule of the phase that trains it (after the last, the last's)."""
+        phase = next((p for p in self.phases if p.first_step <= step <= p.last_step), self.phases[-1])
+        return phase.learning_rate_at(step)
 
 
 class RunSchedule(torch.optim.lr_scheduler.LRScheduler):

@@ -148,10 +148,9 @@ def build_repo_folder(source: Path, out: Path, dtype: torch.dtype, cfg: RecipeCo
         with atomic_folder(out) as tmp:
             record = read_training_record(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-            tokenizer = load_tokenizer(source, record, cfg)
             model.config.use_cache = True
             model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            load_tokenizer(source, record, cfg).save_pretrained(tmp)
             write_model_card(
                 tmp, record, model, repo_id, dtype, {"license": cfg.hub.license, "dataset": cfg.hub.dataset}
             )

@@ -13,6 +13,7 @@ beside it, this file runs on a Hugging Face Space next to app.py.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Iterator
@@ -84,12 +85,10 @@ def name_in_card(card: Path | None) -> str | None:
         return None
     if text.startswith("---"):
         header, _, text = text[3:].partition("\n---")
-        try:
+        with contextlib.suppress(yaml.YAMLError):  # a header that is not YAML: the heading still names it
             meta = yaml.safe_load(header)
-        except yaml.YAMLError:
-            meta = None
-        if isinstance(meta, dict) and meta.get("model_name"):
-            return str(meta["model_name"])
+            if isinstance(meta, dict) and meta.get("model_name"):
+                return str(meta["model_name"])
     return next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), None) or None
 
 

@@ -1,9 +1,8 @@
 """The model: a `LlamaConfig` from the YAML's `model:` section, and a `LlamaForCausalLM` built from it.
 
-Used by train.py, benchmarks/bench.py and benchmarks/: the config (checked by transformers' own validation), the model
-from scratch, on the meta device (for checks that cost no memory) or from `init_from` weights, tensor shapes
-checked both ways against a checkpoint, the parameter breakdown, the attention implementation (with the
-recipe's causal SDPA), training FLOPs per token and an estimate of the peak training memory.
+Around them, what train.py and benchmarks/ need: the model on the meta device (checks that cost no memory) or
+from `init_from` weights, tensor shapes checked both ways against a checkpoint, the parameter breakdown, the
+attention implementation (with the recipe's causal SDPA), and estimates of the training FLOPs and peak memory.
 """
 
 from __future__ import annotations

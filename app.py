@@ -22,7 +22,7 @@ from transformers.utils import logging as transformers_logging
 
 from generate import GenerationError, LoadedModel, load_model, pick_device, resolve_source, stream_completion
 from recipe import cli
-from recipe.cli import RecipeError
+from recipe.cli import RecipeError, first_line
 from recipe.sampling import MAX_SEED, SamplingSettings, SettingError
 
 LABELS = {
@@ -88,8 +88,7 @@ def build_app(loaded: LoadedModel):
                 yield text, note
         except Exception as e:
             log.exception("generation failed")
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise gr.Error(f"generation failed: {reason}; try again, or with fewer new tokens") from None
+            raise gr.Error(f"generation failed: {first_line(e)}; try again, or with fewer new tokens") from None
         finally:
             pieces.close()  # ends the model's generation too
             if stop_requests.get(request.session_hash) is stop_requested:

@@ -90,14 +90,12 @@ def harness():
     """lm-eval's version and the three pieces eval.py uses, or one line saying how to install it."""
     try:
         import lm_eval  # noqa: PLC0415 - optional (requirements-eval.txt): its absence is one line
-    except ImportError:
-        raise RecipeError(f"lm-eval is not installed: {INSTALL_HINT}") from None
-    try:
         from lm_eval.evaluator import simple_evaluate  # noqa: PLC0415
         from lm_eval.models.huggingface import HFLM  # noqa: PLC0415
         from lm_eval.tasks import TaskManager  # noqa: PLC0415
-    except ImportError as e:
-        raise RecipeError(f"lm-eval could not be imported ({first_line(e)}): {INSTALL_HINT}") from None
+    except ImportError as e:  # lm_eval itself missing, or a package it needs
+        problem = "is not installed" if e.name == "lm_eval" else f"could not be imported ({first_line(e)})"
+        raise RecipeError(f"lm-eval {problem}: {INSTALL_HINT}") from None
     return lm_eval.__version__, simple_evaluate, HFLM, TaskManager
 
 

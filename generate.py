@@ -13,6 +13,7 @@ beside it, this file runs on a Hugging Face Space next to app.py.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Iterator
@@ -84,12 +85,10 @@ def name_in_card(card: Path | None) -> str | None:
         return None
     if text.startswith("---"):
         header, _, text = text[3:].partition("\n---")
-        try:
+        with contextlib.suppress(yaml.YAMLError):  # a header that is not YAML: the heading still names it
             meta = yaml.safe_load(header)
-        except yaml.YAMLError:
-            meta = None
-        if isinstance(meta, dict) and meta.get("model_name"):
-            return str(meta["model_name"])
+            if isinstance(meta, dict) and meta.get("model_name"):
+                return str(meta["model_name"])
     return next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), None) or None
 
 
@@ -114,7 +113,7 @@ def describe_hub(repo_id: str, offline: bool) -> tuple[str, int | None]:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def load_model(source: str, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(source: str, device: str = "auto") -> LoadedModel:
     """Load model and tokenizer from a local folder or a Hub id, in eval mode on the chosen device. Offline, a
     Hub id is looked up in the local cache only, and fails in seconds when it is not there."""
     folder = Path(source).expanduser()
@@ -125,7 +124,7 @@ def load_model(source: str, device: str = "auto", dtype: torch.dtype | None = No
         folder = model_folder(folder)  # a run folder stands for its final/ (else its newest checkpoint)
     offline = not is_local and not hub_is_reachable()
     target = pick_device(device)
-    dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     where = str(folder) if is_local else source
     try:
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=offline)
@@ -167,8 +166,7 @@ def stream_completion(loaded: LoadedModel, prompt: str, settings: SamplingSettin
     """Check the settings and the prompt now (SettingError, GenerationError), then return an iterator of
     the completion's pieces as the model generates them. Closing the iterator stops the generation."""
     settings.check()
-    input_ids = prompt_ids(loaded, prompt, settings)
-    return _generate_in_thread(loaded, input_ids, settings)
+    return _generate_in_thread(loaded, prompt_ids(loaded, prompt, settings), settings)
 
 
 def _generate_in_thread(loaded: LoadedModel, input_ids: torch.Tensor, settings: SamplingSettings) -> Iterator[str]:
@@ -182,14 +180,13 @@ def _generate_in_thread(loaded: LoadedModel, input_ids: torch.Tensor, settings: 
                 torch.seed()  # fresh, even after an earlier request fixed the seed
             else:
                 torch.manual_seed(settings.seed)
-            with torch.no_grad():
-                loaded.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    streamer=streamer,
-                    stopping_criteria=StoppingCriteriaList([StopWhen(stop.is_set)]),
-                    **settings.generate_kwargs(),
-                )
+            loaded.model.generate(  # generate() runs without gradients by itself
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([StopWhen(stop.is_set)]),
+                **settings.generate_kwargs(),
+            )
         except BaseException as e:  # surface it in the caller's thread
             errors.append(e)
             streamer.end()
@@ -240,7 +237,7 @@ def parse_args(argv: list[str] | None = None):
         nargs="?",
         help=f"a final/ or checkpoint-N folder, or a Hub id (default: the newest run in {RUNS_DIR}/)",
     )
-    parser.add_argument("--prompt", default=None, help="text to continue (default: stdin, or a prompt loop)")
+    parser.add_argument("--prompt", help="text to continue (default: stdin, or a prompt loop)")
     defaults = SamplingSettings()
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="0 = greedy")

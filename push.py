@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, get_token
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,18 +44,18 @@ SPACE_REQUIREMENTS = "torch\ntransformers>=5.23\naccelerate\ngradio>=5\npyyaml\n
 
 def parse_args(argv: list[str] | None = None):
     parser = cli.parser("push.py", __doc__)
-    parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
+    parser.add_argument("--config", help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument(
-        "--checkpoint", default=None, help="folder to publish (default: training.output_dir/final, else runs/*/final)"
+        "--checkpoint", help="folder to publish (default: training.output_dir/final, else runs/*/final)"
     )
-    parser.add_argument("--repo-id", default=None, help="user/name on the Hub (default: hub.repo_id of the YAML)")
+    parser.add_argument("--repo-id", help="user/name on the Hub (default: hub.repo_id of the YAML)")
     parser.add_argument("--private", action="store_true", default=None, help="create the repo private")
-    parser.add_argument("--revision", default=None, help="branch to push to (created if missing)")
-    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--revision", help="branch to push to (created if missing)")
+    parser.add_argument("--commit-message", default="Upload a model trained with smollm2-recipe")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16", help="weights dtype in the repo")
-    parser.add_argument("--out", default=None, help="a new or empty folder to build the repo in (default: temporary)")
+    parser.add_argument("--out", help="a new or empty folder to build the repo in (default: temporary)")
     parser.add_argument("--dry-run", action="store_true", help="build and check the folder, upload nothing")
-    parser.add_argument("--space", default=None, metavar="USER/NAME", help="also create/update a Gradio Space")
+    parser.add_argument("--space", metavar="USER/NAME", help="also create/update a Gradio Space")
     parser.add_argument("overrides", nargs="*", help="section.key=value config overrides, as for train.py")
     return parser.parse(argv)
 
@@ -148,10 +148,9 @@ def build_repo_folder(source: Path, out: Path, dtype: torch.dtype, cfg: RecipeCo
         with atomic_folder(out) as tmp:
             record = read_training_record(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-            tokenizer = load_tokenizer(source, record, cfg)
             model.config.use_cache = True
             model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            load_tokenizer(source, record, cfg).save_pretrained(tmp)
             write_model_card(
                 tmp, record, model, repo_id, dtype, {"license": cfg.hub.license, "dataset": cfg.hub.dataset}
             )
@@ -198,18 +197,13 @@ def hub_error(e: Exception, token: str | None) -> RecipeError:
     return RecipeError(f"the Hub refused the upload: {text}")
 
 
-def upload(folder: Path, repo_id: str, token: str, private: bool, revision: str | None, message: str | None) -> str:
+def upload(folder: Path, repo_id: str, token: str, private: bool, revision: str | None, message: str) -> str:
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        api.upload_folder(
-            folder_path=folder,
-            repo_id=repo_id,
-            revision=revision,
-            commit_message=message or "Upload a model trained with smollm2-recipe",
-        )
+        api.upload_folder(folder_path=folder, repo_id=repo_id, revision=revision, commit_message=message)
     except Exception as e:
         raise hub_error(e, token) from None
     return str(url)
@@ -233,21 +227,17 @@ Try [{repo_id}](https://huggingface.co/{repo_id}): its model card says how it wa
 
 
 def push_space(space_id: str, repo_id: str, token: str, private: bool) -> str:
-    api = HfApi(token=token)
     here = Path(__file__).resolve().parent
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for name in SPACE_FILES:
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(here / name, folder / name)
-        (folder / "requirements.txt").write_text(SPACE_REQUIREMENTS)
-        (folder / "README.md").write_text(space_readme(space_id, repo_id))
-        try:
-            url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-            api.add_space_variable(space_id, "MODEL_ID", repo_id)
-            api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space", commit_message="Gradio demo")
-        except Exception as e:
-            raise hub_error(e, token) from None
+    written = {"requirements.txt": SPACE_REQUIREMENTS, "README.md": space_readme(space_id, repo_id)}
+    files = [CommitOperationAdd(name, here / name) for name in SPACE_FILES]  # uploaded from here, in one commit
+    files += [CommitOperationAdd(name, text.encode()) for name, text in written.items()]
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        api.add_space_variable(space_id, "MODEL_ID", repo_id)
+        api.create_commit(space_id, files, commit_message="Gradio demo", repo_type="space")
+    except Exception as e:
+        raise hub_error(e, token) from None
     return str(url)
 
 

@@ -63,12 +63,11 @@ def main(argv: list[str] | None = None, extra_callbacks=()) -> int:
 
 def parse_args(argv: list[str] | None = None):
     parser = cli.parser("train.py", __doc__)
-    parser.add_argument("--config", default=None, help="YAML config (default: config_smollm2_135M.yaml)")
+    parser.add_argument("--config", help="YAML config (default: config_smollm2_135M.yaml)")
     parser.add_argument(
         "--resume",
         nargs="?",
         const="latest",
-        default=None,
         metavar="CHECKPOINT",
         help="continue from the latest checkpoint in training.output_dir, CHECKPOINT, or hub",
     )
@@ -108,11 +107,10 @@ def check_before_work(cfg: RecipeConfig, tokenizer, folder: RunFolder, resume_fr
     n_params = sum(p.numel() for p in meta_model.parameters())
     args = arguments.build_training_arguments(cfg, llama_config, n_params)
     arguments.check_optimizer_and_schedule(args)
+    check_samples(cfg.samples.prompts, cfg.samples.sampling(), tokenizer, llama_config.max_position_embeddings)
     plan = resume.plan_resume(cfg, resume_from, folder, args) if resume_from else None
     if plan is not None:
         args.max_steps = plan.max_steps  # the phase's last step; the schedule of each phase is the run state's
-    check_samples(cfg.samples.prompts, cfg.samples.sampling(), tokenizer, llama_config.max_position_embeddings)
-    if plan is not None:
         resume.verify_checkpoint(plan, meta_model.state_dict())
     corpora = {key: (find_corpus(spec.path, key), spec) for key, spec in cfg.data.specs().items()}  # each source's
     fingerprints = {"tokenizer": tokenizer_fingerprint(tokenizer), **{k: fingerprint(*c) for k, c in corpora.items()}}

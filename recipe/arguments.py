@@ -111,15 +111,13 @@ def choose_speed(training: dict, model_config=None, n_params: int | None = None,
     checkpointing = training.get("activation_checkpointing", training.get("gradient_checkpointing", False))
     why_checkpointing = " (set in the config)"
     if checkpointing == "auto":
-        peak = available = None
-        if model_config is not None and n_params is not None:
+        fits = False  # with no model or memory size to go by, checkpointing stays on
+        if model_config is not None and n_params is not None and (available := device_memory()) is not None:
             micro = setting(training, "per_device_train_batch_size")
             peak = estimate_peak_memory(model_config, n_params, micro, seq_len, checkpointing=False)
-            available = device_memory()
-        checkpointing = peak is None or available is None or peak > MEMORY_MARGIN * available
-        training["activation_checkpointing"] = checkpointing
-        if peak is not None and available is not None:
+            fits = peak <= MEMORY_MARGIN * available
             why_checkpointing = f" (estimated peak {peak / 2**30:.1f} GiB of {available / 2**30:.0f} GiB without it)"
+        checkpointing = training["activation_checkpointing"] = not fits
     if checkpointing and not training.get(
         "activation_checkpointing_kwargs", training.get("gradient_checkpointing_kwargs")
     ):

@@ -1,9 +1,8 @@
 """The model: a `LlamaConfig` from the YAML's `model:` section, and a `LlamaForCausalLM` built from it.
 
-Used by train.py, benchmarks/bench.py and benchmarks/: the config (checked by transformers' own validation), the model
-from scratch, on the meta device (for checks that cost no memory) or from `init_from` weights, tensor shapes
-checked both ways against a checkpoint, the parameter breakdown, the attention implementation (with the
-recipe's causal SDPA), training FLOPs per token and an estimate of the peak training memory.
+Around them, what train.py and benchmarks/ need: the model on the meta device (checks that cost no memory) or
+from `init_from` weights, tensor shapes checked both ways against a checkpoint, the parameter breakdown, the
+attention implementation (with the recipe's causal SDPA), and estimates of the training FLOPs and peak memory.
 """
 
 from __future__ import annotations
@@ -28,8 +27,7 @@ from recipe.config import RecipeConfig
 def build_llama_config(cfg: RecipeConfig, tokenizer=None) -> LlamaConfig:
     """The LlamaConfig of the YAML, validated by transformers (e.g. heads that do not divide the hidden size)."""
     try:
-        config = LlamaConfig(**cfg.model)
-        config.validate()
+        config = LlamaConfig(**cfg.model)  # validated as it is built
     except Exception as e:  # transformers' strict dataclass validation raises its own error types
         problem = " ".join(line.strip() for line in str(e).strip().splitlines()) or type(e).__name__
         raise RecipeError(f"model: {problem}; fix the model section of the YAML or the override") from None
@@ -100,11 +98,9 @@ TIED = {"lm_head.weight"}  # tied to the embedding: present or not, it is the sa
 def check_shapes(expected: dict, found: dict, where: str) -> None:
     """Every tensor of the model is in `found` with its shape, and `found` has no tensor the model lacks."""
     for name, tensor in expected.items():
-        if name not in found:
-            if name in TIED:
-                continue
+        if name not in found and name not in TIED:
             raise RecipeError(f"{where} has no tensor '{name}': it was not made with this model config")
-        if tuple(found[name].shape) != tuple(tensor.shape):
+        if name in found and tuple(found[name].shape) != tuple(tensor.shape):
             raise RecipeError(
                 f"{where}: tensor '{name}' has shape {tuple(found[name].shape)} but the config gives "
                 f"{tuple(tensor.shape)}; use the config it was trained with"
@@ -121,20 +117,17 @@ def parameter_breakdown(model) -> str:
     """The parameter count, split the way the seeds print it; a tied head adds nothing."""
     inner = model.model
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    embedding = count(inner.embed_tokens)
     blocks = [count(layer) for layer in inner.layers]
-    norm = count(inner.norm)
     tied = model.lm_head.weight is inner.embed_tokens.weight
     head = 0 if tied else model.lm_head.weight.numel()
-    total = sum(p.numel() for p in model.parameters())
     layer = inner.layers[0]
     vocab, hidden = inner.embed_tokens.weight.shape
     lines = [
-        f"model: LlamaForCausalLM with {total:,} parameters",
-        f"  embedding      {embedding:>13,}  ({vocab:,} x {hidden})",
+        f"model: LlamaForCausalLM with {count(model):,} parameters",
+        f"  embedding      {count(inner.embed_tokens):>13,}  ({vocab:,} x {hidden})",
         f"  {len(blocks)} blocks      {sum(blocks):>13,}  ({blocks[0]:,} each: attention {count(layer.self_attn):,}, "
         f"MLP {count(layer.mlp):,}, norms {count(layer.input_layernorm) + count(layer.post_attention_layernorm):,})",
-        f"  final norm     {norm:>13,}",
+        f"  final norm     {count(inner.norm):>13,}",
         f"  lm head        {head:>13,}  ({'tied to the embedding' if tied else 'untied'})",
     ]
     return "\n".join(lines)

@@ -1,9 +1,7 @@
 """The run's state: one object, saved in every checkpoint and written to run.json.
 
-`RunState` holds what a run is and has done: its id (and the run it was forked from), its phases with their
-schedules, the samples and tokens trained on, the fingerprints of its tokenizer and corpus, the corpus and mixture
-sources a card may name, and where each process stands in a streamed corpus. RunRecordCallback (callbacks.py) owns it
-while training: the Trainer keeps it in each checkpoint's trainer_state.json as the state of that callback
+`RunState` holds what a run is and has done (its fields say what). RunRecordCallback (callbacks.py) owns it while
+training: the Trainer keeps it in each checkpoint's trainer_state.json as the state of that callback
 (`TrainerState.stateful_callbacks`), and run.json is the same object as JSON. `--resume`, the card and push.py read it
 back with `RunState.read`.
 
@@ -96,12 +94,10 @@ class RunState:
     def phase(self) -> Phase:
         return self.phases[-1]
 
-    def phase_of(self, step: int) -> Phase:
-        """The phase that trains global step `step`; past the last one, the last one."""
-        return next((p for p in self.phases if p.first_step <= step <= p.last_step), self.phases[-1])
-
     def learning_rate_at(self, step: int) -> float:
-        return self.phase_of(step).learning_rate_at(step)
+        """The rate at global step `step`, on the schedule of the phase that trains it (after the last, the last's)."""
+        phase = next((p for p in self.phases if p.first_step <= step <= p.last_step), self.phases[-1])
+        return phase.learning_rate_at(step)
 
 
 class RunSchedule(torch.optim.lr_scheduler.LRScheduler):

@@ -96,7 +96,6 @@ class StopWhen(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
-@torch.no_grad()
 def generate_samples(
     model, tokenizer, prompts: list[str], settings: SamplingSettings, bf16: bool = False, should_stop=lambda: False
 ) -> list[tuple[str, str]]:

@@ -151,9 +151,7 @@ class StreamedBlocks(torch.utils.data.IterableDataset):
     """The training blocks of a streamed corpus. Each pass over the stream skips the held-out blocks and
     shuffles the rest in windows of WINDOW blocks, each window in an order seeded by its number; passes
     repeat without end (training stops at max_steps). Where each window starts in the stream is remembered,
-    so each block comes with the position after it (`position_of`): a checkpoint holds the position after
-    the last block trained on, and a resumed run seeks the stream there (`resume_at`) instead of reading
-    and tokenizing everything before it again."""
+    so each block comes with the position after it (`position_of`), where a resumed run seeks (`resume_at`)."""
 
     WINDOW = 1000  # blocks: 2M tokens at block_size 2048, the memory a shuffle buffer would take
 

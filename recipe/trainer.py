@@ -1,10 +1,9 @@
 """The recipe's Trainer: the HF `Trainer` with a data order that resumes by samples, evaluation that gives way
 to a stop signal, perplexity and throughput next to the losses it logs, and the final model saved whole.
 
-The training blocks are read in a seeded order, a new permutation each pass (`BlockOrder`); a mixture's are drawn
-from its sources by weight, each source in a BlockOrder of its own (`MixtureOrder`). Where a resumed
-run starts in that order is counted in samples, not in batches, so a run resumed with another batch size,
-accumulation or number of processes still trains every block of a pass exactly once.
+Where a resumed run starts in the seeded block order (`BlockOrder`, a mixture's `MixtureOrder`) is counted in
+samples, not in batches, so a run resumed with another batch size, accumulation or number of processes still
+trains every block of a pass exactly once.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ generate.py can run alone on a Hugging Face Space with it beside them.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import os
 import re
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psutil
 from accelerate import PartialState
 from huggingface_hub import constants
 from tqdm.auto import tqdm
@@ -53,6 +53,7 @@ class Terminated(KeyboardInterrupt):
 
 GRACEFUL_STOPS: list = []  # while training: callbacks.GracefulInterruptCallback's handler
 IN_FORK_HOOKS: list[bool] = [False]  # the main thread is running the fork hooks (see guard_forks)
+STOPPING: list[bool] = [False]  # a stop was raised: the command is unwinding
 
 
 def on_stop_signal(signum, frame):
@@ -62,15 +63,39 @@ def on_stop_signal(signum, frame):
         return GRACEFUL_STOPS[-1](signum, frame)
     if IN_FORK_HOOKS[0]:  # a stop cannot be raised there (see guard_forks)
         return send_again_soon(signum)
+    STOPPING[0] = True
+    if signum == signal.SIGTERM:
+        let_the_children_take_it()
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def let_the_children_take_it(seconds: float = 2.0) -> None:
+    """A SIGTERM sent to every process at once is still pending in a child whose watcher has not taken it yet
+    (see guard_forks), and a second one, by which this process's unwinding ends that child, would merge into
+    it unseen: the unwinding starts once no child has it pending."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(map(sigterm_pending, psutil.Process().children())):
+        time.sleep(0.01)
+
+
+def sigterm_pending(process: psutil.Process) -> bool:
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+    except OSError:  # gone, or not Linux
+        return False
+    pending = re.search(r"^ShdPnd:\s*([0-9a-f]+)", status, re.MULTILINE)
+    return bool(pending and int(pending[1], 16) >> (signal.SIGTERM - 1) & 1)
 
 
 def resend_a_swallowed_stop(other_errors, unraisable) -> None:
     """A stop raised where Python cannot raise (in a `__del__`, a weakref callback) is swallowed as
-    "unraisable", and the command would go on: it is sent again. Other errors go to the hook it replaced."""
-    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-        return other_errors(unraisable)
-    send_again_soon(signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT)
+    "unraisable", and the command would go on: it is sent again. Other errors go to the hook it replaced, but
+    for those of a command that is unwinding from a stop: a finalizer that the stop cut short fails then
+    (multiprocessing's, half made), and its traceback is not news."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        send_again_soon(signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT)
+    elif not STOPPING[0]:
+        other_errors(unraisable)
 
 
 def send_again_soon(signum: int) -> None:
@@ -88,6 +113,7 @@ def command(interrupted: str):
         @functools.wraps(main)
         def run(*args, **kwargs) -> int:
             guard_forks()
+            STOPPING[0] = False
             handlers, hook = handle_stop_signals(on_stop_signal), sys.unraisablehook
             sys.unraisablehook = functools.partial(resend_a_swallowed_stop, hook)
             try:
@@ -124,25 +150,25 @@ def handle_stop_signals(handler) -> dict:
 
 @functools.cache
 def guard_forks() -> None:
-    """Processes forked from now on (datasets' tokenizer pool, dataloader workers) leave Ctrl-C to this process,
-    which ends them as it unwinds, die of the SIGTERM by which a pool ends its workers, and, on Linux, die with
-    this process however it ends (even killed): no worker is left behind holding a scratch folder.
+    """Processes forked from now on (datasets' tokenizer pool, dataloader workers) are this process's to end: they
+    leave Ctrl-C to it, and obey a SIGTERM only from it (the one by which a pool ends its workers) or when it is
+    gone, however it ended (even killed). A SIGTERM that systemd or Slurm sends to every process at once reached
+    this process too, which ends its children in order as it unwinds: a worker killed by it at once could die
+    holding its pool's queue lock, and the pool's end would then wait for that lock forever.
 
     A stop raised inside the main thread's fork hooks would be swallowed there, and inside logging's it would
     leave logging's lock held, so that the next fork (a pool's thread replacing a worker) waits forever: while
     they run, a stop is sent again for later instead. The thread that forks holds stops back until the child has
     its own handlers. Hooks run in reverse order of registration before a fork and in order after it, so these,
     registered as the command starts, enclose the libraries' own."""
-    main_thread = threading.main_thread().ident
-    prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
-    PR_SET_PDEATHSIG = 1
+    main_thread, mask = threading.main_thread().ident, threading.local()
 
     def before():
         IN_FORK_HOOKS[0] = IN_FORK_HOOKS[0] or threading.get_ident() == main_thread
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        mask.before_fork = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
     def in_the_parent():
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask.before_fork)
         if threading.get_ident() == main_thread:
             IN_FORK_HOOKS[0] = False
 
@@ -150,13 +176,10 @@ def guard_forks() -> None:
         IN_FORK_HOOKS[0] = False
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        # The kernel sends the signal when the thread that forked ends: a child of another thread (a pool's
-        # replacement worker) watches for its parent's end itself.
-        if prctl is not None and threading.get_ident() == main_thread:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        else:
-            threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        if not hasattr(signal, "sigtimedwait"):  # macOS: SIGTERM ends the child as it comes, from whomever
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        # else SIGTERM stays blocked in every thread of the child, and the watcher's wait alone takes it
+        threading.Thread(target=end_with_the_parent, args=(os.getppid(),), daemon=True).start()
 
     os.register_at_fork(before=before, after_in_parent=in_the_parent, after_in_child=in_the_child)
     # A child that finds no scratch folder of its parent's makes its own, left behind when a stop ends the child;
@@ -166,10 +189,12 @@ def guard_forks() -> None:
             util.get_temp_dir()
 
 
-def exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
+def end_with_the_parent(parent: int) -> None:
+    """A forked child's watcher: the child ends at its parent's SIGTERM or when the parent is gone."""
+    while True:
+        sent = signal.sigtimedwait([signal.SIGTERM], 0.5) if hasattr(signal, "sigtimedwait") else time.sleep(0.5)
+        if (sent and sent.si_pid == parent) or os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
 
 
 MULTIPROCESSING = ("multiprocessing", "multiprocess")  # the standard library's and datasets' own copy of it
@@ -177,11 +202,14 @@ MULTIPROCESSING = ("multiprocessing", "multiprocess")  # the standard library's 
 
 def end_children_still_starting() -> None:
     """A child whose start the stop cut short (datasets' pool manager, before it was registered for shutdown)
-    is ended by no one, and the interpreter's exit would wait for it forever: end every child now."""
+    is ended by no one, and the interpreter's exit would wait for it forever: end it now. Daemonic children (a
+    pool's workers) are left to multiprocessing's exit, which ends them after their pool's own shutdown: ended
+    before it, a worker could die holding the queue lock that the shutdown waits for."""
     for name in MULTIPROCESSING:
         module = sys.modules.get(name)
         for child in module.active_children() if module else ():
-            child.terminate()
+            if not child.daemon:
+                child.terminate()
 
 
 class OneLineParser(argparse.ArgumentParser):

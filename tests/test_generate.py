@@ -301,10 +301,10 @@ def test_closing_the_stream_stops_the_generation(small):
 
 @pytest.mark.parametrize("script", ["generate.py", "app.py"])
 def test_a_hub_id_offline_fails_in_seconds_in_one_line(script, tmp_path):
-    """No HF_HUB_OFFLINE set, and no network: the Hub's host does not answer, and the model is not cached."""
+    """No HF_HUB_OFFLINE set, and no network: the Hub's host does not answer, and the model is not cached. The
+    message is the one of the local-files-only load (no minute of retries), so no clock is read."""
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": "http://hub.invalid"}  # a name no resolver answers
-    started = time.monotonic()
     args = (
         ["someone/not-a-model", "--prompt", "hi"]
         if script == "generate.py"
@@ -313,7 +313,6 @@ def test_a_hub_id_offline_fails_in_seconds_in_one_line(script, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
     )
-    assert time.monotonic() - started < 10
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
         "error: could not load 'someone/not-a-model': the Hub cannot be reached and it is not in the local cache; "

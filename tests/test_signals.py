@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM at any moment of any command: one line, exit code 130 (training's graceful stop saves a
 checkpoint first and says so in its own line), no traceback, no process of the command's left alive 5 s later,
 no scratch file left. Ctrl-C goes to the whole process group, as a terminal sends it; SIGTERM to the command
-alone, as `kill` or a scheduler sends it, so that its children must end with it."""
+alone, as `kill` sends it, so that its children must end with it, and, where children are at work, to the whole
+group as well, as systemd and Slurm send it, so that the children get it at the same moment as their parent."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from test_app_browser import free_port
 pytestmark = pytest.mark.slow
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
+STOPS = [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGTERM, True)]  # (signal, to the whole group)
+STOP_IDS = ["SIGINT", "SIGTERM", "SIGTERM-to-the-group"]
 SCRATCH = (".tmp-", ".packing-", ".old-", ".damaged-")  # run_folder.atomic_folder's, data.py's
 
 
@@ -79,10 +82,11 @@ class Running:
                 pytest.fail(f"never saw {count} processes of its own:\n{self.text[-4000:]}")
             time.sleep(0.05)
 
-    def stop(self, sig: int) -> list[psutil.Process]:
-        """Send the signal; the command's processes as they were just before it."""
+    def stop(self, sig: int, to_the_group: bool | None = None) -> list[psutil.Process]:
+        """Send the signal (Ctrl-C to the group, SIGTERM to the command, unless told); the command's processes as
+        they were just before it."""
         children = psutil.Process(self.proc.pid).children(recursive=True)
-        if sig == signal.SIGINT:
+        if to_the_group or (to_the_group is None and sig == signal.SIGINT):
             os.killpg(self.proc.pid, sig)
         else:
             self.proc.send_signal(sig)
@@ -137,14 +141,14 @@ def big_corpus(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-def test_train_while_tokenizing_with_two_processes(sig, big_corpus, tmp_path):
+@pytest.mark.parametrize(("sig", "to_the_group"), STOPS, ids=STOP_IDS)
+def test_train_while_tokenizing_with_two_processes(sig, to_the_group, big_corpus, tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     overrides = tiny_overrides(out, cache) + [f"data.path={big_corpus}", "data.sample_by=paragraph", "data.num_proc=2"]
     run = Running([str(ROOT / "train.py"), "--no-prompt", *overrides], tmp_path)
     run.wait_for("tokenizing")
     run.wait_for_children(2)  # the pool's workers at work (a loaded machine may take seconds to start them)
-    children = run.stop(sig)
+    children = run.stop(sig, to_the_group)
     lines = assert_ended_cleanly(run, children, out.parent, cache)
     assert_one_line(lines, sig, "stopped before training; no checkpoint was saved")
     assert not list(cache.glob("blocks-*"))
@@ -180,9 +184,9 @@ torch.save = slow_save
 }
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+@pytest.mark.parametrize(("sig", "to_the_group"), STOPS, ids=STOP_IDS)
 @pytest.mark.parametrize("phase", list(PHASES))
-def test_train_stops_gracefully_with_a_checkpoint(phase, sig, tmp_path, cache_dir):
+def test_train_stops_gracefully_with_a_checkpoint(phase, sig, to_the_group, tmp_path, cache_dir):
     out = tmp_path / "run"
     overrides = tiny_overrides(out, cache_dir, max_steps=1000, save_steps=2, eval_steps=2, dataloader_num_workers=2)
     patch, marker = PHASES[phase]
@@ -190,7 +194,7 @@ def test_train_stops_gracefully_with_a_checkpoint(phase, sig, tmp_path, cache_di
     script += "sys.exit(train.main(sys.argv[1:], callbacks))"
     run = Running(["-c", script, "--no-prompt", *overrides, "samples.every_n_steps=0"], tmp_path)
     run.wait_for(marker)
-    children = run.stop(sig)
+    children = run.stop(sig, to_the_group)
     assert children  # the dataloader's workers
     lines = assert_ended_cleanly(run, children, out.parent, cache_dir)
     stopped = next(line for line in lines if line.startswith("interrupted at step "))
@@ -275,14 +279,15 @@ sys.exit(main())
 """
 
 
-@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
-def test_a_stop_during_a_fork_is_neither_lost_nor_stuck(sig, tmp_path):
+@pytest.mark.parametrize(("sig", "to_the_group"), STOPS, ids=STOP_IDS)
+def test_a_stop_during_a_fork_is_neither_lost_nor_stuck(sig, to_the_group, tmp_path):
     """A stop that landed inside a fork's hooks was swallowed (the command went on) or left logging's lock held
-    (the next fork waited forever), and one that cut a pool's start short left its workers behind. About one
-    moment in two of this loop was such a moment, so a dozen of them find it."""
+    (the next fork waited forever), and one that cut a pool's start short left its workers behind; a SIGTERM to
+    the whole group killed a worker holding its pool's queue lock, and the pool's end waited for it forever.
+    About one moment in two of this loop was such a moment, so a dozen of them find it."""
     for delay in [i / 24 for i in range(12)]:
         run = Running(["-c", FORKING], tmp_path)
         run.wait_for("forking")
         time.sleep(delay)
-        lines = assert_ended_cleanly(run, run.stop(sig), tmp_path)
+        lines = assert_ended_cleanly(run, run.stop(sig, to_the_group), tmp_path)
         assert_one_line(lines, sig, "stopped while forking")

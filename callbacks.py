@@ -147,6 +147,9 @@ class GracefulInterruptCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.step_started is not None:
             self.step_seconds = time.perf_counter() - self.step_started
+        # A stop that comes before the next step begins ends with this step's save, if it saves, else the next's.
+        self.step = state.global_step if control.should_save else state.global_step + 1
+        self.step_started = time.perf_counter()
         if self._any_rank_requested(args):
             self.requested = True
             control.should_save = True
@@ -154,6 +157,7 @@ class GracefulInterruptCallback(TrainerCallback):
             control.should_training_stop = True
 
     def on_save(self, args, state, control, **kwargs):
+        self.step = state.global_step + 1
         if self.requested:  # also when the signal came during this step's evaluation or samples
             self.stopped_at = state.global_step
             control.should_training_stop = True

@@ -220,7 +220,10 @@ class OneLineParser(argparse.ArgumentParser):
         raise RecipeError(f"{message}; see python {self.prog} --help")
 
     def parse(self, argv: list[str] | None = None) -> argparse.Namespace:
-        return self.parse_intermixed_args(argv)
+        args, unknown = self.parse_known_intermixed_args(argv)
+        if unknown:  # argparse takes the words after an unknown flag for its values: the flags alone are named
+            self.error(f"unrecognized arguments: {' '.join([w for w in unknown if w.startswith('-')] or unknown)}")
+        return args
 
 
 def parser(prog: str, doc: str | None) -> OneLineParser:

@@ -145,3 +145,22 @@ def test_throughput_windows_count_data_loading_but_not_evaluation(monkeypatch):
         clock["now"] += 0.5  # loading the next batch
     # each window: 2 steps x 20 tokens in 1 + 0.5 + 1 seconds
     assert measured == [16.0, 16.0]
+
+
+def test_a_stop_names_the_step_whose_checkpoint_it_will_save():
+    """While a step runs, that step; between steps (logging, evaluating, loading the next batch), this step if
+    it saves, else the next one."""
+    from transformers import TrainerControl
+
+    from callbacks import GracefulInterruptCallback
+
+    stop, args, state = GracefulInterruptCallback(), SimpleNamespace(), SimpleNamespace(global_step=10)
+    stop.on_step_begin(args, state, TrainerControl())
+    assert "stopping after step 11 " in stop.what_happens_now()
+    state.global_step = 11
+    stop.on_step_end(args, state, TrainerControl())
+    assert "stopping after step 12 " in stop.what_happens_now()
+    stop.on_step_end(args, state, TrainerControl(should_save=True))
+    assert "stopping after step 11 " in stop.what_happens_now()
+    stop.on_save(args, state, TrainerControl())
+    assert "stopping after step 12 " in stop.what_happens_now()

@@ -62,6 +62,7 @@ CASES = [
     (["--resume", "/nonexistent/checkpoint-5"], "--resume: checkpoint folder not found"),
     (["--config", "/nonexistent.yaml"], "config file not found: /nonexistent.yaml"),
     (["training"], "cannot read override 'training': write it as section.key=value"),
+    (["--bogus", "data.num_proc=1"], "unrecognized arguments: --bogus; see python train.py --help"),  # flags only
 ]
 
 

@@ -17,7 +17,7 @@ from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from recipe.arguments import samples_per_step
-from recipe.cli import GRACEFUL_STOPS, log
+from recipe.cli import GRACEFUL_STOPS, exit_at_once, log
 from recipe.config import SamplesConfig
 from recipe.model import flops_per_token, peak_bf16_flops
 from recipe.run_folder import (
@@ -130,7 +130,7 @@ class GracefulInterruptCallback(TrainerCallback):
         if self.requested:
             self.uninstall()
             print("\nsecond interrupt: exiting now without saving", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+            exit_at_once(128 + signum)
         self.requested = True
         print(f"\n{signal.Signals(signum).name}: {self.what_happens_now(signum)}", file=sys.stderr, flush=True)
 

@@ -8,15 +8,18 @@ generate.py can run alone on a Hugging Face Space with it beside them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 from urllib.parse import urlparse
 
 import psutil
@@ -132,12 +135,31 @@ def command(interrupted: str):
                 print(f"\n{name}: {interrupted}", file=sys.stderr, flush=True)
                 return EXIT_INTERRUPTED
             finally:
-                handle_stop_signals(handlers)
                 sys.unraisablehook = hook
+                # run as the program, the command's end leaves only the interpreter's exit, which a stop ends
+                handle_stop_signals(stop_while_exiting if main.__module__ == "__main__" else handlers)
 
         return run
 
     return wrap
+
+
+def stop_while_exiting(signum, frame) -> None:
+    """A stop after the command's end, while the interpreter exits (joining threads, closing loggers): one line,
+    and the exit at once."""
+    print(f"\n{signal.Signals(signum).name}: stopped while exiting", file=sys.stderr, flush=True)
+    exit_at_once(EXIT_INTERRUPTED)
+
+
+def exit_at_once(code: int) -> NoReturn:
+    """os._exit(code), but for the output still buffered and the multiprocessing scratch folders, which the
+    interpreter's exit would have flushed and removed."""
+    with contextlib.suppress(OSError, ValueError):  # a closed pipe
+        sys.stdout.flush()
+    for name in MULTIPROCESSING:
+        if util := sys.modules.get(f"{name}.util"):
+            shutil.rmtree(util.get_temp_dir(), ignore_errors=True)
+    os._exit(code)
 
 
 def handle_stop_signals(handler) -> dict:

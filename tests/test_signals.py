@@ -291,3 +291,29 @@ def test_a_stop_during_a_fork_is_neither_lost_nor_stuck(sig, to_the_group, tmp_p
         time.sleep(delay)
         lines = assert_ended_cleanly(run, run.stop(sig, to_the_group), tmp_path)
         assert_one_line(lines, sig, "stopped while forking")
+
+
+EXITING = f"""
+import atexit, multiprocessing.util, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from recipe import cli
+
+@cli.command("stopped while working")
+def main():
+    atexit.register(time.sleep, 60)  # the interpreter's exit at work: a logger finishing its upload, say
+    print("done", flush=True)
+    return 0
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_stop_while_the_interpreter_exits(sig, tmp_path):
+    """After the command's end, a stop ends the interpreter's exit too: one line, exit code 130, and the
+    multiprocessing scratch folder that the exit would have removed is removed."""
+    run = Running(["-c", EXITING], tmp_path)
+    run.wait_for("done")
+    time.sleep(0.5)
+    lines = assert_ended_cleanly(run, run.stop(sig), tmp_path)
+    assert_one_line(lines, sig, "stopped while exiting")

@@ -344,11 +344,6 @@ def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: b
     return ds, text_column
 
 
-def check_tokenizer(tokenizer) -> None:
-    if tokenizer.eos_token_id is None:
-        raise RecipeError("the tokenizer has no EOS token, which separates documents; use a tokenizer with one")
-
-
 def tokenize_function(tokenizer, text_column: str):
     """A batched `map` function: each non-blank document's token ids, followed by EOS."""
     eos = tokenizer.eos_token_id

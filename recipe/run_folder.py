@@ -166,15 +166,12 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
-
-
 def write_manifest(folder: Path) -> None:
     """Record the size and hash of every file of a checkpoint, last, in one rename."""
     files = {
         str(p.relative_to(folder)): {"size": p.stat().st_size, "xxh3_128": file_hash(p)}
-        for p in checkpoint_files(folder)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
     }
     write_atomically(folder / MANIFEST, json.dumps({"files": files}, indent=1))
 

@@ -30,7 +30,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors import safe_open
 from transformers import TrainingArguments
 
-from recipe.arguments import check_hub_backup, samples_per_step, schedule_kwargs
+from recipe.arguments import check_hub_backup, main_phase, schedule_kwargs
 from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 from recipe.config import RecipeConfig
 from recipe.corpus import CorpusSource
@@ -75,21 +75,6 @@ class ResumePlan:
             f"{steps}: a new phase '{p.name}' after the finished run, {p.lr_scheduler_type} re-warmed over "
             f"{p.warmup_steps} step(s) from 0 to lr {p.learning_rate:g}"
         )
-
-
-def main_phase(args: TrainingArguments) -> Phase:
-    """The main phase as the run records it: the schedule of the built TrainingArguments, over max_steps."""
-    return Phase(
-        name="main",
-        first_step=1,
-        last_step=args.max_steps,
-        lr_scheduler_type=str(args.lr_scheduler_type.value),
-        learning_rate=args.learning_rate,
-        warmup_steps=args.get_warmup_steps(args.max_steps),
-        lr_scheduler_kwargs=dict(args.lr_scheduler_kwargs),
-        processes=args.world_size,
-        samples_per_step=samples_per_step(args),
-    )
 
 
 def find_checkpoint(folder: RunFolder, resume: str) -> Path:

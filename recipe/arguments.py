@@ -22,7 +22,7 @@ from transformers import SchedulerType, Trainer, TrainingArguments
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
 from recipe.cli import HUB_NAME, RecipeError, first_line, hub_is_reachable, log
-from recipe.config import RecipeConfig
+from recipe.config import ROOT, RecipeConfig
 from recipe.model import estimate_peak_memory
 from recipe.run_state import Phase
 
@@ -236,7 +236,7 @@ def check_loggers(report_to: list[str]) -> None:
     for name in set(report_to) - set(get_available_reporting_integrations() if report_to else ()):
         if name not in INTEGRATION_TO_CALLBACK:
             raise RecipeError(f"training.report_to={name}: no such logger (see README.md)")
-        extra = Path(__file__).parents[1] / f"requirements-{name}.txt"
+        extra = ROOT / f"requirements-{name}.txt"
         install = f"pip install -r {extra.name}" if extra.is_file() else f"pip install {name}"
         raise RecipeError(f"training.report_to={name}: {name} is not installed; {install}")
 

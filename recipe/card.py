@@ -1,9 +1,8 @@
 """The model card of a trained model: what the run recorded, and nothing it did not.
 
-`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py and
-for `push_final`, which uploads final/ with it at the end of a run with training.push_to_hub. Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules,
-processes and tokens trained, trainer_state.json's log (steps, losses, learning rate), recipe_config.yaml's
-settings, the samples. A folder the recipe did not train gets a card that says only what config.json says.
+Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules, processes
+and tokens trained, trainer_state.json's log (steps, losses, learning rate), recipe_config.yaml's settings, the
+samples. A folder the recipe did not train gets a card that says only what config.json says.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, args: Trainin
     state = read_trainer_state(checkpoint)
     step, run = state["global_step"], RunState.from_trainer_state(state)
     index = next((i for i, p in enumerate(run.phases) if p.first_step <= max(step, 1) <= p.last_step), -1)
-    current, earlier = run.phases[index], run.phases[:index] if index >= 0 else run.phases[:-1]
+    current, earlier = run.phases[index], run.phases[:index]  # past every phase (-1): the last one
     new_max, planned = args.max_steps, current.last_step
     if step < planned and current.name == "main" and new_max != planned:
         if step < new_max < planned:  # its schedule was built for `planned`: stopping between would jump it

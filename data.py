@@ -48,7 +48,6 @@ from recipe.corpus import (
     CorpusSource,
     CorpusStats,
     check_readable,
-    check_tokenizer,
     find_corpus,
     fingerprint,
     load_documents,
@@ -221,7 +220,6 @@ def prepare_datasets(
         return prepare_mixture(cfg, tokenizer, use_cache, rank, world_size, drawn)
     if cfg.streaming:
         return prepare_streaming(cfg, tokenizer, rank, world_size)
-    check_tokenizer(tokenizer)
     source = find_corpus(cfg.path)
     if not use_cache:
         return build_blocks(source, cfg, tokenizer)
@@ -342,13 +340,16 @@ def collator_for(cfg: DataConfig, tokenizer):
 def load_tokenizer(name_or_path: str):
     offline = not Path(name_or_path).expanduser().exists() and not hub_is_reachable()
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
     except Exception as e:
         where = "the Hub cannot be reached and it is not in the local cache" if offline else type(e).__name__
         raise RecipeError(
             f"could not load tokenizer '{name_or_path}' ({where}); set tokenizer=PATH to a local copy "
             "(the recipe ships one: tokenizer=assets/cosmo2-tokenizer)"
         ) from None
+    if tokenizer.eos_token_id is None:  # checked as it is loaded, before any data work
+        raise RecipeError("the tokenizer has no EOS token, which separates documents; use a tokenizer with one")
+    return tokenizer
 
 
 @cli.command("stopped while preparing the data; nothing was cached")

@@ -35,14 +35,10 @@ from recipe.card import RESULTS_FORMAT, model_index_results, number, read_eval_r
 from recipe.cli import RecipeError, first_line, hub_is_reachable, looks_like_hub_id
 from recipe.run_folder import (
     EVAL_RESULTS,
-    RECIPE_CONFIG,
     RUNS_DIR,
-    TRAINER_STATE,
     model_folder,
     newest_model,
-    read_json,
-    read_yaml,
-    run_file,
+    recorded_name_and_step,
     trained_block_size,
     write_atomically,
 )
@@ -298,12 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     beside = HUB_RESULTS_DIR / hub_id.replace("/", "--") if hub_id else folder  # a Hub model's, under runs/
     path = Path(args.output) if args.output else beside / EVAL_RESULTS
     tasks = evaluate(args, pretrained, folder, hub_id)
-    recipe, state = (run_file(folder, RECIPE_CONFIG), run_file(folder, TRAINER_STATE)) if folder else (None, None)
-    model = {
-        "source": hub_id or str(folder),
-        "name": (read_yaml(recipe) or {}).get("name") if recipe else None,
-        "step": (read_json(state) or {}).get("global_step") if state else None,
-    }
+    name, step = recorded_name_and_step(folder) if folder else (None, None)
+    model = {"source": hub_id or str(folder), "name": name, "step": step}
     print("\n".join(result_lines(tasks)))
     merged, kept = merge_results(read_eval_results(path), {"format": RESULTS_FORMAT, "model": model, "tasks": tasks})
     try:

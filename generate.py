@@ -30,15 +30,12 @@ from recipe import cli
 from recipe.cli import RecipeError, first_line, hub_is_reachable, looks_like_hub_id
 from recipe.run_folder import (
     FINAL,
-    RECIPE_CONFIG,
     RUNS_DIR,
-    TRAINER_STATE,
     checkpoint_number,
     model_folder,
     newest_model,
     read_json,
-    read_yaml,
-    run_file,
+    recorded_name_and_step,
     trained_block_size,
 )
 from recipe.sampling import SamplingSettings, SettingError, StopWhen
@@ -94,10 +91,8 @@ def name_in_card(card: Path | None) -> str | None:
 
 def describe_local(folder: Path) -> tuple[str, int | None]:
     """The model's name (its run's config, its card, its config.json, or the run folder's name) and its step."""
-    recipe, state = run_file(folder, RECIPE_CONFIG), run_file(folder, TRAINER_STATE)
-    name = ((read_yaml(recipe) or {}).get("name") if recipe else None) or name_in_card(folder / "README.md")
-    name = name or (read_json(folder / "config.json") or {}).get("_name_or_path")
-    step = (read_json(state) or {}).get("global_step") if state else None
+    name, step = recorded_name_and_step(folder)
+    name = name or name_in_card(folder / "README.md") or (read_json(folder / "config.json") or {}).get("_name_or_path")
     fallback = folder.parent.name if folder.name == FINAL or checkpoint_number(folder) is not None else folder.name
     return str(name or fallback), step
 

@@ -27,7 +27,7 @@ from transformers.utils import logging as transformers_logging
 from recipe import cli
 from recipe.card import TrainingRecord, read_training_record, write_model_card
 from recipe.cli import RecipeError, first_line
-from recipe.config import RecipeConfig, load_config
+from recipe.config import ROOT, RecipeConfig, load_config
 from recipe.run_folder import FINAL, RUNS_DIR, RunFolder, atomic_folder, holds_model, model_folder, newest_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -227,9 +227,8 @@ Try [{repo_id}](https://huggingface.co/{repo_id}): its model card says how it wa
 
 
 def push_space(space_id: str, repo_id: str, token: str, private: bool) -> str:
-    here = Path(__file__).resolve().parent
     written = {"requirements.txt": SPACE_REQUIREMENTS, "README.md": space_readme(space_id, repo_id)}
-    files = [CommitOperationAdd(name, here / name) for name in SPACE_FILES]  # uploaded from here, in one commit
+    files = [CommitOperationAdd(name, ROOT / name) for name in SPACE_FILES]  # uploaded from the clone, in one commit
     files += [CommitOperationAdd(name, text.encode()) for name, text in written.items()]
     api = HfApi(token=token)
     try:

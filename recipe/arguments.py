@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from accelerate.utils import parse_flag_from_env
 from huggingface_hub import HfApi, constants, get_token
-from transformers import SchedulerType, Trainer, TrainingArguments, get_scheduler
+from transformers import SchedulerType, Trainer, TrainingArguments
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 
 from recipe.cli import HUB_NAME, RecipeError, first_line, hub_is_reachable, log
-from recipe.config import RecipeConfig
+from recipe.config import ROOT, RecipeConfig
 from recipe.model import estimate_peak_memory
+from recipe.run_state import Phase
 
 MEMORY_MARGIN = 0.8  # activation checkpointing goes off when the estimated peak fits in this share of memory
 
@@ -194,28 +195,36 @@ def schedule_kwargs(given: dict | None, schedule: str, max_steps: int) -> dict:
     return kwargs
 
 
+def main_phase(args: TrainingArguments) -> Phase:
+    """The main phase as the run records it: the schedule of the built TrainingArguments, over max_steps."""
+    return Phase(
+        name="main",
+        first_step=1,
+        last_step=args.max_steps,
+        lr_scheduler_type=str(args.lr_scheduler_type.value),
+        learning_rate=args.learning_rate,
+        warmup_steps=args.get_warmup_steps(args.max_steps),
+        lr_scheduler_kwargs=dict(args.lr_scheduler_kwargs),
+        processes=args.world_size,
+        samples_per_step=samples_per_step(args),
+    )
+
+
 def check_optimizer_and_schedule(args: TrainingArguments) -> None:
-    """Build the optimizer and the schedule the Trainer will build, on one parameter: a bad optimizer
-    setting or schedule kwarg fails here, in one line, before any data work."""
-    parameter = torch.nn.Parameter(torch.zeros(2, 2))
+    """Build the optimizer the Trainer will build, on one parameter, and the main phase's schedule, which
+    RunSchedule follows: a bad optimizer setting or schedule kwarg fails here, in one line, before any data work."""
     try:
         optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
-        optimizer = optimizer_cls([parameter], **optimizer_kwargs)
+        optimizer_cls([torch.nn.Parameter(torch.zeros(2, 2))], **optimizer_kwargs)
     except Exception as e:
         raise RecipeError(f"training.optim '{args.optim}': {first_line(e)}") from None
     try:
-        get_scheduler(
-            args.lr_scheduler_type,
-            optimizer,
-            num_warmup_steps=args.get_warmup_steps(args.max_steps),
-            num_training_steps=args.max_steps,
-            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
-        )
+        main_phase(args).learning_rate_at(1)
     except Exception as e:
-        kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        kind = args.lr_scheduler_type.value
         raise RecipeError(
             f"training.lr_scheduler_kwargs do not fit the '{kind}' schedule: {first_line(e)}; "
-            "give that schedule's own kwargs under training.lr_scheduler_kwargs." + str(kind)
+            f"give that schedule's own kwargs under training.lr_scheduler_kwargs.{kind}"
         ) from None
 
 
@@ -227,7 +236,7 @@ def check_loggers(report_to: list[str]) -> None:
     for name in set(report_to) - set(get_available_reporting_integrations() if report_to else ()):
         if name not in INTEGRATION_TO_CALLBACK:
             raise RecipeError(f"training.report_to={name}: no such logger (see README.md)")
-        extra = Path(__file__).parents[1] / f"requirements-{name}.txt"
+        extra = ROOT / f"requirements-{name}.txt"
         install = f"pip install -r {extra.name}" if extra.is_file() else f"pip install {name}"
         raise RecipeError(f"training.report_to={name}: {name} is not installed; {install}")
 

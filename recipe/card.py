@@ -1,9 +1,8 @@
 """The model card of a trained model: what the run recorded, and nothing it did not.
 
-`write_model_card(folder, record, model, repo_id, dtype)` writes README.md (and loss_curve.png) for push.py and
-for `push_final`, which uploads final/ with it at the end of a run with training.push_to_hub. Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules,
-processes and tokens trained, trainer_state.json's log (steps, losses, learning rate), recipe_config.yaml's
-settings, the samples. A folder the recipe did not train gets a card that says only what config.json says.
+Everything comes from the run's own files (run_folder.py): the run record's phases with their schedules, processes
+and tokens trained, trainer_state.json's log (steps, losses, learning rate), recipe_config.yaml's settings, the
+samples. A folder the recipe did not train gets a card that says only what config.json says.
 """
 
 from __future__ import annotations
@@ -66,12 +65,10 @@ class TrainingRecord:
     trained_here = property(lambda self: self.run is not None)
     global_step = property(lambda self: self.run.global_step if self.run else None)
     history = property(lambda self: (self.state or {}).get("log_history", []))
+    block_size = property(lambda self: ((self.recipe or {}).get("data") or {}).get("block_size"))  # trained context
 
-    def training(self, key: str, default=None):
-        return ((self.recipe or {}).get("training") or {}).get(key, default)
-
-    def data(self, key: str, default=None):
-        return ((self.recipe or {}).get("data") or {}).get(key, default)
+    def training(self, key: str):
+        return ((self.recipe or {}).get("training") or {}).get(key)
 
 
 def read_training_record(source: Path) -> TrainingRecord:
@@ -283,8 +280,7 @@ def introduction(record: TrainingRecord, model, repo_id: str, hub_dataset: str |
     )
     line = f"{kind}, {how} with smollm2-recipe (Hugging Face `Trainer`)"
     if dataset := dataset_description(record, hub_dataset):
-        block = record.data("block_size")
-        line += f" on {dataset}" + (f" in blocks of {block:,} tokens" if block else "")
+        line += f" on {dataset}" + (f" in blocks of {record.block_size:,} tokens" if record.block_size else "")
     step, phases = record.global_step, len(training_phases(record))
     line += f": {step:,} optimizer steps" + (f" in {phases} phases" if phases > 1 else "")
     tokens = trained_tokens(record)
@@ -297,8 +293,7 @@ def architecture(model) -> str:
 
 def architecture_section(model, record: TrainingRecord, dtype) -> str:
     c = model.config
-    block = record.data("block_size")
-    context = f"| context length (trained) | {block:,} tokens |\n" if block else ""
+    context = f"| context length (trained) | {record.block_size:,} tokens |\n" if record.block_size else ""
     return f"""## Architecture
 
 | | |
@@ -359,8 +354,8 @@ def settings_section(record: TrainingRecord) -> str:
     if record.recipe is None:
         return ""
     rows = [f"| `{k}` | `{plain(record.training(k))}` |" for k in SETTING_KEYS if record.training(k) is not None]
-    if block := record.data("block_size"):
-        rows.insert(2, f"| `data.block_size` | `{plain(block)}` |")
+    if record.block_size:
+        rows.insert(2, f"| `data.block_size` | `{plain(record.block_size)}` |")
     return "\n".join(["## Settings", "", SETTINGS_NOTE, "", "| setting | value |", "| --- | --- |", *rows])
 
 

@@ -172,7 +172,7 @@ def fingerprint(source: CorpusSource, spec) -> str:
 
 HEAD_BYTES = 8192  # read from each file before any work: enough to tell text from binary, as git does
 COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
-TEXT_TYPES = ("string", "large_string", "string_view", "null")
+TEXT_TYPES = ("string", "large_string", "string_view", "null")  # a text column's Arrow types, in Parquet too
 
 # datasets logs a JSON file it cannot parse before it raises; the recipe's own error names the line
 logging.getLogger("datasets.packaged_modules.json.json").setLevel(logging.CRITICAL)
@@ -210,10 +210,8 @@ def check_parquet(path: str, text_column: str) -> None:
         schema = pq.read_schema(path)  # the footer only
     except (pa.ArrowException, OSError) as e:
         raise RecipeError(f"data file is not a Parquet file: '{path}' ({first_line(e)}); check data.path") from None
-    if text_column in schema.names:
-        kind = schema.field(text_column).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
-            raise not_text(path, None, text_column, str(kind))
+    if text_column in schema.names and (kind := str(schema.field(text_column).type)) not in TEXT_TYPES:
+        raise not_text(path, None, text_column, kind)
 
 
 def not_utf8(path: str, line: int, byte: int) -> RecipeError:
@@ -342,11 +340,6 @@ def load_documents(source: CorpusSource, spec, streaming: bool = False, fresh: b
         )
     check_text_column(ds, source, spec, text_column)
     return ds, text_column
-
-
-def check_tokenizer(tokenizer) -> None:
-    if tokenizer.eos_token_id is None:
-        raise RecipeError("the tokenizer has no EOS token, which separates documents; use a tokenizer with one")
 
 
 def tokenize_function(tokenizer, text_column: str):

@@ -30,7 +30,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from safetensors import safe_open
 from transformers import TrainingArguments
 
-from recipe.arguments import check_hub_backup, samples_per_step, schedule_kwargs
+from recipe.arguments import check_hub_backup, main_phase, schedule_kwargs
 from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 from recipe.config import RecipeConfig
 from recipe.corpus import CorpusSource
@@ -77,21 +77,6 @@ class ResumePlan:
         )
 
 
-def main_phase(args: TrainingArguments) -> Phase:
-    """The main phase as the run records it: the schedule of the built TrainingArguments, over max_steps."""
-    return Phase(
-        name="main",
-        first_step=1,
-        last_step=args.max_steps,
-        lr_scheduler_type=str(args.lr_scheduler_type.value),
-        learning_rate=args.learning_rate,
-        warmup_steps=args.get_warmup_steps(args.max_steps),
-        lr_scheduler_kwargs=dict(args.lr_scheduler_kwargs),
-        processes=args.world_size,
-        samples_per_step=samples_per_step(args),
-    )
-
-
 def find_checkpoint(folder: RunFolder, resume: str) -> Path:
     if resume == "latest":
         folder.check_writable()  # an output_dir that is a file says so
@@ -121,7 +106,7 @@ def plan_resume(cfg: RecipeConfig, resume: str, folder: RunFolder, args: Trainin
     state = read_trainer_state(checkpoint)
     step, run = state["global_step"], RunState.from_trainer_state(state)
     index = next((i for i, p in enumerate(run.phases) if p.first_step <= max(step, 1) <= p.last_step), -1)
-    current, earlier = run.phases[index], run.phases[:index] if index >= 0 else run.phases[:-1]
+    current, earlier = run.phases[index], run.phases[:index]  # past every phase (-1): the last one
     new_max, planned = args.max_steps, current.last_step
     if step < planned and current.name == "main" and new_max != planned:
         if step < new_max < planned:  # its schedule was built for `planned`: stopping between would jump it

@@ -101,6 +101,14 @@ def trained_block_size(folder: Path | None) -> tuple[int | None, str]:
     return None, f"no data.block_size in {config_file}" if config_file else "no recipe_config.yaml beside the model"
 
 
+def recorded_name_and_step(folder: Path) -> tuple[str | None, int | None]:
+    """A model's name in its run's config and the step its trainer state reached; None where a file says nothing."""
+    recipe, state = run_file(folder, RECIPE_CONFIG), run_file(folder, TRAINER_STATE)
+    name = (read_yaml(recipe) or {}).get("name") if recipe else None
+    step = (read_json(state) or {}).get("global_step") if state else None
+    return name, step
+
+
 def checkpoint_number(folder: Path) -> int | None:
     suffix = folder.name.removeprefix(CHECKPOINT_PREFIX)
     return int(suffix) if folder.name.startswith(CHECKPOINT_PREFIX) and suffix.isdigit() else None
@@ -166,15 +174,12 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
-
-
 def write_manifest(folder: Path) -> None:
     """Record the size and hash of every file of a checkpoint, last, in one rename."""
     files = {
         str(p.relative_to(folder)): {"size": p.stat().st_size, "xxh3_128": file_hash(p)}
-        for p in checkpoint_files(folder)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
     }
     write_atomically(folder / MANIFEST, json.dumps({"files": files}, indent=1))
 

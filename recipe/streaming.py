@@ -26,7 +26,6 @@ from recipe.corpus import (
     CorpusSource,
     CorpusStats,
     check_readable,
-    check_tokenizer,
     find_corpus,
     load_documents,
     tokenize_function,
@@ -41,7 +40,6 @@ def prepare_streaming(cfg, tokenizer, rank: int = 0, world_size: int = 1):
     """({"train": StreamedBlocks, "validation": Dataset}, CorpusStats). Each of `world_size` processes reads
     its own part of the documents (`open_stream`); the first blocks of process 0's part are held out for
     validation."""
-    check_tokenizer(tokenizer)
     source = find_corpus(cfg.path)
     check_readable(source, cfg)
     documents, text_column = load_documents(source, cfg, streaming=True)

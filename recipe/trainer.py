@@ -147,11 +147,10 @@ class RecipeTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None) -> torch.utils.data.Sampler:
         """The Trainer builds the DataLoader (every `dataloader_*` setting applies); the recipe gives the order."""
-        blocks = self.train_dataset if train_dataset is None else train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed  # data_seed 0 is a seed
-        if isinstance(blocks, MixedBlocks):
-            return MixtureOrder(blocks.sizes, blocks.weights, seed, self.start_sample)
-        return BlockOrder(len(blocks), seed, self.start_sample)
+        if isinstance(train_dataset, MixedBlocks):
+            return MixtureOrder(train_dataset.sizes, train_dataset.weights, seed, self.start_sample)
+        return BlockOrder(len(train_dataset), seed, self.start_sample)
 
     def get_train_dataloader(self):
         if isinstance(self.train_dataset, StreamedBlocks):

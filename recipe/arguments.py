@@ -218,10 +218,15 @@ def check_optimizer_and_schedule(args: TrainingArguments) -> None:
         optimizer_cls([torch.nn.Parameter(torch.zeros(2, 2))], **optimizer_kwargs)
     except Exception as e:
         raise RecipeError(f"training.optim '{args.optim}': {first_line(e)}") from None
+    kind = args.lr_scheduler_type.value
+    if kind in (SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY):  # no factor of the step to follow
+        raise RecipeError(
+            f"training.lr_scheduler_type '{kind}' follows the eval loss, not the steps; choose a schedule over steps, "
+            "such as cosine or warmup_stable_decay"
+        )
     try:
         main_phase(args).learning_rate_at(1)
     except Exception as e:
-        kind = args.lr_scheduler_type.value
         raise RecipeError(
             f"training.lr_scheduler_kwargs do not fit the '{kind}' schedule: {first_line(e)}; "
             f"give that schedule's own kwargs under training.lr_scheduler_kwargs.{kind}"

@@ -38,6 +38,7 @@ CASES = [
         "training.lr_scheduler_kwargs do not fit the 'warmup_stable_decay' schedule",
     ),
     (["training.lr_scheduler_type=sideways"], "training arguments: "),
+    (["training.lr_scheduler_type=reduce_lr_on_plateau"], "training.lr_scheduler_type 'reduce_lr_on_plateau' follows"),
     (["training.optim=adamw_imaginary"], "training arguments: "),
     (["attn_implementation=flash_attention_9"], "attn_implementation: 'flash_attention_9' is not one of"),
     (["data.sample_by=word"], "data.sample_by: 'word' is not one of document, paragraph, line"),

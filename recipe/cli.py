@@ -82,12 +82,10 @@ def let_the_children_take_it(seconds: float = 2.0) -> None:
 
 
 def sigterm_pending(process: psutil.Process) -> bool:
-    try:
-        status = Path(f"/proc/{process.pid}/status").read_text()
-    except OSError:  # gone, or not Linux
-        return False
-    pending = re.search(r"^ShdPnd:\s*([0-9a-f]+)", status, re.MULTILINE)
-    return bool(pending and int(pending[1], 16) >> (signal.SIGTERM - 1) & 1)
+    with contextlib.suppress(OSError):  # gone, or not Linux
+        pending = re.search(r"^ShdPnd:\s*(\w+)", Path(f"/proc/{process.pid}/status").read_text(), re.MULTILINE)
+        return bool(pending and int(pending[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
 
 
 def resend_a_swallowed_stop(other_errors, unraisable) -> None:

@@ -20,7 +20,7 @@ import time
 
 from transformers.utils import logging as transformers_logging
 
-from generate import GenerationError, LoadedModel, load_model, pick_device, resolve_source, stream_completion
+from generate import GenerationError, LoadedModel, load_model, pick_device, stream_completion
 from recipe import cli
 from recipe.cli import RecipeError, first_line
 from recipe.sampling import MAX_SEED, SamplingSettings, SettingError
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_port_free(args.host, args.port)
     pick_device(args.device)
-    loaded = load_model(resolve_source(args.model), args.device)
+    loaded = load_model(args.model, args.device)
     app = build_app(loaded).queue()
     try:  # quiet: gradio's own lines name its launch() arguments, not this app's flags
         app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)

@@ -32,12 +32,11 @@ from transformers.utils import logging as transformers_logging
 
 from recipe import cli
 from recipe.card import RESULTS_FORMAT, model_index_results, number, read_eval_results  # noqa: F401 - push.py's card reads them there
-from recipe.cli import RecipeError, first_line, hub_is_reachable, looks_like_hub_id
+from recipe.cli import RecipeError, first_line, hub_is_reachable
 from recipe.run_folder import (
     EVAL_RESULTS,
     RUNS_DIR,
-    model_folder,
-    newest_model,
+    local_model,
     recorded_name_and_step,
     trained_block_size,
     write_atomically,
@@ -59,15 +58,8 @@ INSTALL_HINT = "pip install -r requirements-eval.txt"
 def resolve_model(model: str | None) -> tuple[str, Path | None, str | None]:
     """(what lm-eval loads, the local folder, the Hub id): a local model, run or the newest one, else a Hub id;
     offline, a Hub id is its cached snapshot, or one line."""
-    if model is None:
-        folder = newest_model(RUNS_DIR)
-        print(f"using the newest model under {RUNS_DIR}/: {folder}", file=sys.stderr)
+    if (folder := local_model(model)) is not None:
         return str(folder), folder, None
-    if Path(model).expanduser().exists():
-        folder = model_folder(Path(model).expanduser())
-        return str(folder), folder, None
-    if not looks_like_hub_id(model):
-        raise RecipeError(f"no model at '{model}' (no such folder); pass a final/ or checkpoint-N folder, or a Hub id")
     if hub_is_reachable():
         return model, None, model
     try:

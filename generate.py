@@ -27,13 +27,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaLi
 from transformers.utils import logging as transformers_logging
 
 from recipe import cli
-from recipe.cli import RecipeError, first_line, hub_is_reachable, looks_like_hub_id
+from recipe.cli import RecipeError, first_line, hub_is_reachable
 from recipe.run_folder import (
     FINAL,
     RUNS_DIR,
     checkpoint_number,
-    model_folder,
-    newest_model,
+    local_model,
     read_json,
     recorded_name_and_step,
     trained_block_size,
@@ -108,15 +107,12 @@ def describe_hub(repo_id: str, offline: bool) -> tuple[str, int | None]:
 # --- loading -------------------------------------------------------------------------------------
 
 
-def load_model(source: str, device: str = "auto") -> LoadedModel:
-    """Load model and tokenizer from a local folder or a Hub id, in eval mode on the chosen device. Offline, a
-    Hub id is looked up in the local cache only, and fails in seconds when it is not there."""
-    folder = Path(source).expanduser()
-    is_local = folder.exists()
-    if not is_local and not looks_like_hub_id(source):
-        raise RecipeError(f"no model at '{source}' (no such folder); pass a final/ or checkpoint-N folder, or a Hub id")
-    if is_local:
-        folder = model_folder(folder)  # a run folder stands for its final/ (else its newest checkpoint)
+def load_model(source: str | None, device: str = "auto") -> LoadedModel:
+    """Load model and tokenizer from a local folder, a Hub id or the newest run (None), in eval mode on the chosen
+    device. Offline, a Hub id is looked up in the local cache only, and fails in seconds when it is not there."""
+    folder = local_model(source)  # a run folder stands for its final/ (else its newest checkpoint)
+    is_local = folder is not None
+    source = source or str(folder)  # the messages name the newest run as it was chosen
     offline = not is_local and not hub_is_reachable()
     target = pick_device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
@@ -243,15 +239,6 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse(argv)
 
 
-def resolve_source(model: str | None) -> str:
-    """The model argument, or the newest run under runs/, said in one line on stderr."""
-    if model:
-        return model
-    newest = newest_model(RUNS_DIR)
-    print(f"using the newest model under {RUNS_DIR}/: {newest}", file=sys.stderr)
-    return str(newest)
-
-
 def utf8_text(text: str, where: str) -> str:
     """Text from the command line or stdin, refused in one line where it holds bytes that are not UTF-8
     (Python keeps them as lone surrogates, which the tokenizer cannot encode)."""
@@ -275,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         raise RecipeError(e.for_flag()) from None
     prompt = utf8_text(args.prompt, "--prompt") if args.prompt is not None else None
     pick_device(args.device)
-    loaded = load_model(resolve_source(args.model), args.device)
+    loaded = load_model(args.model, args.device)
     if prompt is not None:
         print_completion(loaded, prompt, settings)
     elif not sys.stdin.isatty():

@@ -178,7 +178,6 @@ def build_trainer(cfg, checked: Checked, run_record, model, tokenizer, splits, i
         data_collator=collator_for(cfg.data, tokenizer),
         callbacks=trainer_callbacks,
         run_state=run_record.run,
-        start_sample=run_record.run.samples_trained,
         throughput=throughput,
         stream_position=stream_position,
     )

@@ -115,8 +115,6 @@ def dataset_description(record: TrainingRecord, hub_dataset: str | None) -> str 
 
 def plain(value) -> str:
     """A setting as a reader expects it: 10 not 10.0, 0.0003 not 0.00030000000000000003."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else f"{value:g}"
     if isinstance(value, dict):

@@ -363,13 +363,10 @@ def source_problems(data: DataConfig) -> list[str]:
     problems = ["data.path is null and data.sources is not set: set one of them"] * (
         data.sources is None and data.path is None
     )
-    problems += [
-        f"data.sources.{s.name}.weight must be a number, 0 or more, got {s.weight}"
-        for s in sources
-        if isinstance(s.weight, bool) or not 0 <= s.weight < float("inf")
-    ]
-    weights = [s.weight for s in sources if not isinstance(s.weight, bool) and 0 <= s.weight < float("inf")]
-    if sum(weights) == float("inf"):  # each weight a number, but no share can be taken of their sum
+    bad = [s for s in sources if isinstance(s.weight, bool) or not 0 <= s.weight < float("inf")]
+    problems += [f"data.sources.{s.name}.weight must be a number, 0 or more, got {s.weight}" for s in bad]
+    # each weight a number, but no share can be taken of their sum
+    if sum(s.weight for s in sources if s not in bad) == float("inf"):
         problems.append(
             "data.sources: the weights add up past what a float holds; give them as shares, e.g. 0.7 and 0.3"
         )

@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ import xxhash
 import yaml
 from filelock import FileLock, Timeout
 
-from recipe.cli import RecipeError, first_line, log
+from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 
 RUNS_DIR = Path("runs")  # the parent of the YAML's training.output_dir
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -159,6 +160,20 @@ def model_folder(path: Path) -> Path:
     if not any((model / name).is_file() for name in TOKENIZER_FILES):
         raise RecipeError(f"no tokenizer in {model} (no tokenizer.json); copy it there from the run's final/")
     return model
+
+
+def local_model(source: str | None) -> Path | None:
+    """The model folder a command was given (as `model_folder` finds it), or the newest model under runs/ when it
+    was given none, said on stderr; None for a Hub id."""
+    if source is None:
+        newest = newest_model(RUNS_DIR)
+        print(f"using the newest model under {RUNS_DIR}/: {newest}", file=sys.stderr)
+        return newest
+    if Path(source).expanduser().exists():
+        return model_folder(Path(source).expanduser())
+    if not looks_like_hub_id(source):
+        raise RecipeError(f"no model at '{source}' (no such folder); pass a final/ or checkpoint-N folder, or a Hub id")
+    return None
 
 
 # --- content hashes ------------------------------------------------------------------------------

@@ -1,12 +1,8 @@
-"""The run's state: one object, saved in every checkpoint and written to run.json.
+"""The run's state (`RunState`): one object, saved in every checkpoint and written to run.json, and the learning
+rate of all its phases (`RunSchedule`).
 
 `RunState` holds what a run is and has done (its fields say what). RunRecordCallback (callbacks.py) owns it while
-training: the Trainer keeps it in each checkpoint's trainer_state.json as the state of that callback
-(`TrainerState.stateful_callbacks`), and run.json is the same object as JSON. `--resume`, the card and push.py read it
-back with `RunState.read`.
-
-`RunSchedule` is the learning rate of all the phases: one schedule over global steps, which the Trainer builds
-(`RecipeTrainer.create_scheduler`) and restores from a checkpoint by its step alone.
+training and says where the Trainer keeps it; `--resume`, the card and push.py read it back with `RunState.read`.
 """
 
 from __future__ import annotations

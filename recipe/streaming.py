@@ -1,9 +1,8 @@
 """Streaming (`data.streaming`): read, tokenize and pack the corpus on the fly, and resume where a checkpoint stood.
 
-Documents are read and tokenized as training goes, in bounded memory; the first blocks are held out for
-validation. Each training block carries the stream position after it. The trainer hands each batch's
-position to `StreamPositionCallback`, which puts every process's into the run state that each checkpoint keeps,
-and `resume_stream` seeks a resumed run's stream there instead of reading and tokenizing everything before it again.
+Documents are read and tokenized as training goes, in bounded memory. Each training block carries the stream
+position after it, which each checkpoint keeps (`StreamPositionCallback`) and `resume_stream` seeks, instead of
+reading and tokenizing everything before it again.
 """
 
 from __future__ import annotations

@@ -73,17 +73,15 @@ class StopEvaluation(Exception):
 
 
 class RecipeTrainer(Trainer):
-    """`start_sample`: where in the block order training starts (the samples a resumed checkpoint trained on).
-    `stream_position`: the streaming module's callback that receives each streamed batch's position.
-    `run_state`: the run state, whose phases are the learning-rate schedule (without one, e.g. in
-    benchmarks/bench.py, the Trainer's own schedule of TrainingArguments)."""
+    """`run_state`: the run state, whose phases are the learning-rate schedule and whose samples trained are where
+    the block order starts (without one, e.g. in benchmarks/bench.py, the Trainer's own schedule of
+    TrainingArguments, from the first block). `stream_position`: the streaming module's callback that receives
+    each streamed batch's position."""
 
-    def __init__(
-        self, *args, run_state: RunState | None = None, start_sample=0, throughput=None, stream_position=None, **kwargs
-    ):
+    def __init__(self, *args, run_state: RunState | None = None, throughput=None, stream_position=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.start_sample, self.throughput, self.stream_position = start_sample, throughput, stream_position
-        self.run_state = run_state
+        self.run_state, self.throughput, self.stream_position = run_state, throughput, stream_position
+        self.start_sample = run_state.samples_trained if run_state is not None else 0  # read now: it grows each step
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """Every phase of the run as one schedule over global steps (run_state.RunSchedule)."""

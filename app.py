@@ -18,12 +18,12 @@ import sys
 import threading
 import time
 
-from transformers.utils import logging as transformers_logging
-
 from generate import GenerationError, LoadedModel, load_model, pick_device, stream_completion
 from recipe import cli
 from recipe.cli import RecipeError, first_line
 from recipe.sampling import MAX_SEED, SamplingSettings, SettingError
+
+from transformers.utils import logging as transformers_logging
 
 LABELS = {
     "max_new_tokens": "Max new tokens",

@@ -12,10 +12,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-from transformers import ProgressCallback, TrainerCallback
-from transformers.trainer_callback import ExportableState
-
 from recipe.arguments import samples_per_step
 from recipe.cli import GRACEFUL_STOPS, exit_at_once, log
 from recipe.config import SamplesConfig
@@ -32,6 +28,10 @@ from recipe.run_folder import (
 from recipe.run_state import RunState
 from recipe.sampling import generate_samples
 from recipe.trainer import StopEvaluation
+
+import torch
+from transformers import ProgressCallback, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 # --- samples -------------------------------------------------------------------------------------
 

@@ -33,13 +33,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import datasets
-import numpy as np
-import pyarrow.compute as pc
-import torch
-from huggingface_hub import constants
-from transformers import AutoTokenizer
-
 from recipe import cli
 from recipe.arguments import sequences_per_step
 from recipe.cli import RecipeError, first_line, hub_is_reachable
@@ -57,6 +50,13 @@ from recipe.corpus import (
 from recipe.run_folder import atomic_folder
 from recipe.streaming import StreamedMixture, prepare_streaming
 from recipe.trainer import MixedBlocks
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from huggingface_hub import constants
+from transformers import AutoTokenizer
 
 CACHE_FORMAT_VERSION = 2
 

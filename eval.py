@@ -26,10 +26,6 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-from huggingface_hub import snapshot_download
-from transformers.utils import logging as transformers_logging
-
 from recipe import cli
 from recipe.card import RESULTS_FORMAT, model_index_results, number, read_eval_results  # noqa: F401 - push.py's card reads them there
 from recipe.cli import RecipeError, first_line, hub_is_reachable
@@ -41,6 +37,10 @@ from recipe.run_folder import (
     trained_block_size,
     write_atomically,
 )
+
+import torch
+from huggingface_hub import snapshot_download
+from transformers.utils import logging as transformers_logging
 
 ROOT = Path(__file__).resolve().parent
 TASKS_DIR = ROOT / "assets" / "eval"  # the offline task's YAMLs; their data_files are relative to ROOT

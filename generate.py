@@ -20,12 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import yaml
-from huggingface_hub import hf_hub_download
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList, TextIteratorStreamer
-from transformers.utils import logging as transformers_logging
-
 from recipe import cli
 from recipe.cli import RecipeError, first_line, hub_is_reachable
 from recipe.run_folder import (
@@ -38,6 +32,12 @@ from recipe.run_folder import (
     trained_block_size,
 )
 from recipe.sampling import SamplingSettings, SettingError, StopWhen
+
+import torch
+import yaml
+from huggingface_hub import hf_hub_download
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList, TextIteratorStreamer
+from transformers.utils import logging as transformers_logging
 
 
 class GenerationError(RecipeError):

@@ -17,18 +17,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+from recipe import cli
+from recipe.card import TrainingRecord, read_training_record, write_model_card
+from recipe.cli import RecipeError, first_line
+from recipe.config import ROOT, RecipeConfig, load_config
+from recipe.run_folder import FINAL, RUNS_DIR, RunFolder, atomic_folder, holds_model, model_folder, newest_model
+
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
-
-from recipe import cli
-from recipe.card import TrainingRecord, read_training_record, write_model_card
-from recipe.cli import RecipeError, first_line
-from recipe.config import ROOT, RecipeConfig, load_config
-from recipe.run_folder import FINAL, RUNS_DIR, RunFolder, atomic_folder, holds_model, model_folder, newest_model
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SPACE_FILES = (

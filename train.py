@@ -16,11 +16,6 @@ import contextlib
 import sys
 from dataclasses import dataclass, replace
 
-import torch
-from accelerate import PartialState
-from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
-from transformers.utils import logging as transformers_logging
-
 import callbacks
 from data import collator_for, load_tokenizer, prepare_datasets, tokenizer_fingerprint
 from recipe import arguments, card, cli, resume
@@ -33,6 +28,11 @@ from recipe.run_state import RunState
 from recipe.sampling import check_samples
 from recipe.streaming import StreamedBlocks, StreamPositionCallback, resume_stream
 from recipe.trainer import RecipeTrainer, save_failed
+
+import torch
+from accelerate import PartialState
+from transformers import PrinterCallback, ProgressCallback, TrainingArguments, set_seed
+from transformers.utils import logging as transformers_logging
 
 EXIT_INTERRUPTED = cli.EXIT_INTERRUPTED
 

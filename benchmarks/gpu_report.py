@@ -179,9 +179,9 @@ def import_problems(repo: str) -> list[str]:
     """Whether the recipe's entry points import here: any error stops the check, in one line."""
     sys.path.insert(0, str(Path(repo).resolve()))
     try:
-        import bench  # noqa: F401
-
         import train  # noqa: F401
+
+        import bench  # noqa: F401
     except Exception as e:
         return [f"the recipe does not import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]
     return []

@@ -15,16 +15,16 @@ import os
 import sys
 from pathlib import Path
 
+from recipe.cli import HUB_NAME, RecipeError, first_line, hub_is_reachable, log
+from recipe.config import ROOT, RecipeConfig
+from recipe.model import estimate_peak_memory
+from recipe.run_state import Phase
+
 import torch
 from accelerate.utils import parse_flag_from_env
 from huggingface_hub import HfApi, constants, get_token
 from transformers import SchedulerType, Trainer, TrainingArguments
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
-
-from recipe.cli import HUB_NAME, RecipeError, first_line, hub_is_reachable, log
-from recipe.config import ROOT, RecipeConfig
-from recipe.model import estimate_peak_memory
-from recipe.run_state import Phase
 
 MEMORY_MARGIN = 0.8  # activation checkpointing goes off when the estimated peak fits in this share of memory
 

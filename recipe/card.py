@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-
 from recipe.cli import RecipeError, first_line, log
 from recipe.run_folder import (
     EVAL_RESULTS,
@@ -26,6 +24,8 @@ from recipe.run_folder import (
     run_file,
 )
 from recipe.run_state import Phase, RunState
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 
 CARD_TAGS = ["smollm2", "llama", "pretraining", "smollm2-recipe"]
 # settings of recipe_config.yaml shown in the card; the schedule and step counts are in the phase table

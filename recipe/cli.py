@@ -23,7 +23,6 @@ from typing import NoReturn
 from urllib.parse import urlparse
 
 import psutil
-from accelerate import PartialState
 from huggingface_hub import constants
 from tqdm.auto import tqdm
 
@@ -41,10 +40,13 @@ def first_line(error: BaseException) -> str:
 def log(message: str) -> None:
     """One line on the console of the main process, written through tqdm so that it never lands inside a
     progress bar."""
+    from accelerate import PartialState  # here, not above: this module is imported before torch (recipe/__init__.py)
+
     if PartialState().is_main_process:
         tqdm.write(message)
 
 
+ROOT = Path(__file__).resolve().parents[1]  # the clone (or the Space) whose scripts run the recipe
 EXIT_MISTAKE, EXIT_INTERRUPTED = 2, 130
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -135,18 +137,28 @@ def command(interrupted: str):
             finally:
                 sys.unraisablehook = hook
                 # run as the program, the command's end leaves only the interpreter's exit, which a stop ends
-                handle_stop_signals(stop_while_exiting if main.__module__ == "__main__" else handlers)
+                handle_stop_signals(stop_at_once("while exiting") if main.__module__ == "__main__" else handlers)
 
         return run
 
     return wrap
 
 
-def stop_while_exiting(signum, frame) -> None:
-    """A stop after the command's end, while the interpreter exits (joining threads, closing loggers): one line,
-    and the exit at once."""
-    print(f"\n{signal.Signals(signum).name}: stopped while exiting", file=sys.stderr, flush=True)
-    exit_at_once(EXIT_INTERRUPTED)
+def stop_at_once(when: str):
+    """The handler of a stop before the command starts (Python importing torch) or after its end (the interpreter
+    exiting: joining threads, closing loggers): one line, and the exit at once."""
+
+    def stop(signum, frame):
+        print(f"\n{signal.Signals(signum).name}: stopped {when}", file=sys.stderr, flush=True)
+        exit_at_once(EXIT_INTERRUPTED)
+
+    return stop
+
+
+def runs_as_a_command() -> bool:
+    """The program is one of the recipe's scripts (beside recipe/, or in benchmarks/), not a test or a notebook."""
+    script = getattr(sys.modules.get("__main__"), "__file__", None)
+    return script is not None and Path(script).resolve().parent in (ROOT, ROOT / "benchmarks")
 
 
 def exit_at_once(code: int) -> NoReturn:

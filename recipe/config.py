@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from recipe.cli import RecipeError
+from recipe.sampling import SamplingSettings, SettingError
+
 import dacite
 import yaml
 from dacite.types import is_instance
 from transformers import LlamaConfig, TrainingArguments
-
-from recipe.cli import RecipeError
-from recipe.sampling import SamplingSettings, SettingError
 
 ROOT = Path(__file__).resolve().parents[1]  # the clone: its YAML configs, assets/ and requirements files
 DEFAULT_CONFIG = ROOT / "config_smollm2_135M.yaml"

@@ -20,13 +20,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
+
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 from datasets.exceptions import DatasetGenerationError
-
-from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 
 BUILDERS = {  # the `datasets` builder of each kind of file
     "parquet": (".parquet",),

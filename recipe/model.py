@@ -11,15 +11,15 @@ import copy
 import functools
 from pathlib import Path
 
+from recipe.cli import RecipeError, first_line, hub_is_reachable, log
+from recipe.config import RecipeConfig
+
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_flash_attention_utils import FLASH_ATTN_KERNEL_FALLBACK
 from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_kernels_available
-
-from recipe.cli import RecipeError, first_line, hub_is_reachable, log
-from recipe.config import RecipeConfig
 
 # --- config and model ----------------------------------------------------------------------------
 

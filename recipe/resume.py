@@ -24,12 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
-from accelerate import PartialState
-from huggingface_hub import snapshot_download
-from huggingface_hub.errors import RepositoryNotFoundError
-from safetensors import safe_open
-from transformers import TrainingArguments
-
 from recipe.arguments import check_hub_backup, main_phase, schedule_kwargs
 from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 from recipe.config import RecipeConfig
@@ -49,6 +43,12 @@ from recipe.run_folder import (
     read_yaml,
 )
 from recipe.run_state import Phase, RunState
+
+from accelerate import PartialState
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError
+from safetensors import safe_open
+from transformers import TrainingArguments
 
 HUB_CHECKPOINT = "last-checkpoint"  # the repo folder where the Trainer's hub_strategy "checkpoint" keeps the newest
 HUB_DOWNLOAD = ".hub-download"  # beside the run folder: --resume hub downloads there, then moves it in

@@ -26,11 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
+
 import xxhash
 import yaml
 from filelock import FileLock, Timeout
-
-from recipe.cli import RecipeError, first_line, log, looks_like_hub_id
 
 RUNS_DIR = Path("runs")  # the parent of the YAML's training.output_dir
 CHECKPOINT_PREFIX = "checkpoint-"

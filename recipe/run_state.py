@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import torch
-from transformers import get_scheduler
-
 from recipe.cli import RecipeError
 from recipe.run_folder import RECORD, RECORD_KEY, read_json
+
+import torch
+from transformers import get_scheduler
 
 
 @dataclass

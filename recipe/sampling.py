@@ -7,10 +7,10 @@ import contextlib
 import math
 from dataclasses import dataclass
 
+from recipe.cli import RecipeError, first_line
+
 import torch
 from transformers import GenerationConfig, StoppingCriteria
-
-from recipe.cli import RecipeError, first_line
 
 MAX_SEED = 2**32 - 1  # the range numpy and transformers.set_seed accept
 

@@ -11,15 +11,6 @@ import copy
 from functools import partial
 from itertools import chain, islice
 
-import datasets
-import numpy as np
-import torch
-from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import gather_object
-from datasets.distributed import split_dataset_by_node
-from torch.utils.data import DataLoader
-from transformers import TrainerCallback, TrainingArguments
-
 from recipe.cli import RecipeError, log
 from recipe.corpus import (
     CorpusSource,
@@ -31,6 +22,15 @@ from recipe.corpus import (
     unreadable_data_error,
 )
 from recipe.run_state import RunState
+
+import datasets
+import numpy as np
+import torch
+from accelerate.data_loader import prepare_data_loader
+from accelerate.utils import gather_object
+from datasets.distributed import split_dataset_by_node
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback, TrainingArguments
 
 # --- the blocks ----------------------------------------------------------------------------------
 

@@ -13,14 +13,14 @@ import signal
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import torch
-from transformers import Trainer
-
 from recipe.cli import RecipeError, first_line, log
 from recipe.run_folder import RunFolder, atomic_folder, write_run_files
 from recipe.run_state import RunSchedule, RunState
 from recipe.streaming import StreamedBlocks, draw_round, streamed_dataloader
+
+import numpy as np
+import torch
+from transformers import Trainer
 
 
 class BlockOrder(torch.utils.data.Sampler):

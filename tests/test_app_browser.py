@@ -14,11 +14,11 @@ import threading
 import time
 import urllib.request
 
-import pytest
-from conftest import ROOT
-
 import app
 from recipe.sampling import MAX_SEED, SettingError
+
+import pytest
+from conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -1,15 +1,15 @@
 """TrainingArguments for the hardware: precision on any CPU, speed switches chosen for CUDA and memory,
 and each learning-rate schedule with its own kwargs, all checked before any data work."""
 
-import pytest
-import torch
-from conftest import TINY_MODEL
-from transformers import Trainer, get_scheduler
-
 from recipe import arguments
 from recipe.cli import RecipeError
 from recipe.config import load_config
 from recipe.model import build_llama_config, build_meta_model
+
+import pytest
+import torch
+from conftest import TINY_MODEL
+from transformers import Trainer, get_scheduler
 
 
 def args_for(overrides, **changes):

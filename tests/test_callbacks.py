@@ -4,14 +4,14 @@ import random
 import re
 from types import SimpleNamespace
 
-import pytest
-import torch
-from conftest import ROOT, TINY_MODEL
-
 from recipe.config import SamplesConfig, load_config
 from recipe.model import build_llama_config, build_model
 from recipe.run_state import Phase, RunSchedule, RunState
 from recipe.sampling import generate_samples
+
+import pytest
+import torch
+from conftest import ROOT, TINY_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +114,9 @@ def test_samples_are_skipped_under_fsdp_from_either_source(monkeypatch):
 def test_throughput_windows_count_data_loading_but_not_evaluation(monkeypatch):
     """Wall clock from a window's first step to its logging step: the gaps between steps (data loading)
     count, the evaluation after a logging step does not."""
-    from transformers import TrainerControl
-
     import callbacks
+
+    from transformers import TrainerControl
 
     clock = {"now": 0.0}
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock["now"])
@@ -150,9 +150,9 @@ def test_throughput_windows_count_data_loading_but_not_evaluation(monkeypatch):
 def test_a_stop_names_the_step_whose_checkpoint_it_will_save():
     """While a step runs, that step; between steps (logging, evaluating, loading the next batch), this step if
     it saves, else the next one."""
-    from transformers import TrainerControl
-
     from callbacks import GracefulInterruptCallback
+
+    from transformers import TrainerControl
 
     stop, args, state = GracefulInterruptCallback(), SimpleNamespace(), SimpleNamespace(global_step=10)
     stop.on_step_begin(args, state, TrainerControl())

@@ -5,12 +5,12 @@ import socket
 import threading
 from pathlib import Path
 
+import train
+from recipe import cli
+
 import pytest
 from conftest import CORPUS, TINY_MODEL, TOKENIZER
 from huggingface_hub import constants
-
-import train
-from recipe import cli
 
 # (extra arguments, the first words of the error). Each runs on the tiny model with the shipped files.
 CASES = [

@@ -3,11 +3,11 @@
 import subprocess
 import sys
 
-import pytest
-from conftest import ROOT, TOKENIZER
-
 from recipe.cli import RecipeError
 from recipe.config import DEFAULT_CONFIG, load_config
+
+import pytest
+from conftest import ROOT, TOKENIZER
 
 
 def test_default_config_is_smollm2_135m():

@@ -12,14 +12,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import datasets
-import pytest
-from conftest import CORPUS, ROOT, TOKENIZER
-
 import data
 from recipe import corpus
 from recipe.cli import RecipeError
 from recipe.config import DataConfig, load_config
+
+import datasets
+import pytest
+from conftest import CORPUS, ROOT, TOKENIZER
 
 
 def config(tmp_path, **kw) -> DataConfig:
@@ -356,12 +356,12 @@ def test_python_data_py_prints_the_numbers(tmp_path, capsys):
 
 
 def test_document_aware_collator_restarts_positions_and_keeps_documents_apart(tokenizer):
+    from recipe.config import load_config
+    from recipe.model import build_llama_config
+
     import torch
     from conftest import TINY_MODEL
     from transformers import AutoModelForCausalLM
-
-    from recipe.config import load_config
-    from recipe.model import build_llama_config
 
     eos = tokenizer.eos_token_id
     collate = data.DocumentAwareCollator(eos)

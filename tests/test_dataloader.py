@@ -3,11 +3,11 @@ applies; a run with persistent dataloader workers resumes exactly, streamed or n
 
 import json
 
+import train
+
 import pytest
 from conftest import StopAt, tiny_overrides
 from transformers import TrainerCallback
-
-import train
 
 
 class KeepLoader(TrainerCallback):

@@ -7,14 +7,14 @@ import shutil
 import signal
 import subprocess
 
+import train
+from recipe.run_folder import read_trainer_state
+from recipe.run_state import RunState
+
 import pytest
 import torch
 from conftest import CORPUS, read_until, tiny_overrides, torchrun_command
 from transformers import AutoModelForCausalLM
-
-import train
-from recipe.run_folder import read_trainer_state
-from recipe.run_state import RunState
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +58,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, cache_dir)
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, cache_dir):
     """SIGTERM to rank 1 alone: rank 0 learns of it through the all-reduce, both stop after the same step
     and write one complete checkpoint, and nothing hangs."""
-    import psutil
-
     from recipe.run_folder import checkpoint_step
+
+    import psutil
 
     out = tmp_path / "run"
     never = dict(max_steps=100000, save_steps=100000, eval_steps=100000, per_device_train_batch_size=2)

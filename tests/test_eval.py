@@ -14,13 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import yaml
-from conftest import ROOT
-
 import eval
 from recipe import run_folder
 from recipe.run_folder import newest_model, write_atomically
+
+import pytest
+import yaml
+from conftest import ROOT
 
 EVAL_DATA = ROOT / "assets" / "eval"
 OFFLINE_METRICS = {

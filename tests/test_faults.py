@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 
-import pytest
-import torch
-from conftest import ROOT, StopAt, tiny_overrides
-
 import train
 from recipe.run_folder import RunFolder, checkpoint_step
 from recipe.trainer import RecipeTrainer
+
+import pytest
+import torch
+from conftest import ROOT, StopAt, tiny_overrides
 
 pytestmark = pytest.mark.slow
 

@@ -10,14 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
-from conftest import ROOT
-
 import generate
 from recipe import run_folder
 from recipe.cli import RecipeError
 from recipe.sampling import SamplingSettings
+
+import pytest
+import torch
+from conftest import ROOT
 
 CONTEXT = 64  # the small model's max_position_embeddings, so that a long prompt is short to write
 

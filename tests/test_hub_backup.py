@@ -10,13 +10,13 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+import train
+from recipe.trainer import RecipeTrainer
+
 import pytest
 from conftest import TOKEN, tiny_overrides, torchrun_command
 from hub_stub import HubStub
 from transformers import Trainer, TrainerCallback
-
-import train
-from recipe.trainer import RecipeTrainer
 
 BACKUP = ["training.push_to_hub=true", "training.hub_model_id=me/run", "training.hub_strategy=checkpoint"]
 CHECKPOINT_FILES = {

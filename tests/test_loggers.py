@@ -7,12 +7,12 @@ import sqlite3
 import subprocess
 import sys
 
-import pytest
-from conftest import ROOT, tiny_overrides
-
 import train
 from recipe import arguments
 from recipe.config import load_config
+
+import pytest
+from conftest import ROOT, tiny_overrides
 
 INSTALL = {
     "trackio": "pip install -r requirements-trackio.txt",

@@ -8,11 +8,6 @@ from collections import Counter
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
-import pytest
-from conftest import CORPUS, TINY_MODEL, TOKENIZER, StopAt, tiny_overrides, torchrun_command
-from test_resume import MAIN, checkpoint
-
 import data
 import push
 import train
@@ -22,6 +17,11 @@ from recipe.config import load_config
 from recipe.run_folder import read_trainer_state
 from recipe.run_state import RunState
 from recipe.trainer import MixedBlocks, MixtureOrder, RecipeTrainer
+
+import numpy as np
+import pytest
+from conftest import CORPUS, TINY_MODEL, TOKENIZER, StopAt, tiny_overrides, torchrun_command
+from test_resume import MAIN, checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,13 @@
 
 import copy
 
+from recipe.config import load_config
+from recipe.model import CAUSAL_SDPA, build_llama_config, build_model, choose_attn_implementation, parameter_breakdown
+
 import torch
 from conftest import ROOT
 from conftest import TINY_MODEL as TINY
 from transformers import AutoModelForCausalLM
-
-from recipe.config import load_config
-from recipe.model import CAUSAL_SDPA, build_llama_config, build_model, choose_attn_implementation, parameter_breakdown
 
 
 def build_on_meta(cfg):
@@ -203,10 +203,10 @@ def test_flops_per_token_counts_weights_and_attention():
 def test_final_model_is_saved_from_the_gathered_state_dict(tmp_path, cache_dir, monkeypatch):
     """Trainer.save_model writes no weights when FSDP saves sharded state dicts (seen on an H100 with
     accelerate/fsdp.yaml): final/ is written from accelerate's gathered state dict, whatever the sharding."""
-    from conftest import tiny_overrides
-
     from recipe import arguments
     from recipe.trainer import RecipeTrainer
+
+    from conftest import tiny_overrides
 
     cfg = load_config(None, tiny_overrides(tmp_path / "run", cache_dir))
     args = arguments.build_training_arguments(cfg, eval_strategy="no", quiet=True)
@@ -235,10 +235,10 @@ def test_init_from_loads_saved_weights_with_the_recipes_attention(tmp_path):
 
 
 def test_shapes_are_checked_both_ways():
-    import pytest
-
     from recipe.cli import RecipeError
     from recipe.model import check_shapes
+
+    import pytest
 
     expected = {"a": torch.empty(2, 3), "lm_head.weight": torch.empty(4)}
     check_shapes(expected, {"a": torch.empty(2, 3)}, "checkpoint-4")  # a tied head need not be stored

@@ -10,16 +10,16 @@ import sys
 import time
 from pathlib import Path
 
+import push
+from recipe import card
+from recipe.run_state import Phase, RunState
+
 import pytest
 import torch
 import yaml
 from conftest import ROOT, TOKEN, TOKENIZER, tiny_overrides
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-import push
-from recipe import card
-from recipe.run_state import Phase, RunState
 
 # --- a run folder written by hand: a main phase of 60 steps and a resume phase to step 110 ---------------
 

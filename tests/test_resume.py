@@ -6,13 +6,6 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import pytest
-import torch
-import yaml
-from conftest import StopAt, tiny_overrides
-from safetensors.torch import save_file
-from transformers import TrainerCallback
-
 import train
 from recipe import arguments, card, resume, run_folder
 from recipe.cli import RecipeError
@@ -21,6 +14,13 @@ from recipe.corpus import find_corpus
 from recipe.run_folder import RunFolder
 from recipe.run_state import Phase, RunState
 from recipe.trainer import BlockOrder
+
+import pytest
+import torch
+import yaml
+from conftest import StopAt, tiny_overrides
+from safetensors.torch import save_file
+from transformers import TrainerCallback
 
 MAIN = Phase("main", 1, 60, "warmup_stable_decay", 3e-4, 6, {"num_decay_steps": 12}, processes=1, samples_per_step=8)
 

@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from conftest import ROOT
-
 from recipe import run_folder
 from recipe.cli import RecipeError
 from recipe.run_folder import RunFolder, RunLock
+
+import pytest
+from conftest import ROOT
 
 
 def fake_checkpoint(folder: Path, step: int, manifest: bool = True) -> Path:

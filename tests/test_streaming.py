@@ -5,13 +5,13 @@ import re
 from dataclasses import replace
 from types import SimpleNamespace
 
-import pytest
-from conftest import CORPUS
-
 import data
 from recipe import corpus, streaming
 from recipe.cli import RecipeError
 from recipe.config import DataConfig, load_config
+
+import pytest
+from conftest import CORPUS
 
 
 def config(tmp_path, **kw) -> DataConfig:

@@ -2,13 +2,13 @@
 
 from types import SimpleNamespace
 
-import pytest
-from conftest import CORPUS, tiny_overrides
-
 import callbacks
 import train
 from callbacks import format_duration
 from recipe import arguments
+
+import pytest
+from conftest import CORPUS, tiny_overrides
 
 
 def test_resume_path_is_optional_and_overrides_are_not_paths():

@@ -9,14 +9,14 @@ import subprocess
 import sys
 import time
 
+import train
+from recipe import run_folder
+from recipe.run_folder import checkpoint_step
+
 import pytest
 import torch
 from conftest import CORPUS, ROOT, read_until, tiny_overrides
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-import train
-from recipe import run_folder
-from recipe.run_folder import checkpoint_step
 
 pytestmark = pytest.mark.slow
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -317,3 +318,22 @@ def test_a_stop_while_the_interpreter_exits(sig, tmp_path):
     time.sleep(0.5)
     lines = assert_ended_cleanly(run, run.stop(sig), tmp_path)
     assert_one_line(lines, sig, "stopped while exiting")
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_a_stop_while_python_imports_torch(sig, tmp_path):
+    """In the seconds Python takes to import torch and transformers, before the command's scaffold starts: the
+    recipe's package, imported first, has set the handler (it catches SIGTERM from then on)."""
+    run = Running([str(ROOT / "train.py"), "--help"], tmp_path)
+    deadline = time.monotonic() + 60
+    while not catches(run.proc.pid, signal.SIGTERM) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lines = assert_ended_cleanly(run, run.stop(sig), tmp_path)
+    assert_one_line(lines, sig, "stopped while starting")
+
+
+def catches(pid: int, sig: int) -> bool:
+    with contextlib.suppress(OSError):
+        caught = re.search(r"^SigCgt:\s*(\w+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+        return bool(caught and int(caught[1], 16) >> (sig - 1) & 1)
+    return False

@@ -228,18 +228,13 @@ def write_atomically(path: Path, text: str) -> None:
 def atomic_folder(path: Path):
     """Yield a temporary folder beside `path`; when the block ends, it replaces `path` in one rename. If the
     block fails, the temporary folder is removed and `path` is left as it was."""
-    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
         follow_umask(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    try:
         if path.exists():
             path.rename(old)
         tmp.rename(path)

@@ -29,6 +29,7 @@ from pathlib import Path
 from recipe import cli
 from recipe.card import RESULTS_FORMAT, model_index_results, number, read_eval_results  # noqa: F401 - push.py's card reads them there
 from recipe.cli import RecipeError, first_line, hub_is_reachable
+from recipe.config import ROOT
 from recipe.run_folder import (
     EVAL_RESULTS,
     RUNS_DIR,
@@ -42,7 +43,6 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers.utils import logging as transformers_logging
 
-ROOT = Path(__file__).resolve().parent
 TASKS_DIR = ROOT / "assets" / "eval"  # the offline task's YAMLs; their data_files are relative to ROOT
 OFFLINE_TASKS = {"tinyshakespeare", "tinyshakespeare_perplexity", "tinyshakespeare_nextline"}
 DEFAULT_TASKS = "tinyshakespeare"

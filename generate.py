@@ -27,7 +27,7 @@ from recipe.run_folder import (
     RUNS_DIR,
     checkpoint_number,
     local_model,
-    read_json,
+    read_dict,
     recorded_name_and_step,
     trained_block_size,
 )
@@ -91,7 +91,7 @@ def name_in_card(card: Path | None) -> str | None:
 def describe_local(folder: Path) -> tuple[str, int | None]:
     """The model's name (its run's config, its card, its config.json, or the run folder's name) and its step."""
     name, step = recorded_name_and_step(folder)
-    name = name or name_in_card(folder / "README.md") or (read_json(folder / "config.json") or {}).get("_name_or_path")
+    name = name or name_in_card(folder / "README.md") or (read_dict(folder / "config.json") or {}).get("_name_or_path")
     fallback = folder.parent.name if folder.name == FINAL or checkpoint_number(folder) is not None else folder.name
     return str(name or fallback), step
 

@@ -1,9 +1,5 @@
-"""The `training:` section -> `TrainingArguments`, with the choices the YAML leaves to the hardware.
-
-One job per function: the precision (bf16 where the hardware has it), the speed switches (`auto` for
-torch.compile and activation checkpointing), the schedule's own kwargs, loggers installed and never prompting,
-and checks before any data work: the optimizer and scheduler are built, a Hub backup has its repo and token.
-"""
+"""The `training:` section -> `TrainingArguments`, with the choices the YAML leaves to the hardware, and the
+checks before any data work: the optimizer and scheduler are built, a Hub backup has its repo and token."""
 
 from __future__ import annotations
 

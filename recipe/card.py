@@ -18,9 +18,8 @@ from recipe.run_folder import (
     RECIPE_CONFIG,
     RECORD,
     SAMPLES,
-    read_json,
+    read_dict,
     read_trainer_state,
-    read_yaml,
     run_file,
 )
 from recipe.run_state import Phase, RunState
@@ -73,10 +72,10 @@ class TrainingRecord:
 
 def read_training_record(source: Path) -> TrainingRecord:
     recipe, run = run_file(source, RECIPE_CONFIG), run_file(source, RECORD)
-    settings = read_yaml(recipe) if recipe else None
+    settings = read_dict(recipe) if recipe else None
     if recipe is not None and settings is None:
         raise RecipeError(f"cannot read {recipe}: not valid YAML; fix or remove it")
-    if run is not None and read_json(run) is None:
+    if run is not None and read_dict(run) is None:
         raise RecipeError(f"cannot read {run}: not valid JSON; fix or remove it")
     return TrainingRecord(
         recipe=settings,
@@ -136,7 +135,7 @@ def number(value) -> float | None:
 
 def read_eval_results(path: Path) -> dict | None:
     """eval_results.json (of a model folder, or the file), or None when it is missing or not in this format."""
-    data = read_json(path if path.suffix == ".json" else path / EVAL_RESULTS) or {}
+    data = read_dict(path if path.suffix == ".json" else path / EVAL_RESULTS) or {}
     return data if data.get("format") == RESULTS_FORMAT and isinstance(data.get("tasks"), list) else None
 
 

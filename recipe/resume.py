@@ -39,8 +39,8 @@ from recipe.run_folder import (
     checkpoint_step,
     damaged_file,
     new_run_id,
+    read_dict,
     read_trainer_state,
-    read_yaml,
 )
 from recipe.run_state import Phase, RunState
 
@@ -353,7 +353,7 @@ def config_changes(recorded: dict, current: dict) -> list[tuple[str, object, obj
 def check_what_changed(plan: ResumePlan, cfg: RecipeConfig, fingerprints: dict, allow_changes: bool) -> None:
     """Stop in one line when the model, tokenizer, data or schedule differ from the checkpoint's, unless the
     user says they mean it (`--resume-changed`); say in one line each what else changed."""
-    recorded = read_yaml(plan.checkpoint / RECIPE_CONFIG) or {}  # checked against its hash before this
+    recorded = read_dict(plan.checkpoint / RECIPE_CONFIG) or {}  # checked against its hash before this
     blocking = []
     for key, old, new in config_changes(recorded, cfg.to_dict()):
         if key == "training.max_steps" or (key == "training.learning_rate" and not plan.continues):

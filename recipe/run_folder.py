@@ -66,25 +66,19 @@ def holds_model(folder: Path) -> bool:
     return folder.is_dir() and (folder / "config.json").is_file() and has_weights(folder)
 
 
-def read_json(path: Path) -> dict | None:
+def read_dict(path: Path) -> dict | None:
+    """A run file as a dict: YAML for a .yaml file, JSON for any other; None if it is missing, unreadable or no dict."""
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def read_yaml(path: Path) -> dict | None:
-    try:
-        value = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        text = path.read_text()
+        value = yaml.safe_load(text) if path.suffix == ".yaml" else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError):
         return None
     return value if isinstance(value, dict) else None
 
 
 def read_trainer_state(folder: Path) -> dict | None:
     """A checkpoint's trainer_state.json, or None if it is missing or unreadable."""
-    state = read_json(Path(folder) / TRAINER_STATE)
+    state = read_dict(Path(folder) / TRAINER_STATE)
     return state if state is not None and isinstance(state.get("global_step"), int) else None
 
 
@@ -96,7 +90,7 @@ def run_file(folder: Path, name: str) -> Path | None:
 def trained_block_size(folder: Path | None) -> tuple[int | None, str]:
     """The block size a model was trained on, and where it was read (or why it could not be)."""
     config_file = run_file(folder, RECIPE_CONFIG) if folder else None
-    block_size = ((read_yaml(config_file) or {}).get("data") or {}).get("block_size") if config_file else None
+    block_size = ((read_dict(config_file) or {}).get("data") or {}).get("block_size") if config_file else None
     if isinstance(block_size, int) and block_size > 0:
         return block_size, f"data.block_size of {config_file}"
     return None, f"no data.block_size in {config_file}" if config_file else "no recipe_config.yaml beside the model"
@@ -105,8 +99,8 @@ def trained_block_size(folder: Path | None) -> tuple[int | None, str]:
 def recorded_name_and_step(folder: Path) -> tuple[str | None, int | None]:
     """A model's name in its run's config and the step its trainer state reached; None where a file says nothing."""
     recipe, state = run_file(folder, RECIPE_CONFIG), run_file(folder, TRAINER_STATE)
-    name = (read_yaml(recipe) or {}).get("name") if recipe else None
-    step = (read_json(state) or {}).get("global_step") if state else None
+    name = (read_dict(recipe) or {}).get("name") if recipe else None
+    step = (read_dict(state) or {}).get("global_step") if state else None
     return name, step
 
 
@@ -202,7 +196,7 @@ def write_manifest(folder: Path) -> None:
 def damaged_file(folder: Path) -> str | None:
     """The first file of a checkpoint that is missing or differs from its recorded hash, with why; None when
     every file matches."""
-    manifest = read_json(folder / MANIFEST)
+    manifest = read_dict(folder / MANIFEST)
     if manifest is None:
         return f"{MANIFEST} is {'unreadable' if (folder / MANIFEST).exists() else 'missing'}"
     for name, expected in sorted(manifest.get("files", {}).items()):
@@ -228,18 +222,13 @@ def write_atomically(path: Path, text: str) -> None:
 def atomic_folder(path: Path):
     """Yield a temporary folder beside `path`; when the block ends, it replaces `path` in one rename. If the
     block fails, the temporary folder is removed and `path` is left as it was."""
-    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
         follow_umask(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    try:
         if path.exists():
             path.rename(old)
         tmp.rename(path)
@@ -365,11 +354,11 @@ class RunLock:
         self.folder.check_writable()
         self.made_folder = not self.folder.path.exists()
         self.folder.path.mkdir(parents=True, exist_ok=True)
-        left = read_json(self.path)  # a lock file left behind: its run ended without releasing it
+        left = read_dict(self.path)  # a lock file left behind: its run ended without releasing it
         try:
             self.lock.acquire()
         except Timeout:
-            holder = read_json(self.path)  # None only in the moment the other run takes or releases the lock
+            holder = read_dict(self.path)  # None only in the moment the other run takes or releases the lock
             who = f" (PID {holder.get('pid')} on {holder.get('host')})" if holder else ""
             raise RecipeError(
                 f"{self.folder} is in use by another run{who}; wait for it, or use another training.output_dir"

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from recipe.cli import RecipeError
-from recipe.run_folder import RECORD, RECORD_KEY, read_json
+from recipe.run_folder import RECORD, RECORD_KEY, read_dict
 
 import torch
 from transformers import get_scheduler
@@ -70,7 +70,7 @@ class RunState:
     @classmethod
     def read(cls, folder: Path) -> RunState | None:
         """The run.json of a run folder, checkpoint or final/; None where there is none."""
-        fields = read_json(Path(folder) / RECORD)
+        fields = read_dict(Path(folder) / RECORD)
         if fields is None:
             return None
         try:

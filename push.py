@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from recipe import cli
@@ -151,9 +152,7 @@ def build_repo_folder(source: Path, out: Path, dtype: torch.dtype, cfg: RecipeCo
             model.config.use_cache = True
             model.save_pretrained(tmp)
             load_tokenizer(source, record, cfg).save_pretrained(tmp)
-            write_model_card(
-                tmp, record, model, repo_id, dtype, {"license": cfg.hub.license, "dataset": cfg.hub.dataset}
-            )
+            write_model_card(tmp, record, model, repo_id, dtype, asdict(cfg.hub))
             return check_folder(tmp)
     except BaseException as e:
         if made is not None:

@@ -46,7 +46,7 @@ def log(message: str) -> None:
         tqdm.write(message)
 
 
-ROOT = Path(__file__).resolve().parents[1]  # the clone (or the Space) whose scripts run the recipe
+ROOT = Path(__file__).resolve().parents[1]  # the clone (or the Space): its scripts, YAML configs, assets/
 EXIT_MISTAKE, EXIT_INTERRUPTED = 2, 130
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -166,9 +166,8 @@ def exit_at_once(code: int) -> NoReturn:
     interpreter's exit would have flushed and removed."""
     with contextlib.suppress(OSError, ValueError):  # a closed pipe
         sys.stdout.flush()
-    for name in MULTIPROCESSING:
-        if util := sys.modules.get(f"{name}.util"):
-            shutil.rmtree(util.get_temp_dir(), ignore_errors=True)
+    for folder in multiprocessing_scratch_folders():
+        shutil.rmtree(folder, ignore_errors=True)
     os._exit(code)
 
 
@@ -216,9 +215,7 @@ def guard_forks() -> None:
     os.register_at_fork(before=before, after_in_parent=in_the_parent, after_in_child=in_the_child)
     # A child that finds no scratch folder of its parent's makes its own, left behind when a stop ends the child;
     # made here, the parent's is the children's too, and it is removed when the parent exits.
-    for name in MULTIPROCESSING:
-        if util := sys.modules.get(f"{name}.util"):
-            util.get_temp_dir()
+    multiprocessing_scratch_folders()
 
 
 def end_with_the_parent(parent: int) -> None:
@@ -230,6 +227,11 @@ def end_with_the_parent(parent: int) -> None:
 
 
 MULTIPROCESSING = ("multiprocessing", "multiprocess")  # the standard library's and datasets' own copy of it
+
+
+def multiprocessing_scratch_folders() -> list[str]:
+    """The scratch folder of each multiprocessing module loaded, made now if it is not there yet."""
+    return [util.get_temp_dir() for name in MULTIPROCESSING if (util := sys.modules.get(f"{name}.util"))]
 
 
 def end_children_still_starting() -> None:

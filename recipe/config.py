@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from recipe.cli import RecipeError
+from recipe.cli import ROOT, RecipeError
 from recipe.sampling import SamplingSettings, SettingError
 
 import dacite
@@ -28,7 +28,6 @@ import yaml
 from dacite.types import is_instance
 from transformers import LlamaConfig, TrainingArguments
 
-ROOT = Path(__file__).resolve().parents[1]  # the clone: its YAML configs, assets/ and requirements files
 DEFAULT_CONFIG = ROOT / "config_smollm2_135M.yaml"
 ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa", "eager")  # or a Hub kernel id (user/name)
 MAX_NEW_TOKENS = 4096  # samples longer than this would hold a run (and a stop signal) for minutes
